@@ -1,1 +1,31 @@
-"""queries."""
+"""Query side: recall queries over the documented ClickHouse tables (docs/TABLES.md)."""
+
+from queries.recall import (
+    TRIGGER_KINDS,
+    AffectedUnit,
+    BackwardTrace,
+    ForwardTrace,
+    LotHop,
+    PastHolder,
+    RecallImpact,
+    Trigger,
+    backward_trace,
+    forward_trace,
+    recall_impact,
+    to_jsonable,
+)
+
+__all__ = [
+    "TRIGGER_KINDS",
+    "AffectedUnit",
+    "BackwardTrace",
+    "ForwardTrace",
+    "LotHop",
+    "PastHolder",
+    "RecallImpact",
+    "Trigger",
+    "backward_trace",
+    "forward_trace",
+    "recall_impact",
+    "to_jsonable",
+]

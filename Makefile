@@ -1,0 +1,50 @@
+# One quality gate for people, hooks and CI. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= var
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit lint bench stack-up stack-down stack-status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: install Python 3.11+"; exit 3; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install traceline with its dev tools (idempotent)
+
+demo: install ## run the whole product locally: broker, processors, sink, a simulated plant, a recall
+	$(BIN)/python -m traceline.demo --data-dir $(DATA_DIR)
+
+test: install ## unit + integration tests (starts a local Kafka broker and an embedded ClickHouse)
+	$(BIN)/python -m pytest tests -q
+
+test-unit: install ## unit tests only (no I/O, seconds)
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install ## benchmarks (figures, not pass/fail); see benchmarks/README.md
+	$(BIN)/python -m benchmarks.run
+
+stack-up: install ## start the local Kafka broker (assembled from Maven Central on first use)
+	$(BIN)/traceline stack up --data-dir $(DATA_DIR)
+
+stack-down: install ## stop the local Kafka broker
+	$(BIN)/traceline stack down --data-dir $(DATA_DIR)
+
+stack-status: install ## is the local broker running?
+	$(BIN)/traceline stack status --data-dir $(DATA_DIR)
+
+clean: stack-down ## stop the broker and delete local state (var/)
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,184 @@
+"""Loss-free publishing of traceability events to Kafka.
+
+Every event is encoded (Avro), written to the durable :class:`~producers.outbox.Outbox`
+and only then handed to an idempotent confluent-kafka producer (``acks=all``,
+``murmur2_random`` so keys land on the partitions faust/Java clients expect). A row leaves
+the outbox when its delivery report says Kafka has it. If deliveries fail (broker down,
+timeout), the publisher waits until nothing is in flight and re-sends everything still in
+the outbox in publish order, so per-key order is kept. After a restart of the process the
+pending rows are sent first. Delivery is at-least-once: a consumer deduplicates on
+``event_id`` (every sink in traceline does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from producers.outbox import Outbox
+from schemas.errors import BrokerUnavailableError
+from schemas.models import EventBase
+from schemas.serde import AvroSerde
+
+__all__ = ["Publisher", "DEFAULT_TOPIC", "producer_config"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPIC = "traceline.events"
+
+
+def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """The producer settings traceline relies on (idempotent, acks=all, murmur2_random)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 200_000,
+        "message.timeout.ms": 60_000,
+        "socket.connection.setup.timeout.ms": 10_000,
+        "reconnect.backoff.max.ms": 2_000,
+    }
+    conf.update(overrides)
+    return conf
+
+
+class Publisher:
+    """Publish events durably: on disk before ``publish`` returns, in Kafka eventually."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        outbox_path: str | Path,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        serde: AvroSerde | None = None,
+        max_pending: int = 1_000_000,
+        max_in_flight: int = 100_000,
+        producer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.bootstrap = bootstrap
+        self.serde = serde or AvroSerde(topic=topic)
+        self.outbox = Outbox(outbox_path, max_pending=max_pending)
+        self.max_in_flight = max_in_flight
+        self._producer = Producer(
+            producer_config(bootstrap, error_cb=self._on_error, **(producer_overrides or {}))
+        )
+        self._cursor = 0  # highest outbox seq handed to the producer in this round
+        self._in_flight = 0
+        self._delivered: list[int] = []
+        self._failed = 0
+        self.delivered_total = 0
+        self.failed_attempts = 0
+        self.last_error: str | None = None
+
+    # -- publishing -------------------------------------------------------------------
+    def publish(self, event: EventBase) -> None:
+        """Store one event durably and start sending it."""
+        self.publish_many([event])
+
+    def publish_many(self, events: Iterable[EventBase]) -> int:
+        """Store events durably (one transaction) and start sending them."""
+        topic = self.topic
+        rows = [(str(e.event_id), topic, e.kafka_key().encode(), self.serde.encode_event(e)) for e in events]
+        return self.publish_encoded(rows)
+
+    def publish_encoded(self, rows: Sequence[tuple[str, str, bytes | None, bytes]]) -> int:
+        """Store already-encoded ``(event_id, topic, key, value)`` rows and start sending."""
+        added = self.outbox.add_many(rows)
+        self.pump()
+        return added
+
+    # -- delivery ---------------------------------------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = str(err)
+        log.debug("kafka client error: %s", err)
+
+    def _on_delivery(self, seq: int, err: KafkaError | None, _msg: Any) -> None:
+        self._in_flight -= 1
+        if err is None:
+            self._delivered.append(seq)
+        else:
+            self._failed += 1
+            self.failed_attempts += 1
+            self.last_error = str(err)
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports, drop delivered rows, hand pending rows to the producer."""
+        self._producer.poll(timeout)
+        self._settle()
+        if self._failed:
+            if self._in_flight > 0:
+                return  # wait for the round to finish, then re-send in order
+            self._failed = 0
+            self._cursor = 0
+        while self._in_flight < self.max_in_flight:
+            rows = self.outbox.pending(after_seq=self._cursor, limit=min(10_000, self.max_in_flight))
+            if not rows:
+                return
+            for row in rows:
+                while True:
+                    try:
+                        self._producer.produce(
+                            row.topic,
+                            value=row.value,
+                            key=row.key,
+                            headers={"event_id": row.event_id},
+                            on_delivery=partial(self._on_delivery, row.seq),
+                        )
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+                        self._settle()
+                self._in_flight += 1
+                self._cursor = row.seq
+            self._producer.poll(0)
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            self.delivered_total += self.outbox.remove(done)
+
+    def pending(self) -> int:
+        return len(self.outbox)
+
+    def flush(self, timeout: float = 30.0, *, progress: Any = None) -> int:
+        """Deliver what is pending, for at most ``timeout`` seconds. Returns how many remain."""
+        deadline = time.monotonic() + timeout
+        while len(self.outbox) > 0 and time.monotonic() < deadline:
+            self.pump(0.1)
+            if progress is not None:
+                progress(self.delivered_total)
+        self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+        self._settle()
+        return len(self.outbox)
+
+    def check_broker(self, timeout: float = 5.0) -> None:
+        """Raise :class:`BrokerUnavailableError` if no broker answers a metadata request."""
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any client failure means "unreachable"
+            raise BrokerUnavailableError(self.bootstrap, str(exc)) from exc
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush for up to ``timeout`` seconds and close the outbox; pending rows stay on disk."""
+        remaining = self.flush(timeout)
+        self.outbox.close()
+        return remaining
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

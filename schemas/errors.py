@@ -1,0 +1,148 @@
+"""The traceline error hierarchy.
+
+One root, :class:`TracelineError`; every subclass carries the data a caller needs to route,
+count or report the failure (raw bytes, reason, topic/partition/offset, sizes). Producers,
+streams and sinks subclass :class:`TracelineError` for their own failures.
+
+Bad events are data: catch :class:`EventValidationError` / :class:`DecodeError` and send the
+payload to a dead-letter topic with ``err.reason`` (and ``err.dlq_headers()``), never skip them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+__all__ = [
+    "TracelineError",
+    "EventValidationError",
+    "DecodeError",
+    "UnknownSchemaError",
+    "MalformedRecordError",
+    "OversizeEventError",
+    "OutboxFullError",
+    "BrokerUnavailableError",
+    "SchemaRegistryUnavailableError",
+]
+
+
+class TracelineError(Exception):
+    """Root of every error traceline raises on purpose."""
+
+    reason: str = ""
+
+    def dlq_headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers describing this error, for a dead-letter record."""
+        return [
+            ("traceline.error", type(self).__name__.encode()),
+            ("traceline.reason", (self.reason or str(self)).encode("utf-8", "replace")[:1000]),
+        ]
+
+
+class EventValidationError(TracelineError, ValueError):
+    """An event (JSON form, model input or Avro record dict) does not match the contract.
+
+    ``field`` is the dotted path of the first offending field (``"unit.serial_number"``) or
+    ``None``; ``raw`` is the offending input (line, dict or model), kept for the dead-letter copy.
+    """
+
+    def __init__(self, reason: str, field: str | None = None, raw: Any = None) -> None:
+        self.reason = reason
+        self.field = field
+        self.raw = raw
+        super().__init__(reason)
+
+    def dlq_headers(self) -> list[tuple[str, bytes]]:
+        headers = super().dlq_headers()
+        if self.field:
+            headers.append(("traceline.field", self.field.encode("utf-8", "replace")))
+        return headers
+
+
+class DecodeError(TracelineError):
+    """Bytes read from Kafka (or the outbox) could not be turned into an event.
+
+    Always carries the raw bytes and a reason; the consumer fills in where it read them with
+    :meth:`at` (``raise err.at(msg.topic(), msg.partition(), msg.offset())`` or just route it).
+    """
+
+    def __init__(
+        self,
+        raw: bytes,
+        reason: str,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.raw = raw
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(reason)
+
+    def at(self, topic: str | None, partition: int | None, offset: int | None) -> Self:
+        """Record where the bad record was read; returns ``self`` for chaining."""
+        self.topic, self.partition, self.offset = topic, partition, offset
+        return self
+
+    def __str__(self) -> str:
+        where = ""
+        if self.topic is not None:
+            where = f" [{self.topic}/{self.partition}@{self.offset}]"
+        return f"{self.reason}{where}"
+
+    def dlq_headers(self) -> list[tuple[str, bytes]]:
+        headers = super().dlq_headers()
+        if self.topic is not None:
+            headers.append(("traceline.source_topic", self.topic.encode()))
+            headers.append(("traceline.source_partition", str(self.partition).encode()))
+            headers.append(("traceline.source_offset", str(self.offset).encode()))
+        return headers
+
+
+class UnknownSchemaError(DecodeError):
+    """The record names a schema we do not know (unknown fingerprint or registry schema id)."""
+
+
+class MalformedRecordError(DecodeError):
+    """The bytes are not a valid encoding (truncated, garbage, wrong framing)."""
+
+
+class OversizeEventError(TracelineError):
+    """An encoded event is larger than the broker accepts (``message.max.bytes``)."""
+
+    def __init__(self, size: int, limit: int, type_name: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        self.type_name = type_name
+        what = type_name or "event"
+        self.reason = f"encoded {what} is {size} bytes, over the {limit}-byte limit"
+        super().__init__(self.reason)
+
+
+class OutboxFullError(TracelineError):
+    """The local store-and-forward outbox reached its limit; the caller must slow down."""
+
+    def __init__(self, pending: int, limit: int) -> None:
+        self.pending = pending
+        self.limit = limit
+        self.reason = f"outbox full: {pending} events pending, limit {limit}"
+        super().__init__(self.reason)
+
+
+class BrokerUnavailableError(TracelineError):
+    """The Kafka cluster cannot be reached."""
+
+    def __init__(self, bootstrap: str, reason: str) -> None:
+        self.bootstrap = bootstrap
+        self.reason = reason
+        super().__init__(f"Kafka broker {bootstrap} unavailable: {reason}")
+
+
+class SchemaRegistryUnavailableError(TracelineError):
+    """The schema registry failed (unreachable, or refused to register a schema)."""
+
+    def __init__(self, url: str | None, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"schema registry {url or '<injected client>'}: {reason}")

@@ -1,0 +1,308 @@
+"""The ClickHouse sink: Kafka batches in, columnar inserts out, offsets committed after.
+
+Reads the raw events topic, the genealogy changes topic and the dead-letter topic with one
+confluent-kafka consumer (manual commits), and lands each batch in ClickHouse:
+
+* size- and time-bounded batches (``batch_size`` records or ``batch_seconds``);
+* one decode per event, columnar Arrow inserts, facts before the raw table they come from;
+* offsets are committed only after ClickHouse acknowledged every insert of the batch;
+* replay safety, in three layers: (1) per (raw table, partition) watermarks read from
+  ClickHouse at start and after every failure: rows at or below the highest landed offset
+  are not written again; (2) an ``insert_deduplication_token`` per table and batch;
+  (3) ReplacingMergeTree keyed on ``event_id`` for events a producer re-sent at another
+  offset (plus a bounded in-memory set of recent event ids that drops most of those before
+  they reach ClickHouse);
+* ClickHouse unavailable: back off and retry the same batch; nothing is committed or lost.
+
+Undecodable raw records are not the sink's to judge: the stream intake dead-letters them and
+the sink lands the dead-letter topic into ``dead_letters``. The sink counts what it skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from schemas.errors import DecodeError
+from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
+from sinks.rows import RAW_TABLE, RAW_TABLES, SinkRecord, deadletter_rows, genealogy_rows, rows_for_batch
+from sinks.store import Store, StoreError
+
+__all__ = ["SinkWorker", "SinkStats", "consumer_config"]
+
+log = logging.getLogger(__name__)
+
+
+def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 100,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "queued.max.messages.kbytes": 64 * 1024,
+        "session.timeout.ms": 15_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(overrides)
+    return conf
+
+
+@dataclass
+class SinkStats:
+    """Counters a person or a test can check (the ledger's sink side)."""
+
+    batches: int = 0
+    events_landed: int = 0
+    changes_landed: int = 0
+    dead_letters_landed: int = 0
+    undecodable_skipped: int = 0
+    duplicates_skipped: int = 0
+    replayed_skipped: int = 0
+    store_retries: int = 0
+    last_event_time: datetime | None = None
+    last_batch_at: datetime | None = None
+    last_error: str | None = None
+    positions: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("last_event_time", "last_batch_at"):
+            v = d[k]
+            d[k] = v.isoformat() if v else None
+        return d
+
+
+class _RecentIds:
+    """A bounded set of recently landed event ids (drops producer re-sends early)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def add(self, key: str) -> None:
+        self._ids[key] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+
+class SinkWorker:
+    """One sink consumer. ``run()`` loops until ``stop()``; ``poll_once()`` does one batch."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        store: Store,
+        *,
+        topics: TopicNames,
+        group_id: str = "traceline-sink",
+        serde: AvroSerde | None = None,
+        batch_size: int = 20_000,
+        batch_seconds: float = 0.5,
+        recent_ids: int = 1_000_000,
+        consumer_overrides: dict[str, Any] | None = None,
+        on_batch: Callable[[SinkStats], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.serde = serde or AvroSerde(topic=topics.events)
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.stats = SinkStats()
+        self.on_batch = on_batch
+        self._recent = _RecentIds(recent_ids)
+        self._stop = threading.Event()
+        self._watermarks: dict[tuple[str, int], int] = {}
+        self._watermarks_stale = True
+        self._consumer = Consumer(
+            consumer_config(bootstrap, group_id, on_commit=None, **(consumer_overrides or {}))
+        )
+        self._consumer.subscribe(
+            [topics.events, topics.changes, topics.deadletter], on_assign=self._on_assign
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._watermarks_stale = True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    # -- one batch ----------------------------------------------------------------------
+    def _collect(self) -> list[Message]:
+        msgs: list[Message] = []
+        deadline = time.monotonic() + self.batch_seconds
+        while len(msgs) < self.batch_size and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self._consumer.consume(num_messages=self.batch_size - len(msgs), timeout=left)
+            for m in got:
+                err = m.error()
+                if err is None:
+                    msgs.append(m)
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    self.stats.last_error = str(err)
+                    log.warning("consumer error: %s", err)
+        return msgs
+
+    def _refresh_watermarks(self) -> None:
+        marks: dict[tuple[str, int], int] = {}
+        for table in RAW_TABLES:
+            rows = self.store.query_rows(
+                f"SELECT kafka_partition, max(kafka_offset) FROM {table} "  # noqa: S608 - fixed names
+                "WHERE kafka_topic = {t:String} GROUP BY kafka_partition",
+                {"t": self.topics.events},
+            )
+            for p, off in rows:
+                marks[(table, int(p))] = int(off)
+        self._watermarks = marks
+        self._watermarks_stale = False
+
+    def poll_once(self) -> int:
+        """Collect one batch, land it, commit it. Returns the number of records handled."""
+        msgs = self._collect()
+        if not msgs:
+            return 0
+        while not self._stop.is_set():
+            try:
+                if self._watermarks_stale:
+                    self._refresh_watermarks()
+                self._land(msgs)
+                break
+            except StoreError as exc:
+                # ClickHouse is unavailable or refused the batch: keep the batch, back off,
+                # re-read the watermarks (part of it may have landed) and try again.
+                self.stats.store_retries += 1
+                self.stats.last_error = str(exc)
+                self._watermarks_stale = True
+                log.warning("store unavailable, retrying batch of %d: %s", len(msgs), exc)
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(self.stats.store_retries, 6)))
+        else:
+            return 0  # stopping: nothing committed, the batch is read again next time
+        self._commit(msgs)
+        return len(msgs)
+
+    def _land(self, msgs: list[Message]) -> None:
+        now = datetime.now(UTC)
+        events: list[SinkRecord] = []
+        changes: list[dict[str, Any]] = []
+        dead: list[dict[str, Any]] = []
+        ranges: dict[tuple[str, int], list[int]] = {}
+        new_ids: list[str] = []
+        t_events, t_changes, t_dlq = self.topics.events, self.topics.changes, self.topics.deadletter
+        marks = self._watermarks
+        last_time = self.stats.last_event_time
+        for m in msgs:
+            topic, part, off = m.topic(), m.partition(), m.offset()
+            r = ranges.setdefault((topic, part), [off, off])
+            r[0] = min(r[0], off)
+            r[1] = max(r[1], off)
+            value = m.value()
+            if topic == t_events:
+                try:
+                    type_name, rec = self.serde.decode(value)
+                except DecodeError:
+                    self.stats.undecodable_skipped += 1  # the intake dead-letters it
+                    continue
+                if off <= marks.get((RAW_TABLE.get(type_name, ""), part), -1):
+                    self.stats.replayed_skipped += 1
+                    continue
+                eid = rec["event_id"]
+                if eid in self._recent:
+                    self.stats.duplicates_skipped += 1
+                    continue
+                new_ids.append(eid)
+                events.append(SinkRecord(type_name, rec, topic, part, off, now))
+                et = rec["event_time"]
+                if last_time is None or et > last_time:
+                    last_time = et
+            elif topic == t_changes:
+                changes.append(json.loads(value))
+            elif topic == t_dlq:
+                headers = dict(m.headers() or [])
+                dead.append(
+                    {
+                        "source_topic": _h(headers, "traceline.source_topic"),
+                        "source_partition": int(_h(headers, "traceline.source_partition") or -1),
+                        "source_offset": int(_h(headers, "traceline.source_offset") or -1),
+                        "error": _h(headers, "traceline.error"),
+                        "reason": _h(headers, "traceline.reason"),
+                        "key": m.key() or b"",
+                        "raw": value or b"",
+                        "dlq_topic": topic,
+                        "dlq_partition": part,
+                        "dlq_offset": off,
+                        "ingest_time": now,
+                    }
+                )
+        tables: dict[str, Any] = {}
+        raw = rows_for_batch(events) if events else {}
+        # facts and genealogy first, raw tables last: a landed raw row (the watermark) then
+        # implies its facts landed too.
+        for name, tbl in raw.items():
+            if name not in RAW_TABLES:
+                tables[name] = tbl
+        tables.update(genealogy_rows(changes) if changes else {})
+        tables.update(deadletter_rows(dead) if dead else {})
+        for name, tbl in raw.items():
+            if name in RAW_TABLES:
+                tables[name] = tbl
+        if tables:
+            token = ";".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(ranges.items()))
+            self.store.write_batch(tables, token)
+        for eid in new_ids:
+            self._recent.add(eid)
+        s = self.stats
+        s.batches += 1
+        s.events_landed += len(events)
+        s.changes_landed += len(changes)
+        s.dead_letters_landed += len(dead)
+        s.last_event_time = last_time
+        s.last_batch_at = now
+        for (t, p), (_a, b) in ranges.items():
+            s.positions[f"{t}[{p}]"] = b + 1
+        if self.on_batch is not None:
+            self.on_batch(s)
+
+    def _commit(self, msgs: list[Message]) -> None:
+        hi: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            k = (m.topic(), m.partition())
+            if m.offset() >= hi.get(k, -1):
+                hi[k] = m.offset()
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in hi.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+
+def _h(headers: dict[str, Any], name: str) -> str:
+    v = headers.get(name)
+    if v is None:
+        return ""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)

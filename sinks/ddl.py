@@ -1,0 +1,543 @@
+"""Versioned ClickHouse DDL for traceline.
+
+The tables are declared once, as data (``TABLES``); the DDL, the column lists the row builder
+must produce and ``docs/TABLES.md`` are all rendered from that one declaration.
+
+Migrations are applied in order and idempotently: every statement is ``IF NOT EXISTS`` and
+the applied versions are recorded in ``schema_migrations``. ``apply_ddl`` can run any
+number of times, from any number of processes.
+
+Engine settings live in one place (``EngineOptions``). ``EngineOptions(cluster="name")`` is
+the single hook for cluster mode: it switches MergeTree engines to their Replicated*
+counterparts and adds ``ON CLUSTER``. (Distributed tables over shards are not rendered yet.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+__all__ = [
+    "TABLES",
+    "MIGRATIONS",
+    "EngineOptions",
+    "Table",
+    "Column",
+    "apply_ddl",
+    "applied_versions",
+    "render_markdown",
+    "table_columns",
+]
+
+log = logging.getLogger(__name__)
+
+#: How many recent insert blocks per table MergeTree remembers to drop a retried block
+#: carrying the same ``insert_deduplication_token``. Each batch writes one block per table
+#: (one per partition touched), so this covers the last few thousand batches.
+DEDUP_WINDOW = 10_000
+
+TS = "DateTime64(3, 'UTC')"
+LC = "LowCardinality(String)"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    comment: str
+    default: str | None = None  # a DEFAULT expression; the row builder may omit the column
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    comment: str
+    columns: tuple[Column, ...]
+    order_by: str
+    engine: str = "MergeTree"  # MergeTree | ReplacingMergeTree
+    version_column: str | None = None  # for ReplacingMergeTree(version)
+    partition_by: str | None = None
+    indexes: tuple[str, ...] = ()
+    kind: str = "raw"  # raw | fact | genealogy | meta
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """All engine settings in one place.
+
+    cluster: None for a single server / chdb; a cluster name switches to Replicated* engines
+    with ``ON CLUSTER`` (the Keeper path uses the ``{shard}``/``{replica}`` macros).
+    """
+
+    cluster: str | None = None
+    dedup_window: int = DEDUP_WINDOW
+    index_granularity: int = 8192
+    keeper_path: str = "/clickhouse/tables/{shard}/{database}/{table}"
+    extra_settings: dict[str, Any] = field(default_factory=dict)
+
+    def on_cluster(self) -> str:
+        return f" ON CLUSTER {_ident(self.cluster)}" if self.cluster else ""
+
+    def engine(self, table: Table, database: str) -> str:
+        args: list[str] = []
+        name = table.engine
+        if self.cluster:
+            name = f"Replicated{name}"
+            path = self.keeper_path.replace("{database}", database).replace("{table}", table.name)
+            args += [_quote(path), "'{replica}'"]
+        if table.version_column:
+            args.append(table.version_column)
+        return f"{name}({', '.join(args)})"
+
+    def settings(self) -> str:
+        s: dict[str, Any] = {"index_granularity": self.index_granularity}
+        if self.cluster:
+            s["replicated_deduplication_window"] = self.dedup_window
+        else:
+            s["non_replicated_deduplication_window"] = self.dedup_window
+        s.update(self.extra_settings)
+        return ", ".join(f"{k} = {v}" for k, v in s.items())
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"bad identifier {name!r}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# Column groups
+
+_HEADER = (
+    Column("event_id", "String", "Event UUID; the idempotency key (a re-sent event carries the same id)"),
+    Column("event_time", TS, "When it happened on the floor (UTC)"),
+    Column("source", LC, "Bench / gateway / system that captured the event"),
+    Column("site", LC, "Plant / business location"),
+    Column("program", LC, "Contract or programme (need-to-know separation)"),
+)
+_KAFKA = (
+    Column("ingest_time", TS, "When the sink read the event from Kafka (UTC)"),
+    Column("kafka_topic", LC, "Kafka topic the event was read from"),
+    Column("kafka_partition", "UInt32", "Kafka partition"),
+    Column("kafka_offset", "UInt64", "Kafka offset within the partition"),
+)
+
+
+def _unit(prefix: str = "", what: str = "unit") -> tuple[Column, ...]:
+    return (
+        Column(f"{prefix}uii", "String", f"UII of the {what}: '<part_number>:<serial_number>'"),
+        Column(f"{prefix}part_number", LC, f"Part number of the {what}"),
+        Column(f"{prefix}serial_number", "String", f"Serial number of the {what} (unique per part number)"),
+    )
+
+
+def _raw(
+    name: str, comment: str, cols: tuple[Column, ...], order_by: str, indexes: tuple[str, ...] = ()
+) -> Table:
+    # Raw tables are ReplacingMergeTree with event_id last in the sorting key: a producer that
+    # re-sends an event (same event_id) in a later batch is collapsed at merge time; a retried
+    # batch is dropped at insert time by the dedup token. Queries needing exactness before a
+    # merge use FINAL or LIMIT 1 BY event_id.
+    return Table(
+        name=name,
+        comment=comment,
+        columns=_HEADER + cols + _KAFKA,
+        order_by=f"({order_by}, event_id)",
+        engine="ReplacingMergeTree",
+        partition_by="toYYYYMM(event_time)",
+        indexes=indexes,
+        kind="raw",
+    )
+
+
+_BF = "TYPE bloom_filter(0.01) GRANULARITY 4"
+
+TABLES: tuple[Table, ...] = (
+    # ---------------------------------------------------------------- raw event tables
+    _raw(
+        "material_received",
+        "MaterialReceived events: a lot received from a supplier",
+        (
+            Column("lot_id", "String", "Plant-internal lot number"),
+            Column("part_number", LC, "Part number of the material"),
+            Column("supplier_id", LC, "Supplier"),
+            Column("supplier_lot", "String", "The supplier's own lot number"),
+            Column("quantity", "Float64", "Quantity received"),
+            Column("unit_of_measure", LC, "Unit of measure of quantity"),
+            Column("coc_reference", "Nullable(String)", "Certificate of conformance reference"),
+            Column("inspection_result", LC, "Incoming inspection: ACCEPTED / REJECTED / CONDITIONAL"),
+        ),
+        "lot_id, event_time",
+        (f"INDEX ix_supplier_lot (supplier_id, supplier_lot) {_BF}",),
+    ),
+    _raw(
+        "lot_transformed",
+        "LotTransformed events: an output lot made from input lots (split, merge, processing)",
+        (
+            Column("lot_id", "String", "The output lot"),
+            Column("part_number", LC, "Part number of the output lot"),
+            Column("transformation", LC, "SPLIT / MERGE / PROCESS"),
+            Column("input_lot_ids", "Array(String)", "Input lots"),
+            Column(
+                "input_quantities",
+                "Array(Float64)",
+                "Quantity taken from each input lot (parallel to input_lot_ids)",
+            ),
+            Column("quantity", "Float64", "Output quantity"),
+            Column("unit_of_measure", LC, "Unit of measure"),
+            Column("work_order", "Nullable(String)", "Work order"),
+            Column("station_id", "Nullable(String)", "Station / machine"),
+        ),
+        "lot_id, event_time",
+        (f"INDEX ix_station station_id {_BF}",),
+    ),
+    _raw(
+        "operations",
+        "OperationCompleted events (creates_unit = 1 is 'UnitProduced')",
+        _unit()
+        + (
+            Column("work_order", "String", "Work order"),
+            Column("operation", "String", "Operation, e.g. '0010 SMT placement'"),
+            Column("station_id", LC, "Station / machine"),
+            Column("operator_id", LC, "Operator"),
+            Column("started_at", TS, "Operation start (UTC)"),
+            Column("finished_at", TS, "Operation end (UTC)"),
+            Column("creates_unit", "Bool", "This operation made the unit"),
+            Column("consumed_lot_ids", "Array(String)", "Lots consumed"),
+            Column("consumed_lot_quantities", "Array(Float64)", "Quantity of each consumed lot (parallel)"),
+            Column("consumed_uiis", "Array(String)", "Serialised units consumed (UIIs)"),
+        ),
+        "uii, event_time",
+        (
+            f"INDEX ix_station station_id {_BF}",
+            f"INDEX ix_operator operator_id {_BF}",
+            f"INDEX ix_work_order work_order {_BF}",
+            "INDEX ix_started started_at TYPE minmax GRANULARITY 1",
+            "INDEX ix_finished finished_at TYPE minmax GRANULARITY 1",
+        ),
+    ),
+    _raw(
+        "unit_tests",
+        "UnitTested events with their measurements",
+        _unit()
+        + (
+            Column("bench_id", LC, "Test bench"),
+            Column("procedure_id", LC, "Test procedure"),
+            Column("procedure_version", LC, "Test procedure version"),
+            Column("calibration_id", "String", "Calibration record of the bench"),
+            Column("calibration_due", TS, "Calibration due date of the bench (UTC)"),
+            Column("operator_id", "Nullable(String)", "Operator"),
+            Column("started_at", TS, "Test start (UTC)"),
+            Column("finished_at", TS, "Test end (UTC)"),
+            Column("verdict", LC, "PASS / FAIL / ABORTED"),
+            Column("measurements.name", "Array(String)", "Measurement names (Nested measurements)"),
+            Column("measurements.value", "Array(Float64)", "Measured values"),
+            Column("measurements.unit", "Array(String)", "Units of the values"),
+            Column("measurements.low_limit", "Array(Nullable(Float64))", "Lower limits (NULL: none)"),
+            Column("measurements.high_limit", "Array(Nullable(Float64))", "Upper limits (NULL: none)"),
+            Column("measurements.passed", "Array(Bool)", "Per-measurement pass flags"),
+        ),
+        "uii, event_time",
+        (
+            f"INDEX ix_bench bench_id {_BF}",
+            "INDEX ix_started started_at TYPE minmax GRANULARITY 1",
+            "INDEX ix_finished finished_at TYPE minmax GRANULARITY 1",
+        ),
+    ),
+    _raw(
+        "assembly_events",
+        "UnitAssembled and UnitRemoved events (action), keyed by the child unit",
+        (Column("action", LC, "ASSEMBLED or REMOVED"),)
+        + _unit(what="child unit")
+        + _unit("parent_", "parent unit")
+        + (
+            Column("position", "Nullable(String)", "Position / reference designator"),
+            Column("reason", "Nullable(String)", "Reason for a removal, e.g. 'rework'"),
+            Column("work_order", "Nullable(String)", "Work order"),
+            Column("station_id", "Nullable(String)", "Station"),
+            Column("operator_id", "Nullable(String)", "Operator"),
+        ),
+        "uii, event_time",
+        (f"INDEX ix_parent parent_uii {_BF}",),
+    ),
+    _raw(
+        "shipments",
+        "UnitShipped events",
+        _unit()
+        + (
+            Column("shipment_id", "String", "Shipment"),
+            Column("customer_id", LC, "Customer"),
+            Column("contract", LC, "Contract"),
+            Column("destination_site", LC, "Destination site"),
+            Column("end_system", "Nullable(String)", "Platform / tail / hull number"),
+        ),
+        "uii, event_time",
+        (f"INDEX ix_customer customer_id {_BF}",),
+    ),
+    _raw(
+        "lot_status",
+        "LotStatusChanged events",
+        (
+            Column("lot_id", "String", "Lot"),
+            Column("status", LC, "HOLD / QUARANTINE / RELEASED / SCRAPPED"),
+            Column("reason", "String", "Reason"),
+        ),
+        "lot_id, event_time",
+    ),
+    _raw(
+        "nonconformances",
+        "NonconformanceRaised events",
+        (
+            Column("ncr_id", "String", "Nonconformance report id"),
+            Column("target_kind", LC, "LOT / SUPPLIER_LOT / SERIAL / STATION / OPERATOR / BENCH / SUPPLIER"),
+            Column(
+                "target_id",
+                "String",
+                "Target id (UII for SERIAL, '<supplier_id>:<supplier_lot>' for SUPPLIER_LOT)",
+            ),
+            Column("window_start", f"Nullable({TS})", "Start of the suspect time window"),
+            Column("window_end", f"Nullable({TS})", "End of the suspect time window"),
+            Column("severity", LC, "MINOR / MAJOR / CRITICAL"),
+            Column("disposition", LC, "PENDING / USE_AS_IS / REWORK / REPAIR / SCRAP / RETURN_TO_SUPPLIER"),
+            Column("description", "String", "Description"),
+        ),
+        "target_kind, target_id, event_time",
+    ),
+    # ---------------------------------------------------------------- facts for the recall path
+    Table(
+        "lot_consumption",
+        "Fact: lot -> unit, one row per consumed lot of an OperationCompleted",
+        (
+            Column("lot_id", "String", "Consumed lot"),
+            Column("uii", "String", "Unit that consumed the lot"),
+            Column("part_number", LC, "Part number of the unit"),
+            Column("quantity", "Float64", "Quantity consumed"),
+            Column("work_order", "String", "Work order"),
+            Column("operation", "String", "Operation"),
+            Column("station_id", LC, "Station"),
+            Column("operator_id", LC, "Operator"),
+            _HEADER[0],
+            _HEADER[1],
+            _HEADER[3],
+            _HEADER[4],
+        ),
+        "(lot_id, uii, event_id)",
+        engine="ReplacingMergeTree",
+        kind="fact",
+    ),
+    Table(
+        "lot_lineage",
+        "Fact: input lot -> output lot, one row per input of a LotTransformed",
+        (
+            Column("input_lot_id", "String", "Input lot"),
+            Column("output_lot_id", "String", "Output lot"),
+            Column("input_quantity", "Float64", "Quantity taken from the input lot"),
+            Column("transformation", LC, "SPLIT / MERGE / PROCESS"),
+            Column("part_number", LC, "Part number of the output lot"),
+            Column("station_id", "Nullable(String)", "Station"),
+            _HEADER[0],
+            _HEADER[1],
+            _HEADER[3],
+            _HEADER[4],
+        ),
+        "(input_lot_id, output_lot_id, event_id)",
+        engine="ReplacingMergeTree",
+        kind="fact",
+    ),
+    Table(
+        "unit_consumption",
+        "Fact: consumed unit -> consuming unit, from OperationCompleted.consumed_units",
+        (
+            Column("consumed_uii", "String", "Serialised unit consumed"),
+            Column("consumer_uii", "String", "Unit that consumed it"),
+            Column("work_order", "String", "Work order"),
+            Column("operation", "String", "Operation"),
+            Column("station_id", LC, "Station"),
+            Column("operator_id", LC, "Operator"),
+            _HEADER[0],
+            _HEADER[1],
+            _HEADER[3],
+            _HEADER[4],
+        ),
+        "(consumed_uii, consumer_uii, event_id)",
+        engine="ReplacingMergeTree",
+        kind="fact",
+    ),
+    # ---------------------------------------------------------------- genealogy
+    Table(
+        "unit_genealogy",
+        "Current place of every unit in the assembly tree "
+        "(one live row per uii; use FINAL or argMax(..., seq))",
+        (
+            Column("uii", "String", "Unit"),
+            Column("parent_uii", "Nullable(String)", "Current parent; NULL when the unit is a root"),
+            Column(
+                "root_uii", "String", "Final system (top of the tree); the unit itself when it has no parent"
+            ),
+            Column(
+                "path", "Array(String)", "Ancestors from the parent up to the root (root last); [] for a root"
+            ),
+            Column("depth", "UInt16", "Number of ancestors (length of path)"),
+            Column("seq", "UInt64", "Monotonic sequence per uii; the ReplacingMergeTree version"),
+            Column("version_time", TS, "Event time of the assembly fact that set the parent"),
+            Column("version_event_id", "String", "Event id of the assembly fact that set the parent"),
+            Column("updated_at", TS, "When the sink wrote the row", default="now64(3, 'UTC')"),
+        ),
+        "uii",
+        engine="ReplacingMergeTree",
+        version_column="seq",
+        kind="genealogy",
+    ),
+    Table(
+        "root_members",
+        "Index root system -> units (candidates; a unit that moved keeps a stale row under its old root: "
+        "confirm against unit_genealogy)",
+        (
+            Column("root_uii", "String", "Final system"),
+            Column("uii", "String", "Unit that had this root at seq"),
+            Column("seq", "UInt64", "unit_genealogy.seq of the change that put the unit under this root"),
+        ),
+        "(root_uii, uii)",
+        engine="ReplacingMergeTree",
+        version_column="seq",
+        kind="genealogy",
+    ),
+)
+
+DEAD_LETTERS = Table(
+    "dead_letters",
+    "Events that could not be decoded or validated, with the reason (from the dead-letter topic)",
+    (
+        Column("source_topic", LC, "Topic the bad record was read from"),
+        Column("source_partition", "Int32", "Its partition"),
+        Column("source_offset", "Int64", "Its offset"),
+        Column("error", LC, "Error type (UnknownSchemaError, MalformedRecordError, GenealogyCycle, ...)"),
+        Column("reason", "String", "Human-readable reason"),
+        Column("key", "String", "The record's Kafka key, as received"),
+        Column("raw", "String", "The record's bytes, as received"),
+        Column("dlq_topic", LC, "Dead-letter topic"),
+        Column("dlq_partition", "UInt32", "Partition in the dead-letter topic"),
+        Column("dlq_offset", "UInt64", "Offset in the dead-letter topic"),
+        Column("ingest_time", TS, "When the sink read it"),
+    ),
+    "(source_topic, source_partition, source_offset)",
+    engine="ReplacingMergeTree",
+    kind="meta",
+)
+TABLES = TABLES + (DEAD_LETTERS,)
+
+_META = Table(
+    "schema_migrations",
+    "Applied DDL migrations",
+    (
+        Column("version", "UInt32", "Migration number"),
+        Column("name", "String", "Migration name"),
+        Column("checksum", "String", "sha256 of the rendered statements"),
+        Column("applied_at", TS, "When it was applied"),
+    ),
+    "version",
+    engine="ReplacingMergeTree",
+    kind="meta",
+)
+
+_BY_NAME = {t.name: t for t in TABLES}
+
+
+def table_columns(name: str) -> list[str]:
+    """Column names of a table as the row builder must produce them (defaults excluded)."""
+    return [c.name for c in _BY_NAME[name].columns if c.default is None]
+
+
+def _create_table(t: Table, database: str, opts: EngineOptions) -> str:
+    cols = []
+    for c in t.columns:
+        default = f" DEFAULT {c.default}" if c.default else ""
+        cols.append(f"    `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
+    body = ",\n".join(cols + [f"    {ix}" for ix in t.indexes])
+    parts = [
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{t.name}`{opts.on_cluster()}\n(\n{body}\n)",
+        f"ENGINE = {opts.engine(t, database)}",
+    ]
+    if t.partition_by:
+        parts.append(f"PARTITION BY {t.partition_by}")
+    parts.append(f"ORDER BY {t.order_by}")
+    parts.append(f"SETTINGS {opts.settings()}")
+    parts.append(f"COMMENT {_quote(t.comment)}")
+    return "\n".join(parts)
+
+
+# A migration is (version, name, function(database, opts) -> statements). Append only; never
+# edit an applied one (its checksum is recorded and a change is logged as a warning).
+def _m1(database: str, opts: EngineOptions) -> list[str]:
+    return [_create_table(t, database, opts) for t in TABLES]
+
+
+MIGRATIONS: tuple[tuple[int, str, Any], ...] = ((1, "initial tables", _m1),)
+
+
+class _Client(Protocol):  # the part of clickhouse-connect's client we use
+    def command(self, cmd: str, parameters: Any = None, settings: Any = None) -> Any: ...
+
+    def query(self, query: str, parameters: Any = None, settings: Any = None) -> Any: ...
+
+
+def applied_versions(client: _Client, database: str) -> dict[int, str]:
+    rows = client.query(f"SELECT version, checksum FROM `{database}`.schema_migrations FINAL").result_rows
+    return {int(v): str(c) for v, c in rows}
+
+
+def apply_ddl(client: _Client, database: str, opts: EngineOptions | None = None) -> list[int]:
+    """Create the database and apply pending migrations in order. Returns the versions applied now."""
+    opts = opts or EngineOptions()
+    _ident(database)
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{opts.on_cluster()}")
+    client.command(_create_table(_META, database, opts))
+    done = applied_versions(client, database)
+    applied: list[int] = []
+    for version, name, build in MIGRATIONS:
+        statements = build(database, opts)
+        checksum = hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()
+        if version in done:
+            if done[version] != checksum:
+                log.warning("migration %s (%s) changed since it was applied; not re-applied", version, name)
+            continue
+        for stmt in statements:
+            client.command(stmt)
+        client.command(
+            f"INSERT INTO `{database}`.schema_migrations (version, name, checksum, applied_at) "
+            "VALUES ({v:UInt32}, {n:String}, {c:String}, {t:DateTime64(3, 'UTC')})",
+            parameters={"v": version, "n": name, "c": checksum, "t": datetime.now(UTC)},
+        )
+        applied.append(version)
+        log.info("applied migration %s: %s", version, name)
+    return applied
+
+
+def render_markdown() -> str:
+    """The table reference (docs/TABLES.md body) rendered from ``TABLES``."""
+    out: list[str] = []
+    for t in TABLES:
+        engine = t.engine + (f"({t.version_column})" if t.version_column else "")
+        out.append(f"### `{t.name}`\n")
+        out.append(f"{t.comment}.\n")
+        meta = f"Engine `{engine}`, ORDER BY `{t.order_by}`"
+        if t.partition_by:
+            meta += f", PARTITION BY `{t.partition_by}`"
+        out.append(meta + ".\n")
+        out.append("| column | type | meaning |")
+        out.append("| --- | --- | --- |")
+        for c in t.columns:
+            out.append(f"| `{c.name}` | `{c.type}` | {c.comment} |")
+        out.append("")
+    return "\n".join(out)

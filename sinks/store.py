@@ -1,0 +1,248 @@
+"""The ClickHouse store handle: open (and migrate), idempotent batch writes, bound queries.
+
+One client API, clickhouse-connect; the DSN picks the engine:
+
+* ``chdb:///abs/path`` - embedded ClickHouse (chdb) in this process. One process owns a path;
+  this is the only place traceline assumes one process sees all data.
+* ``http(s)://user:pass@host:8123`` - a ClickHouse server or cluster.
+
+Idempotent writes: ``write_batch(tables, token)`` inserts every table with
+``insert_deduplication_token = f"{token}:{table}"`` (and ``insert_deduplicate = 1``,
+``async_insert = 0``). The tables carry ``non_replicated_deduplication_window`` (see
+``sinks.ddl``), so a replayed batch with the same token is dropped per table, also after a
+restart (measured on chdb 4.4 / ClickHouse 26.9 and asserted in
+tests/integration/test_store.py). The token must be a pure function of the batch content,
+e.g. ``f"{topic}:{partition}:{first_offset}-{last_offset}"``, and batch boundaries must be
+reproducible on replay. As a second line, raw and fact tables are ReplacingMergeTree keyed
+with ``event_id``, so an event that arrives twice in *different* batches (a producer re-send)
+collapses at merge time (exact queries: FINAL / LIMIT 1 BY event_id / DISTINCT).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from schemas.errors import TracelineError
+from sinks.ddl import EngineOptions, apply_ddl
+
+__all__ = ["Store", "StoreError", "StoreUnavailableError", "StoreQueryError"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# ClickHouse error codes worth retrying: the server is busy or briefly unreachable.
+_TRANSIENT_CODES = {
+    "159",  # TIMEOUT_EXCEEDED
+    "164",  # READONLY (replica in read-only mode)
+    "202",  # TOO_MANY_SIMULTANEOUS_QUERIES
+    "209",  # SOCKET_TIMEOUT
+    "210",  # NETWORK_ERROR
+    "241",  # MEMORY_LIMIT_EXCEEDED
+    "242",  # TABLE_IS_READ_ONLY
+    "252",  # TOO_MANY_PARTS
+    "285",  # TOO_FEW_LIVE_REPLICAS
+    "319",  # UNKNOWN_STATUS_OF_INSERT
+    "425",  # SYSTEM_ERROR
+    "999",  # KEEPER_EXCEPTION
+}
+
+INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
+
+
+class StoreError(TracelineError):
+    """A ClickHouse operation failed for a reason a retry will not fix."""
+
+    def __init__(self, reason: str, *, operation: str = "", table: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.operation = operation
+        self.table = table
+
+
+class StoreUnavailableError(StoreError):
+    """ClickHouse did not accept the operation after all retries (transient failures)."""
+
+    def __init__(
+        self, reason: str, *, operation: str = "", table: str | None = None, attempts: int = 0
+    ) -> None:
+        super().__init__(reason, operation=operation, table=table)
+        self.attempts = attempts
+
+
+class StoreQueryError(StoreError):
+    """A query was rejected (bad SQL, bad parameter, unknown table)."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):  # connection refused / reset / timeouts
+        return True
+    if isinstance(exc, DatabaseError):
+        msg = str(exc)
+        return any(f"Code: {c}." in msg or f"code: {c}" in msg for c in _TRANSIENT_CODES)
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _aware(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    # chdb may return DateTime64('UTC') values as naive datetimes; our columns are UTC.
+    out = []
+    for row in rows:
+        if any(isinstance(v, datetime) and v.tzinfo is None for v in row):
+            row = tuple(
+                v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in row
+            )
+        out.append(row)
+    return out
+
+
+class Store:
+    """A handle on the traceline ClickHouse database. Build with :meth:`open`."""
+
+    def __init__(
+        self,
+        client: Any,
+        database: str,
+        *,
+        dsn: str = "",
+        retries: int = 5,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.database = database
+        self.dsn = dsn
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        dsn: str,
+        database: str = "traceline",
+        *,
+        engine: EngineOptions | None = None,
+        migrate: bool = True,
+        retries: int = 5,
+        backoff_s: float = 0.2,
+    ) -> Store:
+        """Connect, create the database and apply pending DDL migrations."""
+        import clickhouse_connect
+
+        def connect() -> Any:
+            return clickhouse_connect.get_client(dsn=dsn)
+
+        probe = cls(None, database, dsn=dsn, retries=retries, backoff_s=backoff_s)
+        client = probe._retry("connect", connect)
+        store = cls(client, database, dsn=dsn, retries=retries, backoff_s=backoff_s)
+        try:
+            if migrate:
+                store._retry("migrate", lambda: apply_ddl(client, database, engine))
+            client.database = database
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            finally:
+                self.client = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ retry
+
+    def _retry(self, operation: str, fn: Callable[[], T], table: str | None = None) -> T:
+        delay = self.backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except (DatabaseError, ConnectionError, TimeoutError) as exc:
+                if not _is_transient(exc):
+                    if operation in ("query", "command"):
+                        raise StoreQueryError(str(exc), operation=operation, table=table) from exc
+                    raise StoreError(str(exc), operation=operation, table=table) from exc
+                if attempt > self.retries:
+                    raise StoreUnavailableError(
+                        f"{operation} failed after {attempt} attempts: {exc}",
+                        operation=operation,
+                        table=table,
+                        attempts=attempt,
+                    ) from exc
+                log.warning(
+                    "%s%s failed (attempt %d), retrying in %.2fs: %s",
+                    operation,
+                    f" {table}" if table else "",
+                    attempt,
+                    delay,
+                    exc,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    # ------------------------------------------------------------------ writes
+
+    def write_batch(self, tables: Mapping[str, pa.Table | Mapping[str, Any]], token: str) -> dict[str, int]:
+        """Insert each table of a batch, idempotently. Returns rows sent per table.
+
+        Call with the same ``token`` when replaying the same batch (after a crash or a failed
+        attempt): rows ClickHouse already has are dropped, the rest is written. Commit Kafka
+        offsets only after this returns.
+        """
+        if not token:
+            raise ValueError("write_batch needs a non-empty, batch-stable token")
+        sent: dict[str, int] = {}
+        for name, data in tables.items():
+            tbl = data if isinstance(data, pa.Table) else pa.table(dict(data))
+            if tbl.num_rows == 0:
+                continue
+            settings: dict[str, Any] = dict(INSERT_SETTINGS, insert_deduplication_token=f"{token}:{name}")
+            self._retry("insert", partial(self._insert_arrow, name, tbl, settings), table=name)
+            sent[name] = tbl.num_rows
+        return sent
+
+    def _insert_arrow(self, table: str, data: pa.Table, settings: dict[str, Any]) -> Any:
+        return self.client.insert_arrow(table, data, database=self.database, settings=settings)
+
+    # ------------------------------------------------------------------ reads
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT with server-side bound parameters (``{name:Type}``); rows as dicts."""
+        res = self._retry("query", lambda: self.client.query(sql, parameters=dict(params or {})))
+        names = res.column_names
+        return [dict(zip(names, row, strict=True)) for row in _aware(res.result_rows)]
+
+    def query_rows(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and row tuples (for tables / CSV)."""
+        res = self._retry("query", lambda: self.client.query(sql, parameters=dict(params or {})))
+        return list(res.column_names), _aware(res.result_rows)
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        return self._retry("query", lambda: self.client.query_arrow(sql, parameters=dict(params or {})))
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self._retry("command", lambda: self.client.command(sql, parameters=dict(params or {})))
+
+    def count(self, table: str) -> int:
+        return int(self.query(f"SELECT count() AS n FROM `{self.database}`.`{table}`")[0]["n"])
