@@ -72,7 +72,11 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO outbox(event_id, topic, key, value) VALUES (?, ?, ?, ?)", rows
+                    # only a pending duplicate event_id is skipped (OR IGNORE would also
+                    # swallow NOT NULL violations, i.e. silently drop a broken row)
+                    "INSERT INTO outbox(event_id, topic, key, value) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(event_id) DO NOTHING",
+                    rows,
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -81,6 +81,8 @@ class Publisher:
         self.delivered_total = 0
         self.failed_attempts = 0
         self.last_error: str | None = None
+        self._closed = False
+        self._remaining = 0
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, event: EventBase) -> None:
@@ -173,9 +175,20 @@ class Publisher:
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush for up to ``timeout`` seconds and close the outbox; pending rows stay on disk."""
-        remaining = self.flush(timeout)
+        if self._closed:
+            return self._remaining
+        self.flush(timeout)
+        # Stop the client now (its threads would otherwise keep reconnecting and re-sending until
+        # the garbage collector finds the producer <-> callback cycle). What it still holds stays
+        # in the outbox and goes out with the next publisher.
+        self._producer.purge()
+        self._producer.poll(0)
+        self._settle()
+        self._producer.close()
+        self._remaining = len(self.outbox)
         self.outbox.close()
-        return remaining
+        self._closed = True
+        return self._remaining
 
     def __enter__(self) -> Publisher:
         return self

@@ -130,9 +130,7 @@ class SinkWorker:
         self._stop = threading.Event()
         self._watermarks: dict[tuple[str, int], int] = {}
         self._watermarks_stale = True
-        self._consumer = Consumer(
-            consumer_config(bootstrap, group_id, on_commit=None, **(consumer_overrides or {}))
-        )
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
         self._consumer.subscribe(
             [topics.events, topics.changes, topics.deadletter], on_assign=self._on_assign
         )
@@ -175,7 +173,7 @@ class SinkWorker:
     def _refresh_watermarks(self) -> None:
         marks: dict[tuple[str, int], int] = {}
         for table in RAW_TABLES:
-            rows = self.store.query_rows(
+            _names, rows = self.store.query_rows(
                 f"SELECT kafka_partition, max(kafka_offset) FROM {table} "  # noqa: S608 - fixed names
                 "WHERE kafka_topic = {t:String} GROUP BY kafka_partition",
                 {"t": self.topics.events},

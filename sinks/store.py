@@ -21,6 +21,7 @@ collapses at merge time (exact queries: FINAL / LIMIT 1 BY event_id / DISTINCT).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -122,6 +123,9 @@ class Store:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        # one handle may serve the sink thread and the API thread (an embedded store has one
+        # owner process); every call on the client is serialised
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,7 +179,8 @@ class Store:
         while True:
             attempt += 1
             try:
-                return fn()
+                with self._lock:
+                    return fn()
             except (DatabaseError, ConnectionError, TimeoutError) as exc:
                 if not _is_transient(exc):
                     if operation in ("query", "command"):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -35,10 +36,17 @@ out = Console()
 BootstrapOpt = Annotated[
     str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env TRACELINE_KAFKA_BOOTSTRAP]")
 ]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")]
-TopicOpt = Annotated[str | None, typer.Option("--topic", help="raw events topic [env TRACELINE_KAFKA_EVENTS_TOPIC]")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")
+]
+TopicOpt = Annotated[
+    str | None, typer.Option("--topic", help="raw events topic [env TRACELINE_KAFKA_EVENTS_TOPIC]")
+]
 RegistryOpt = Annotated[
-    str | None, typer.Option("--schema-registry", help="Confluent schema registry URL [env TRACELINE_SCHEMA_REGISTRY_URL]")
+    str | None,
+    typer.Option(
+        "--schema-registry", help="Confluent schema registry URL [env TRACELINE_SCHEMA_REGISTRY_URL]"
+    ),
 ]
 
 
@@ -49,7 +57,10 @@ def _settings(
     registry: str | None = None,
 ) -> Settings:
     return load_settings(
-        data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__events_topic=topic, schema_registry__url=registry
+        data_dir=data_dir,
+        kafka__bootstrap=bootstrap,
+        kafka__events_topic=topic,
+        schema_registry__url=registry,
     )
 
 
@@ -89,7 +100,9 @@ def _progress() -> Progress:
 @stack_app.command("up")
 def stack_up(
     data_dir: DataDirOpt = None,
-    port: Annotated[int | None, typer.Option(help="broker port (default: a free one, kept across restarts)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="broker port (default: a free one, kept across restarts)")
+    ] = None,
 ) -> None:
     """Assemble Kafka from Maven Central (once), format KRaft storage, start the broker."""
     from traceline import localstack
@@ -127,13 +140,14 @@ def stack_status(data_dir: DataDirOpt = None) -> None:
 
 
 # -- publish ----------------------------------------------------------------------------
-def _open_input(file: str) -> TextIO:
+def _open_input(file: str) -> BinaryIO:
+    # bytes: a line that is not UTF-8 is reported as an invalid line, not a crash
     if file == "-":
-        return sys.stdin
+        return sys.stdin.buffer
     p = Path(file)
     if not p.is_file():
         raise _fail(f"no such file: {file}", code=2)
-    return p.open("r", encoding="utf-8")
+    return p.open("rb")
 
 
 @app.command()
@@ -157,13 +171,15 @@ def publish(
     from schemas.serde import AvroSerde
 
     s = _settings(bootstrap, data_dir, topic, schema_registry)
+    stream = _open_input(file)  # a missing file is a usage error (2), checked before Kafka
     boot = resolve_bootstrap(s)
-    stream = _open_input(file)
     size = Path(file).stat().st_size if file != "-" else None
     serde = AvroSerde(registry_url=s.schema_registry.url, topic=s.kafka.events_topic)
     pub = Publisher(boot, s.outbox_path, topic=s.kafka.events_topic, serde=serde)
     if len(pub.outbox):
-        err.print(f"{len(pub.outbox)} events from an earlier run are pending in the outbox; sending them first")
+        err.print(
+            f"{len(pub.outbox)} events from an earlier run are pending in the outbox; sending them first"
+        )
     bad = valid = 0
     batch: list[Any] = []
     try:
@@ -171,7 +187,7 @@ def publish(
             task = progress.add_task("publishing", total=size, rate="")
             for lineno, line in enumerate(stream, 1):
                 if size is not None:
-                    progress.update(task, advance=len(line.encode()), rate=f"{valid} events")
+                    progress.update(task, advance=len(line), rate=f"{valid} events")
                 if not line.strip():
                     continue
                 try:
@@ -179,7 +195,8 @@ def publish(
                 except TracelineError as exc:
                     bad += 1
                     if bad <= max_errors_shown:
-                        err.print(f"line {lineno}: {exc}")
+                        # the reason quotes the input: never interpret it as rich markup
+                        err.print(f"line {lineno}: {exc}", markup=False, highlight=False)
                     continue
                 valid += 1
                 if len(batch) >= 2000:
@@ -187,19 +204,19 @@ def publish(
                     batch = []
             if batch:
                 pub.publish_many(batch)
-            remaining = pub.flush(timeout, progress=lambda n: progress.update(task, rate=f"{n} delivered"))
+            pub.flush(timeout, progress=lambda n: progress.update(task, rate=f"{n} delivered"))
     finally:
-        pub.outbox.close()
-        if stream is not sys.stdin:
+        remaining = pub.close(0)  # flushed above; stops the producer, undelivered rows stay on disk
+        if stream is not sys.stdin.buffer:
             stream.close()
     if bad > max_errors_shown:
         err.print(f"... and {bad - max_errors_shown} more invalid lines")
     out.print(f"{valid} valid events stored, {pub.delivered_total} delivered to Kafka, {bad} invalid lines")
     if remaining:
         raise _fail(
-            f"{remaining} events are still in the outbox ({s.outbox_path}); Kafka at {boot} did not acknowledge "
-            f"them in {timeout:.0f}s ({pub.last_error or 'no answer'}). They are safe on disk and go out "
-            "with the next `traceline publish` or `traceline outbox flush`."
+            f"{remaining} events are still in the outbox ({s.outbox_path}); Kafka at {boot} did not "
+            f"acknowledge them in {timeout:.0f}s ({pub.last_error or 'no answer'}). They are safe on disk "
+            "and go out with the next `traceline publish` or `traceline outbox flush`."
         )
     if bad:
         raise typer.Exit(1)
@@ -236,8 +253,12 @@ def outbox_cmd(
 def simulate(
     units: Annotated[int, typer.Option("--units", "-n", min=1, help="serialised units to make (all levels)")],
     seed: Annotated[int, typer.Option(help="random seed: same seed, same plant")] = 0,
-    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="write JSON Lines here (- for stdout)")] = None,
-    do_publish: Annotated[bool, typer.Option("--publish", help="publish to Kafka through the outbox")] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write JSON Lines here (- for stdout)")
+    ] = None,
+    do_publish: Annotated[
+        bool, typer.Option("--publish", help="publish to Kafka through the outbox")
+    ] = False,
     bootstrap: BootstrapOpt = None,
     topic: TopicOpt = None,
     data_dir: DataDirOpt = None,
@@ -281,6 +302,264 @@ def simulate(
     err.print(f"{n} events published, {remaining} still pending in the outbox")
     if remaining:
         raise typer.Exit(3)
+
+
+# -- serve ------------------------------------------------------------------------------
+@app.command()
+def serve(
+    bootstrap: BootstrapOpt = None,
+    data_dir: DataDirOpt = None,
+    topic: TopicOpt = None,
+    schema_registry: RegistryOpt = None,
+    dsn: Annotated[
+        str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")
+    ] = None,
+    host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8640,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="do not run the stream processors")] = False,
+    no_sink: Annotated[bool, typer.Option("--no-sink", help="do not run the ClickHouse sink")] = False,
+) -> None:
+    """Run the stream processors, the ClickHouse sink and the query API (Ctrl-C stops all)."""
+    from traceline.serve import ServeOptions, Server
+
+    s = _settings(bootstrap, data_dir, topic, schema_registry)
+    if dsn:
+        s.clickhouse.dsn = dsn
+    boot = resolve_bootstrap(s)
+    server = Server(
+        s, ServeOptions(boot, host=host, port=port, with_worker=not no_worker, with_sink=not no_sink)
+    )
+    server.start()
+    err.print(
+        f"traceline serving: Kafka {boot}, ClickHouse {s.clickhouse_dsn}, API http://{host}:{port} "
+        f"(OpenAPI at /docs); stream worker log: {s.data_dir / 'streams.log'}"
+    )
+    server.run_forever()
+
+
+# -- queries ----------------------------------------------------------------------------
+trace_app = typer.Typer(help="Forward and backward traces.")
+app.add_typer(trace_app, name="trace")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV output (one row per affected unit)")]
+DsnOpt = Annotated[str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")]
+
+
+def _query(settings: Settings, path: str, params: dict[str, Any], local: Any) -> Any:
+    """Through the running server's API if there is one (it owns an embedded store), else directly."""
+    from traceline.serve import serve_state
+
+    state = serve_state(settings.data_dir)
+    if state:
+        import httpx
+
+        try:
+            r = httpx.get(
+                state["url"] + path, params={k: v for k, v in params.items() if v is not None}, timeout=60
+            )
+        except httpx.HTTPError as exc:
+            raise _fail(f"the running server at {state['url']} did not answer: {exc}") from exc
+        if r.status_code >= 400:
+            raise _fail(
+                f"{r.status_code}: {r.json().get('detail', r.text)}", code=2 if r.status_code == 422 else 3
+            )
+        return r.json()
+    from queries import to_jsonable
+    from sinks.store import Store
+
+    try:
+        store = Store.open(settings.clickhouse_dsn, settings.clickhouse.database)
+    except TracelineError as exc:
+        raise _fail(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from exc
+    try:
+        return to_jsonable(local(store))
+    except ValueError as exc:
+        raise _fail(str(exc), code=2) from exc
+    finally:
+        store.close()
+
+
+_UNIT_COLUMNS = [
+    "uii",
+    "status",
+    "root_uii",
+    "parent_uii",
+    "customer_id",
+    "destination_site",
+    "site",
+    "trace",
+]
+
+
+def _emit_units(result: dict[str, Any], as_json: bool, as_csv: bool, title: str, limit: int) -> None:
+    if as_json:
+        out.print_json(data=result)
+        return
+    units = result.get("units", [])
+    if as_csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(_UNIT_COLUMNS + ["now_or_past"])
+        for u in units:
+            w.writerow([_cell(u.get(c)) for c in _UNIT_COLUMNS] + ["now"])
+        for p in result.get("past", []):
+            w.writerow(
+                [
+                    p.get("uii"),
+                    p.get("status"),
+                    p.get("root_uii"),
+                    "",
+                    p.get("customer_id"),
+                    "",
+                    "",
+                    f"held {p.get('child_uii')} until {p.get('removed_at')}",
+                    "past",
+                ]
+            )
+        return
+    from rich.table import Table
+
+    for key, label in (("by_status", "status"), ("by_customer", "customer"), ("by_site", "site")):
+        counts = result.get(key)
+        if counts:
+            t = Table(title=f"{title}: units by {label}")
+            t.add_column(label)
+            t.add_column("units", justify="right")
+            for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
+                t.add_row(str(k), str(v))
+            out.print(t)
+    t = Table(title=f"{title}: {len(units)} affected units (part installed now)")
+    for c in ("uii", "status", "final system", "customer", "path from trigger"):
+        t.add_column(c)
+    for u in units[:limit]:
+        t.add_row(
+            u["uii"],
+            u.get("status", ""),
+            u.get("root_uii", ""),
+            str(u.get("customer_id") or ""),
+            " -> ".join(u.get("trace") or []),
+        )
+    out.print(t)
+    if len(units) > limit:
+        out.print(f"... {len(units) - limit} more (use --json or --csv for all)")
+    past = result.get("past", [])
+    if past:
+        out.print(f"{len(past)} units held an affected part in the PAST (removed in rework); see --json")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return " -> ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+@trace_app.command("forward")
+def trace_forward(
+    lot: Annotated[str, typer.Option("--lot", help="lot_id")],
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+    limit: Annotated[int, typer.Option(help="rows to print")] = 50,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Everything made from a lot: lots, units, assemblies, systems, customers."""
+    from queries import forward_trace
+
+    s = _settings(data_dir=data_dir)
+    if dsn:
+        s.clickhouse.dsn = dsn
+    result = _query(s, "/trace/forward", {"lot": lot}, lambda st: forward_trace(st, lot))
+    _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
+
+
+@trace_app.command("backward")
+def trace_backward(
+    serial: Annotated[
+        str, typer.Option("--serial", help="UII '<part_number>:<serial_number>' of a unit or system")
+    ],
+    as_json: JsonOpt = False,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Every component of a unit or system, with lots, operations and tests."""
+    from queries import backward_trace
+
+    s = _settings(data_dir=data_dir)
+    if dsn:
+        s.clickhouse.dsn = dsn
+    result = _query(s, "/trace/backward", {"serial": serial}, lambda st: backward_trace(st, serial))
+    if as_json:
+        out.print_json(data=result)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{serial}: {len(result['units'])} units in its tree (final system {result['root_uii']})")
+    for c in ("uii", "depth", "parent"):
+        t.add_column(c)
+    for u in result["units"]:
+        t.add_row(u["uii"], str(u.get("depth", "")), str(u.get("parent_uii") or ""))
+    out.print(t)
+    out.print(
+        f"{len(result['lots'])} lot consumptions, {len(result['operations'])} operations, "
+        f"{len(result['tests'])} tests (use --json for all)"
+    )
+
+
+@app.command()
+def recall(
+    lot: Annotated[str | None, typer.Option("--lot", help="a lot_id")] = None,
+    supplier_lot: Annotated[
+        str | None, typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>'")
+    ] = None,
+    station: Annotated[str | None, typer.Option("--station")] = None,
+    operator: Annotated[str | None, typer.Option("--operator")] = None,
+    bench: Annotated[str | None, typer.Option("--bench")] = None,
+    serial: Annotated[str | None, typer.Option("--serial", help="a unit UII")] = None,
+    start: Annotated[datetime | None, typer.Option("--from", help="window start (UTC)")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="window end (UTC)")] = None,
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+    limit: Annotated[int, typer.Option(help="rows to print")] = 50,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Recall impact of a trigger: affected units now and in the past, by customer and status."""
+    from queries import Trigger, recall_impact
+
+    given = {
+        k: v
+        for k, v in {
+            "lot": lot,
+            "supplier_lot": supplier_lot,
+            "station": station,
+            "operator": operator,
+            "bench": bench,
+            "serial": serial,
+        }.items()
+        if v
+    }
+    if len(given) != 1:
+        raise _fail(
+            "give exactly one trigger: --lot, --supplier-lot, --station, --operator, --bench or --serial", 2
+        )
+    kind, ident = next(iter(given.items()))
+    start_utc = start.replace(tzinfo=UTC) if start and start.tzinfo is None else start
+    end_utc = end.replace(tzinfo=UTC) if end and end.tzinfo is None else end
+    s = _settings(data_dir=data_dir)
+    if dsn:
+        s.clickhouse.dsn = dsn
+    params = {
+        "kind": kind,
+        "id": ident,
+        "from": start_utc.isoformat() if start_utc else None,
+        "to": end_utc.isoformat() if end_utc else None,
+    }
+    result = _query(
+        s, "/recall", params, lambda st: recall_impact(st, Trigger(kind, ident, start_utc, end_utc))
+    )
+    _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
 
 
 def main() -> None:

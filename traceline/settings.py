@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.topics import TopicNames
+
 __all__ = ["KafkaSettings", "ClickHouseSettings", "SchemaRegistrySettings", "Settings", "load_settings"]
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +27,15 @@ class KafkaSettings(BaseSettings):
         6, description="partition count of keyed topics, chosen up front for the largest worker count"
     )
     replication: int = 1
+    topic_prefix: str = Field("", description="prefix for traceline's own topics (tenants, tests)")
 
 
 class ClickHouseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACELINE_CLICKHOUSE_", extra="ignore")
 
-    dsn: str = Field("", description="chdb:///path (embedded, default under the data dir) or http(s)://host:8123")
+    dsn: str = Field(
+        "", description="chdb:///path (embedded, default under the data dir) or http(s)://host:8123"
+    )
     database: str = "traceline"
     password: SecretStr | None = None
 
@@ -48,6 +53,14 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(events=self.kafka.events_topic, prefix=self.kafka.topic_prefix)
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.kafka.topic_prefix}traceline-streams"
 
     @property
     def outbox_path(self) -> Path:

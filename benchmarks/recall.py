@@ -1,0 +1,498 @@
+"""Recall / trace latency at scale, with the product's own DDL and query functions.
+
+    python -m benchmarks.recall --serials 10000000 [--dsn chdb:///abs/path] [--lots 100]
+
+1. Opens the store with ``sinks.store.Store.open`` (so ``sinks.ddl.apply_ddl`` creates the
+   product tables) and, unless the store already holds a plant of this size, generates one
+   inside ClickHouse with ``INSERT ... SELECT FROM numbers(N)`` into the product tables.
+2. Runs ``queries.recall.recall_impact`` / ``forward_trace`` for random lots and
+   ``backward_trace`` for random systems, cold (ClickHouse caches dropped before each call,
+   each lot touched for the first time) and warm (repeated), and prints p50/p99 as one JSON
+   line plus a table.
+
+Plant shape (per final system): 2 LRUs, 3 modules per LRU, 4 boards per module = 33 serials;
+every 50th module also consumes a serialised sensor. Lots, by the number of units that
+consumed them directly (contiguous production ranges):
+
+  boards:  K0 kit lots (200 boards), split 5 ways from raw lot R0 (1,000 boards)
+           C1 (1,000 boards), C2 (2,500 boards)
+           K3 (100 boards) <- split 3 ways from M3 <- split 4 ways from raw R3 (1,200 boards)
+  modules: C4 (300 modules); LRUs: C5 (500 LRUs); sensors: C6 (100 sensors)
+
+Genealogy as the stream processor writes it: one ``unit_genealogy`` / ``root_members`` row per
+root change (a board is under its module, then its LRU, then its system), so
+``root_members`` keeps stale rows under old roots. One board in 250 was reworked: it sat in
+another system's module first (assembled, removed 'rework', assembled again), which gives
+"past holders". 70 % of the systems are shipped; 90 % have a final test (PASS).
+
+The OS page cache is not dropped for "cold" (the machine is shared): cold means ClickHouse's
+own caches (marks, uncompressed blocks, primary index, query condition) are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from queries.recall import Trigger, backward_trace, forward_trace, recall_impact
+from sinks.store import Store
+
+UNITS_PER_SYSTEM = 33  # 1 system + 2 LRUs + 6 modules + 24 boards
+BASE = "toDateTime64('2026-01-05 00:00:00', 3, 'UTC')"
+CACHE_DROPS = (
+    "SYSTEM DROP MARK CACHE",
+    "SYSTEM DROP UNCOMPRESSED CACHE",
+    "SYSTEM DROP PRIMARY INDEX CACHE",
+    "SYSTEM DROP QUERY CONDITION CACHE",
+    "SYSTEM DROP INDEX MARK CACHE",
+    "SYSTEM DROP INDEX UNCOMPRESSED CACHE",
+    "SYSTEM DROP MMAP CACHE",
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ plant
+
+
+def _shape(serials: int) -> dict[str, int]:
+    s = max(1, serials // UNITS_PER_SYSTEM)
+    return {"systems": s, "lrus": 2 * s, "modules": 6 * s, "boards": 24 * s}
+
+
+def _t(seconds: str) -> str:
+    return f"addSeconds({BASE}, {seconds})"
+
+
+_HDR = "'bench' AS source, 'plant-a' AS site, 'PRG-1' AS program"
+_KAFKA = "now64(3, 'UTC') AS ingest_time, 'traceline.events' AS kafka_topic, 0 AS kafka_partition, 0 AS kafka_offset"
+
+
+def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
+    """(label, statement) pairs that build the plant. Only integers are formatted in."""
+    S, L, M, B = n["systems"], n["lrus"], n["modules"], n["boards"]
+    # unit times (seconds after BASE): board b at 2b, module m at 8m+600, LRU l at 24l+1200,
+    # system s at 48s+1800, sensor of module m at 8m+300.
+    tb, tm, tl, ts = "(2 * b)", "(8 * m + 600)", "(24 * l + 1200)", "(48 * s + 1800)"
+    n_r0, n_c1, n_c2 = B // 1000 + 1, (B + 137) // 1000 + 1, (B + 911) // 2500 + 1
+    n_r3, n_c4, n_c5, n_c6 = B // 1200 + 1, M // 300 + 1, L // 500 + 1, M // 5000 + 1
+    n_k0, n_m3, n_k3 = B // 200 + 1, B // 300 + 1, B // 100 + 1
+    rework = "(b % 250 = 7)"
+    old_m = f"((m + 12) % {M})"  # the module a reworked board sat in first (another system)
+
+    def ops(alias: str, count: int, uii: str, pn: str, t: str, lots: str, units: str, st: str, extra: str) -> str:
+        return (
+            "INSERT INTO operations (event_id, event_time, source, site, program, uii, part_number,"
+            " serial_number, work_order, operation, station_id, operator_id, started_at, finished_at,"
+            " creates_unit, consumed_lot_ids, consumed_lot_quantities, consumed_uiis, ingest_time,"
+            " kafka_topic, kafka_partition, kafka_offset)"
+            f" SELECT concat('op-', uii) AS event_id, {_t(t)} AS event_time, {_HDR}, {uii} AS uii,"
+            f" '{pn}' AS part_number, splitByChar(':', uii)[2] AS serial_number,"
+            f" concat('WO-{pn}-', toString(intDiv(number, 1000))) AS work_order, '0010 build' AS operation,"
+            f" {st} AS station_id, concat('OP-', toString(intDiv(number, 5000) % 40)) AS operator_id,"
+            f" {_t(t)} - toIntervalMinute(5) AS started_at, {_t(t)} AS finished_at, true AS creates_unit,"
+            f" {lots} AS consumed_lot_ids, arrayMap(x -> 1.0, consumed_lot_ids) AS consumed_lot_quantities,"
+            f" {units} AS consumed_uiis, {_KAFKA}"
+            f" FROM (SELECT number, {extra} FROM numbers({count})) AS {alias}"
+        )
+
+    boards = ops(
+        "bd",
+        B,
+        "concat('PCB:', toString(b))",
+        "PCB",
+        tb,
+        "[concat('K0-', toString(intDiv(b, 200))), concat('C1-', toString(intDiv(b + 137, 1000))),"
+        " concat('C2-', toString(intDiv(b + 911, 2500))), concat('K3-', toString(intDiv(b, 100)))]",
+        "CAST([], 'Array(String)')",
+        "concat('SMT-', toString(b % 8))",
+        "number AS b",
+    )
+    modules = ops(
+        "md",
+        M,
+        "concat('MOD:', toString(m))",
+        "MOD",
+        tm,
+        "[concat('C4-', toString(intDiv(m, 300)))]",
+        "if(m % 50 = 0, [concat('SNS:', toString(m))], CAST([], 'Array(String)'))",
+        "concat('MODASM-', toString(m % 4))",
+        "number AS m",
+    )
+    lrus = ops(
+        "lr",
+        L,
+        "concat('LRU:', toString(l))",
+        "LRU",
+        tl,
+        "[concat('C5-', toString(intDiv(l, 500)))]",
+        "CAST([], 'Array(String)')",
+        "concat('LRUASM-', toString(l % 2))",
+        "number AS l",
+    )
+    systems = ops(
+        "sy",
+        S,
+        "concat('SYS:', toString(s))",
+        "SYS",
+        ts,
+        "CAST([], 'Array(String)')",
+        "CAST([], 'Array(String)')",
+        "'INTEG-1'",
+        "number AS s",
+    )
+    sensors = ops(
+        "sn",
+        M // 50 + 1,
+        "concat('SNS:', toString(m))",
+        "SNS",
+        "(8 * m + 300)",
+        "[concat('C6-', toString(intDiv(m, 5000)))]",
+        "CAST([], 'Array(String)')",
+        "'SNS-1'",
+        "number * 50 AS m",
+    )
+    raw_lots = " UNION ALL ".join(
+        f"SELECT concat('{p}-', toString(number)) AS lot_id, '{p}' AS pn FROM numbers({k})"
+        for p, k in (("R0", n_r0), ("C1", n_c1), ("C2", n_c2), ("R3", n_r3), ("C4", n_c4), ("C5", n_c5), ("C6", n_c6))
+    )
+    received = (
+        "INSERT INTO material_received (event_id, event_time, source, site, program, lot_id, part_number,"
+        " supplier_id, supplier_lot, quantity, unit_of_measure, coc_reference, inspection_result,"
+        " ingest_time, kafka_topic, kafka_partition, kafka_offset)"
+        f" SELECT concat('mr-', lot_id), {BASE} - toIntervalDay(3), {_HDR}, lot_id, pn,"
+        " concat('SUP-', pn), concat('SL-', lot_id), 5000.0, 'EA', concat('COC-', lot_id), 'ACCEPTED',"
+        f" {_KAFKA} FROM ({raw_lots})"
+    )
+    splits = " UNION ALL ".join(
+        f"SELECT concat('{o}-', toString(number)) AS lot_id, concat('{i}-', toString(intDiv(number, {k})))"
+        f" AS input_lot, '{o}' AS pn FROM numbers({c})"
+        for o, i, k, c in (("K0", "R0", 5, n_k0), ("M3", "R3", 4, n_m3), ("K3", "M3", 3, n_k3))
+    )
+    transformed = (
+        "INSERT INTO lot_transformed (event_id, event_time, source, site, program, lot_id, part_number,"
+        " transformation, input_lot_ids, input_quantities, quantity, unit_of_measure, work_order,"
+        " station_id, ingest_time, kafka_topic, kafka_partition, kafka_offset)"
+        f" SELECT concat('lt-', lot_id), {BASE} - toIntervalDay(2), {_HDR}, lot_id, pn, 'SPLIT',"
+        f" [input_lot], [100.0], 100.0, 'EA', NULL, 'KIT-1', {_KAFKA} FROM ({splits})"
+    )
+    lineage = (
+        "INSERT INTO lot_lineage SELECT input_lot_id, lot_id, input_quantity, transformation, part_number,"
+        " station_id, event_id, event_time, site, program FROM lot_transformed"
+        " ARRAY JOIN input_lot_ids AS input_lot_id, input_quantities AS input_quantity"
+    )
+    consumption = (
+        "INSERT INTO lot_consumption SELECT lot_id, uii, part_number, q, work_order, operation, station_id,"
+        " operator_id, event_id, event_time, site, program FROM operations"
+        " ARRAY JOIN consumed_lot_ids AS lot_id, consumed_lot_quantities AS q"
+    )
+    unit_consumption = (
+        "INSERT INTO unit_consumption SELECT c, uii, work_order, operation, station_id, operator_id,"
+        " event_id, event_time, site, program FROM operations ARRAY JOIN consumed_uiis AS c"
+    )
+    # genealogy change records (uii, parent, root, path, seq, time) per root change
+    gen_src = f"""
+        SELECT concat('PCB:', toString(b)) AS uii, arrayJoin(
+          if({rework},
+            [tuple(concat('MOD:', toString({old_m})), [concat('MOD:', toString({old_m})),
+                   concat('LRU:', toString(intDiv({old_m}, 3))), concat('SYS:', toString(intDiv({old_m}, 6)))],
+                   1, 48 * intDiv({old_m}, 6) + 1800),
+             tuple(NULL, CAST([], 'Array(String)'), 2, 48 * intDiv({old_m}, 6) + 1800 + 86400),
+             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l)),
+                   concat('SYS:', toString(s))], 3, 48 * intDiv({old_m}, 6) + 1800 + 90000)],
+            [tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m))], 1, {tm}),
+             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l))], 2, {tl}),
+             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l)),
+                   concat('SYS:', toString(s))], 3, {ts})])) AS g
+        FROM (SELECT number AS b, intDiv(b, 4) AS m, intDiv(b, 12) AS l, intDiv(b, 24) AS s FROM numbers({B}))
+        UNION ALL
+        SELECT concat('MOD:', toString(m)), arrayJoin(
+            [tuple(concat('LRU:', toString(l)), [concat('LRU:', toString(l))], 1, {tl}),
+             tuple(concat('LRU:', toString(l)), [concat('LRU:', toString(l)), concat('SYS:', toString(s))], 2, {ts})])
+        FROM (SELECT number AS m, intDiv(m, 3) AS l, intDiv(m, 6) AS s FROM numbers({M}))
+        UNION ALL
+        SELECT concat('LRU:', toString(l)),
+            tuple(concat('SYS:', toString(s)), [concat('SYS:', toString(s))], 1, {ts})
+        FROM (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))
+        UNION ALL
+        SELECT concat('SYS:', toString(s)), tuple(CAST(NULL, 'Nullable(String)'), CAST([], 'Array(String)'), 1, {ts})
+        FROM (SELECT number AS s FROM numbers({S}))
+    """
+    genealogy = (
+        "INSERT INTO unit_genealogy (uii, parent_uii, root_uii, path, depth, seq, version_time,"
+        " version_event_id) SELECT uii, g.1, if(empty(g.2), uii, g.2[-1]), g.2, length(g.2), g.3,"
+        f" {_t('g.4')}, concat('asm-', uii, '-', toString(g.3)) FROM ({gen_src})"
+    )
+    members = (  # from the change records, not the table: merges collapse the table's old versions
+        f"INSERT INTO root_members SELECT if(empty(g.2), uii, g.2[-1]), uii, g.3 FROM ({gen_src})"
+    )
+
+    def asm(action: str, child: str, parent: str, t: str, reason: str, src: str, tag: str) -> str:
+        return (
+            "INSERT INTO assembly_events (event_id, event_time, source, site, program, action, uii,"
+            " part_number, serial_number, parent_uii, parent_part_number, parent_serial_number, position,"
+            " reason, work_order, station_id, operator_id, ingest_time, kafka_topic, kafka_partition,"
+            f" kafka_offset) SELECT concat('{tag}-', c), {_t(t)}, {_HDR}, '{action}', c AS c_,"
+            " splitByChar(':', c)[1], splitByChar(':', c)[2], p, splitByChar(':', p)[1],"
+            f" splitByChar(':', p)[2], 'A1', {reason}, NULL, NULL, NULL, {_KAFKA} FROM ({src})"
+        )
+
+    board_src = f"SELECT concat('PCB:', toString(b)) AS c, {{p}} AS p, b, m, l, s FROM (SELECT number AS b," \
+        f" intDiv(b, 4) AS m, intDiv(b, 12) AS l, intDiv(b, 24) AS s FROM numbers({B})) {{w}}"
+    old_t = f"(48 * intDiv({old_m}, 6) + 1800)"
+    assembly = [
+        asm("ASSEMBLED", "c", "p", f"if({rework}, {old_t} + 90000, {tm})", "NULL",
+            board_src.format(p="concat('MOD:', toString(m))", w=""), "as1"),
+        asm("ASSEMBLED", "c", "p", f"{old_t} - 1800", "NULL",
+            board_src.format(p=f"concat('MOD:', toString({old_m}))", w=f"WHERE {rework}"), "as0"),
+        asm("REMOVED", "c", "p", f"{old_t} + 86400", "'rework'",
+            board_src.format(p=f"concat('MOD:', toString({old_m}))", w=f"WHERE {rework}"), "rm0"),
+        asm("ASSEMBLED", "c", "p", tl, "NULL",
+            f"SELECT concat('MOD:', toString(m)) AS c, concat('LRU:', toString(l)) AS p, m, l FROM"
+            f" (SELECT number AS m, intDiv(m, 3) AS l FROM numbers({M}))", "as1"),
+        asm("ASSEMBLED", "c", "p", ts, "NULL",
+            f"SELECT concat('LRU:', toString(l)) AS c, concat('SYS:', toString(s)) AS p, l, s FROM"
+            f" (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))", "as1"),
+    ]
+
+    def tests(count: int, uii: str, var: str, t: str, verdict: str, bench: str, where: str = "") -> str:
+        return (
+            "INSERT INTO unit_tests (event_id, event_time, source, site, program, uii, part_number,"
+            " serial_number, bench_id, procedure_id, procedure_version, calibration_id, calibration_due,"
+            " operator_id, started_at, finished_at, verdict, `measurements.name`, `measurements.value`,"
+            " `measurements.unit`, `measurements.low_limit`, `measurements.high_limit`,"
+            " `measurements.passed`, ingest_time, kafka_topic, kafka_partition, kafka_offset)"
+            f" SELECT concat('ut-', u), {_t(t)} + toIntervalMinute(30), {_HDR}, u,"
+            " splitByChar(':', u)[1], splitByChar(':', u)[2], "
+            f"{bench}, 'TP-1', 'A', 'CAL-1', {BASE} + toIntervalDay(400), NULL,"
+            f" {_t(t)} + toIntervalMinute(20), {_t(t)} + toIntervalMinute(30), {verdict},"
+            " ['VCC', 'ICC'], [3.3, 0.12], ['V', 'A'], [3.2, 0.0], [3.4, 0.2],"
+            f" [{verdict} = 'PASS', true], {_KAFKA}"
+            f" FROM (SELECT number AS {var}, {uii} AS u FROM numbers({count}) {where})"
+        )
+
+    unit_tests = [
+        tests(B, "concat('PCB:', toString(b))", "b", tb, "if(b % 97 = 0, 'FAIL', 'PASS')",
+              "concat('ICT-', toString(b % 6))"),
+        tests(S, "concat('SYS:', toString(s))", "s", ts, "'PASS'", "'FINAL-1'", "WHERE s % 10 != 9"),
+    ]
+    shipments = (
+        "INSERT INTO shipments (event_id, event_time, source, site, program, uii, part_number,"
+        " serial_number, shipment_id, customer_id, contract, destination_site, end_system, ingest_time,"
+        " kafka_topic, kafka_partition, kafka_offset)"
+        f" SELECT concat('sh-', u), {_t(ts)} + toIntervalDay(2), {_HDR}, u, 'SYS', toString(s),"
+        " concat('SHP-', toString(intDiv(s, 20))), concat('CUST-', toString(s % 37)), 'C-1',"
+        " concat('BASE-', toString(s % 11)), concat('TAIL-', toString(s)), "
+        f"{_KAFKA} FROM (SELECT number AS s, concat('SYS:', toString(s)) AS u FROM numbers({S})"
+        " WHERE s % 10 < 7)"
+    )
+    return [
+        ("material_received", received),
+        ("lot_transformed", transformed),
+        ("lot_lineage", lineage),
+        ("operations: boards", boards),
+        ("operations: modules", modules),
+        ("operations: LRUs", lrus),
+        ("operations: systems", systems),
+        ("operations: sensors", sensors),
+        ("lot_consumption", consumption),
+        ("unit_consumption", unit_consumption),
+        ("unit_genealogy", genealogy),
+        ("root_members", members),
+        *[(f"assembly_events {i + 1}/{len(assembly)}", a) for i, a in enumerate(assembly)],
+        *[(f"unit_tests {i + 1}/{len(unit_tests)}", u) for i, u in enumerate(unit_tests)],
+        ("shipments", shipments),
+    ]
+
+
+def build_plant(store: Store, serials: int, marker: Path) -> dict[str, Any]:
+    """Generate the plant unless ``marker`` says this store already holds it. Returns its shape."""
+    shape = _shape(serials)
+    if marker.exists():
+        meta = json.loads(marker.read_text())
+        if meta.get("shape") == shape and meta.get("complete"):
+            _log(f"reusing the plant in {marker.parent} ({meta['serials']:,} serials)")
+            return meta
+        raise SystemExit(f"{marker.parent} holds another or an incomplete plant; use another --data-dir")
+    if store.count("operations"):
+        raise SystemExit("the store is not empty and has no benchmark marker; use another --data-dir")
+    t0 = time.perf_counter()
+    steps = _plant_sql(shape)
+    for i, (label, sql) in enumerate(steps, 1):
+        t = time.perf_counter()
+        store.command(sql)
+        _log(f"  [{i}/{len(steps)}] {label}: {time.perf_counter() - t:.1f}s")
+    counts = {
+        t: store.count(t)
+        for t in ("operations", "lot_consumption", "lot_lineage", "unit_genealogy", "root_members",
+                  "assembly_events", "unit_tests", "shipments", "material_received", "lot_transformed",
+                  "unit_consumption")
+    }
+    total = shape["systems"] + shape["lrus"] + shape["modules"] + shape["boards"] + shape["modules"] // 50 + 1
+    meta = {"serials": total, "requested": serials, "shape": shape, "rows": counts,
+            "load_s": round(time.perf_counter() - t0, 1), "complete": True}
+    marker.write_text(json.dumps(meta, indent=2))
+    _log(f"plant built in {meta['load_s']}s: {counts}")
+    return meta
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def _drop_caches(store: Store) -> None:
+    for stmt in CACHE_DROPS:
+        try:
+            store.command(stmt)
+        except Exception:  # noqa: BLE001 - not every build knows every cache
+            pass
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {
+        "n": len(xs),
+        "p50_ms": round(_pct(xs, 50) * 1e3, 2),
+        "p99_ms": round(_pct(xs, 99) * 1e3, 2),
+        "max_ms": round(max(xs) * 1e3, 2),
+        "mean_ms": round(statistics.fmean(xs) * 1e3, 2),
+    }
+
+
+def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.dsn:
+        dsn = args.dsn
+        marker_dir = Path(args.data_dir or tempfile.gettempdir())
+    else:
+        data_dir = Path(args.data_dir or Path(tempfile.gettempdir()) / f"traceline-bench-{args.serials}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        dsn = f"chdb://{data_dir.resolve() / 'ch'}"
+        marker_dir = data_dir
+    _log(f"store {dsn}")
+    store = Store.open(dsn, args.database)
+    meta = build_plant(store, args.serials, marker_dir / f"plant-{args.database}.json")
+    rng = random.Random(args.seed)
+    lots = sorted(
+        r["lot_id"]
+        for r in store.query("SELECT lot_id FROM material_received UNION ALL SELECT lot_id FROM lot_transformed")
+    )
+    systems = meta["shape"]["systems"]
+    lot_sample = rng.sample(lots, min(args.lots, len(lots)))
+    sys_sample = [f"SYS:{rng.randrange(systems)}" for _ in range(args.systems)]
+    # a separate, disjoint sample for the cold runs: first touch of those keys
+    rest = sorted(set(lots) - set(lot_sample))
+    cold_lots = rng.sample(rest, min(args.cold, len(rest)))
+    cold_sys = [f"SYS:{rng.randrange(systems)}" for _ in range(args.cold)]
+
+    cases: dict[str, tuple[Callable[[str], Any], list[str], list[str]]] = {
+        "recall_impact(lot)": (lambda k: recall_impact(store, Trigger("lot", k)), lot_sample, cold_lots),
+        "forward_trace(lot)": (lambda k: forward_trace(store, k), lot_sample, cold_lots),
+        "backward_trace(system)": (lambda k: backward_trace(store, k), sys_sample, cold_sys),
+    }
+    results: dict[str, Any] = {}
+    sizes: dict[str, list[int]] = {}
+    for name, (fn, keys, cold_keys) in cases.items():
+        cold: list[float] = []
+        for i, k in enumerate(cold_keys, 1):
+            _drop_caches(store)
+            cold.append(_time(lambda k=k: fn(k))[0])
+            if i % 25 == 0:
+                _log(f"{name}: cold {i}/{len(cold_keys)}")
+        for k in keys:  # first touch of the warm sample (not counted), then warm rounds
+            fn(k)
+        warm: list[float] = []
+        n_units: list[int] = []
+        for r in range(args.rounds):
+            for k in keys:
+                dt, out = _time(lambda k=k: fn(k))
+                warm.append(dt)
+                if r == 0:
+                    n_units.append(len(out.units))
+            _log(f"{name}: warm round {r + 1}/{args.rounds}")
+        results[name] = {"warm": _stats(warm), "cold": _stats(cold) if cold else None}
+        sizes[name] = n_units
+    store.close()
+    summary = {
+        "benchmark": "recall",
+        "date": time.strftime("%Y-%m-%d"),
+        "dsn": dsn.split("://")[0],
+        "serials": meta["serials"],
+        "rows": meta["rows"],
+        "lots_sampled": len(lot_sample),
+        "systems_sampled": len(sys_sample),
+        "cold_samples": args.cold,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "units_per_call": {
+            k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in sizes.items() if v
+        },
+        "results": results,
+    }
+    return summary
+
+
+def _table(summary: dict[str, Any]) -> str:
+    lines = [
+        f"recall benchmark: {summary['serials']:,} serials ({summary['dsn']}), load avg {summary['load_avg']}",
+        f"{'query':<24} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}",
+    ]
+    for name, r in summary["results"].items():
+        c = r["cold"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
+        u = summary["units_per_call"].get(name, {"p50": 0, "max": 0})
+        lines.append(
+            f"{name:<24} {r['warm']['p50_ms']:>7.2f}ms {r['warm']['p99_ms']:>7.2f}ms"
+            f" {c['p50_ms']:>7.2f}ms {c['p99_ms']:>7.2f}ms {u['p50']:>7}/{u['max']:<6}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.recall",
+        description="Build a plant of N serials with the product DDL (INSERT ... SELECT inside "
+        "ClickHouse) and time recall_impact / forward_trace / backward_trace, cold and warm.",
+    )
+    p.add_argument("--serials", type=int, default=1_000_000, help="units in the plant (default 1,000,000)")
+    p.add_argument("--dsn", default="", help="ClickHouse DSN (default: chdb under --data-dir)")
+    p.add_argument(
+        "--data-dir",
+        default="",
+        help="where the chdb store (and the plant marker) lives; default <tmp>/traceline-bench-<N>. "
+        "An existing plant of the same size is reused.",
+    )
+    p.add_argument("--database", default="traceline", help="database name (default traceline)")
+    p.add_argument("--lots", type=int, default=100, help="random lots for the warm runs (default 100)")
+    p.add_argument("--systems", type=int, default=100, help="random systems for backward traces (default 100)")
+    p.add_argument("--cold", type=int, default=30, help="first-touch calls after dropping caches (default 30)")
+    p.add_argument("--rounds", type=int, default=3, help="warm rounds over the sample (default 3)")
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    summary = run(args)
+    print(json.dumps(summary, sort_keys=True))
+    print(_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Faust wiring: the intake agent and the genealogy writer. No rules live here.
+
+Topology (every topic keyed by raw bytes, never JSON: quotes would change the partition)::
+
+    events --intake--> genealogy.commands --genealogy_writer(table: nodes)--> genealogy.changes
+       \\--(bad)--> deadletter                \\--(commands to other keys)--^   \\--(cycles)--> deadletter
+
+* intake: decodes each raw record once (``streams.intake.route``); bad ones go to the
+  dead-letter topic with headers (source topic, partition, offset, error, reason).
+* genealogy_writer: concurrency 1, reads and writes only the current key of the ``nodes``
+  table (rocksdb via rocksdict), applies ``streams.genealogy.apply``; commands for other
+  keys go back through the command topic, so each lands on the partition that owns it.
+* at-least-once everywhere: every command is idempotent, so a replay after a crash is harmless.
+
+No ClickHouse I/O happens here; the sink consumes the changes and dead-letter topics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
+from streams.genealogy import Node, apply, command_from_dict
+from streams.intake import DeadLetter, dead_letter_for_change, encode_command, route
+
+__all__ = ["StreamsConfig", "build_app", "Counters"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    bootstrap: str
+    data_dir: Path
+    topics: TopicNames = field(default_factory=TopicNames)
+    partitions: int = 6
+    replication: int = 1
+    app_id: str = "traceline-streams"
+    registry_url: str | None = None
+    block_cache_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass
+class Counters:
+    """What the worker did; logged periodically (a count you can check)."""
+
+    events_in: int = 0
+    dead_letters: int = 0
+    commands_in: int = 0
+    commands_out: int = 0
+    changes_out: int = 0
+    cycles: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def build_app(cfg: StreamsConfig) -> faust.App:
+    app = faust.App(
+        cfg.app_id,
+        broker=f"kafka://{cfg.bootstrap}",
+        store="rocksdb://",
+        datadir=str(cfg.data_dir),
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=cfg.replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        broker_commit_interval=1.0,
+        table_standby_replicas=0,
+        web_enabled=False,
+    )
+    serde = AvroSerde(registry_url=cfg.registry_url, topic=cfg.topics.events)
+    counters = Counters()
+    app.traceline_counters = counters  # type: ignore[attr-defined]
+
+    events = app.topic(cfg.topics.events, key_type=bytes, value_type=bytes)
+    commands = app.topic(cfg.topics.commands, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
+    changes = app.topic(cfg.topics.changes, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
+    deadletter = app.topic(cfg.topics.deadletter, key_type=bytes, value_type=bytes)
+    nodes = app.Table(
+        "genealogy-nodes",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=cfg.partitions,
+        options={"block_cache_size": cfg.block_cache_bytes, "write_buffer_size": 16 * 1024 * 1024},
+    )
+
+    async def send_dead(d: DeadLetter) -> None:
+        counters.dead_letters += 1
+        await deadletter.send(key=d.key, value=d.value, headers=d.headers)
+
+    @app.agent(events, name="intake")
+    async def intake(stream: Any) -> None:
+        async for ev in stream.events():
+            counters.events_in += 1
+            msg = ev.message
+            routed = route(serde, ev.key, ev.value, msg.topic, msg.partition, msg.offset)
+            if isinstance(routed, DeadLetter):
+                await send_dead(routed)
+                continue
+            for target, cmd in routed.commands:
+                counters.commands_out += 1
+                await commands.send(key=target.encode(), value=encode_command(cmd))
+
+    @app.agent(commands, name="genealogy-writer", concurrency=1)
+    async def genealogy_writer(stream: Any) -> None:
+        async for ev in stream.events():
+            counters.commands_in += 1
+            msg = ev.message
+            key_b: bytes = ev.key
+            key = key_b.decode()
+            try:
+                cmd = command_from_dict(json.loads(ev.value))
+                raw = nodes.get(key_b)
+                node = Node.from_bytes(raw) if raw else None
+                new, sends, out = apply(node, key, cmd)
+            except (ValueError, KeyError, TypeError) as exc:
+                # a malformed command (not something our own intake writes): keep it, say why
+                await send_dead(
+                    DeadLetter(
+                        key_b,
+                        ev.value or b"",
+                        [
+                            ("traceline.source_topic", msg.topic.encode()),
+                            ("traceline.source_partition", str(msg.partition).encode()),
+                            ("traceline.source_offset", str(msg.offset).encode()),
+                            ("traceline.error", type(exc).__name__.encode()),
+                            ("traceline.reason", str(exc).encode()[:1000]),
+                        ],
+                    )
+                )
+                continue
+            nodes[key_b] = new.to_bytes()
+            for target, c in sends:
+                counters.commands_out += 1
+                await commands.send(key=target.encode(), value=encode_command(c))
+            for change in out:
+                counters.changes_out += 1
+                if change.get("error"):
+                    counters.cycles += 1
+                    await send_dead(dead_letter_for_change(change, msg.topic, msg.partition, msg.offset))
+                await changes.send(key=key_b, value=json.dumps(change, separators=(",", ":")).encode())
+
+    @app.timer(10.0)
+    async def report() -> None:
+        log.info("traceline counters: %s", counters.as_dict())
+
+    return app
