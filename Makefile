@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= var
+UNITS ?= 60000
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-unit lint bench stack-up stack-down stack-status clean
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install traceline with its dev tools (idempotent)
 
 demo: install ## run the whole product locally: broker, processors, sink, a simulated plant, a recall
-	$(BIN)/python -m traceline.demo --data-dir $(DATA_DIR)
+	$(BIN)/python -m traceline.demo --data-dir $(DATA_DIR) --units $(UNITS)
 
 test: install ## unit + integration tests (starts a local Kafka broker and an embedded ClickHouse)
 	$(BIN)/python -m pytest tests -q
@@ -34,8 +35,8 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## benchmarks (figures, not pass/fail); see benchmarks/README.md
-	$(BIN)/python -m benchmarks.run
+bench: install ## benchmarks (figures, not pass/fail); see docs/BENCHMARKS.md
+	$(BIN)/python -m benchmarks.recall --serials 1000000
 
 stack-up: install ## start the local Kafka broker (assembled from Maven Central on first use)
 	$(BIN)/traceline stack up --data-dir $(DATA_DIR)

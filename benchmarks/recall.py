@@ -11,7 +11,8 @@
    line plus a table.
 
 Plant shape (per final system): 2 LRUs, 3 modules per LRU, 4 boards per module = 33 serials;
-every 50th module also consumes a serialised sensor. Lots, by the number of units that
+every 50th module also consumes a serialised sensor. Serial numbers are fixed-width and
+sequential (``PCB:00001234``), as plants number them. Lots, by the number of units that
 consumed them directly (contiguous production ranges):
 
   boards:  K0 kit lots (200 boards), split 5 ways from raw lot R0 (1,000 boards)
@@ -110,7 +111,7 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     boards = ops(
         "bd",
         B,
-        "concat('PCB:', toString(b))",
+        "concat('PCB:', leftPad(toString(b), 8, '0'))",
         "PCB",
         tb,
         "[concat('K0-', toString(intDiv(b, 200))), concat('C1-', toString(intDiv(b + 137, 1000))),"
@@ -122,18 +123,18 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     modules = ops(
         "md",
         M,
-        "concat('MOD:', toString(m))",
+        "concat('MOD:', leftPad(toString(m), 8, '0'))",
         "MOD",
         tm,
         "[concat('C4-', toString(intDiv(m, 300)))]",
-        "if(m % 50 = 0, [concat('SNS:', toString(m))], CAST([], 'Array(String)'))",
+        "if(m % 50 = 0, [concat('SNS:', leftPad(toString(m), 8, '0'))], CAST([], 'Array(String)'))",
         "concat('MODASM-', toString(m % 4))",
         "number AS m",
     )
     lrus = ops(
         "lr",
         L,
-        "concat('LRU:', toString(l))",
+        "concat('LRU:', leftPad(toString(l), 8, '0'))",
         "LRU",
         tl,
         "[concat('C5-', toString(intDiv(l, 500)))]",
@@ -144,7 +145,7 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     systems = ops(
         "sy",
         S,
-        "concat('SYS:', toString(s))",
+        "concat('SYS:', leftPad(toString(s), 8, '0'))",
         "SYS",
         ts,
         "CAST([], 'Array(String)')",
@@ -155,7 +156,7 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     sensors = ops(
         "sn",
         M // 50 + 1,
-        "concat('SNS:', toString(m))",
+        "concat('SNS:', leftPad(toString(m), 8, '0'))",
         "SNS",
         "(8 * m + 300)",
         "[concat('C6-', toString(intDiv(m, 5000)))]",
@@ -203,30 +204,30 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     )
     # genealogy change records (uii, parent, root, path, seq, time) per root change
     gen_src = f"""
-        SELECT concat('PCB:', toString(b)) AS uii, arrayJoin(
+        SELECT concat('PCB:', leftPad(toString(b), 8, '0')) AS uii, arrayJoin(
           if({rework},
-            [tuple(concat('MOD:', toString({old_m})), [concat('MOD:', toString({old_m})),
-                   concat('LRU:', toString(intDiv({old_m}, 3))), concat('SYS:', toString(intDiv({old_m}, 6)))],
+            [tuple(concat('MOD:', leftPad(toString({old_m}), 8, '0')), [concat('MOD:', leftPad(toString({old_m}), 8, '0')),
+                   concat('LRU:', leftPad(toString(intDiv({old_m}, 3)), 8, '0')), concat('SYS:', leftPad(toString(intDiv({old_m}, 6)), 8, '0'))],
                    1, 48 * intDiv({old_m}, 6) + 1800),
              tuple(NULL, CAST([], 'Array(String)'), 2, 48 * intDiv({old_m}, 6) + 1800 + 86400),
-             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l)),
-                   concat('SYS:', toString(s))], 3, 48 * intDiv({old_m}, 6) + 1800 + 90000)],
-            [tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m))], 1, {tm}),
-             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l))], 2, {tl}),
-             tuple(concat('MOD:', toString(m)), [concat('MOD:', toString(m)), concat('LRU:', toString(l)),
-                   concat('SYS:', toString(s))], 3, {ts})])) AS g
+             tuple(concat('MOD:', leftPad(toString(m), 8, '0')), [concat('MOD:', leftPad(toString(m), 8, '0')), concat('LRU:', leftPad(toString(l), 8, '0')),
+                   concat('SYS:', leftPad(toString(s), 8, '0'))], 3, 48 * intDiv({old_m}, 6) + 1800 + 90000)],
+            [tuple(concat('MOD:', leftPad(toString(m), 8, '0')), [concat('MOD:', leftPad(toString(m), 8, '0'))], 1, {tm}),
+             tuple(concat('MOD:', leftPad(toString(m), 8, '0')), [concat('MOD:', leftPad(toString(m), 8, '0')), concat('LRU:', leftPad(toString(l), 8, '0'))], 2, {tl}),
+             tuple(concat('MOD:', leftPad(toString(m), 8, '0')), [concat('MOD:', leftPad(toString(m), 8, '0')), concat('LRU:', leftPad(toString(l), 8, '0')),
+                   concat('SYS:', leftPad(toString(s), 8, '0'))], 3, {ts})])) AS g
         FROM (SELECT number AS b, intDiv(b, 4) AS m, intDiv(b, 12) AS l, intDiv(b, 24) AS s FROM numbers({B}))
         UNION ALL
-        SELECT concat('MOD:', toString(m)), arrayJoin(
-            [tuple(concat('LRU:', toString(l)), [concat('LRU:', toString(l))], 1, {tl}),
-             tuple(concat('LRU:', toString(l)), [concat('LRU:', toString(l)), concat('SYS:', toString(s))], 2, {ts})])
+        SELECT concat('MOD:', leftPad(toString(m), 8, '0')), arrayJoin(
+            [tuple(concat('LRU:', leftPad(toString(l), 8, '0')), [concat('LRU:', leftPad(toString(l), 8, '0'))], 1, {tl}),
+             tuple(concat('LRU:', leftPad(toString(l), 8, '0')), [concat('LRU:', leftPad(toString(l), 8, '0')), concat('SYS:', leftPad(toString(s), 8, '0'))], 2, {ts})])
         FROM (SELECT number AS m, intDiv(m, 3) AS l, intDiv(m, 6) AS s FROM numbers({M}))
         UNION ALL
-        SELECT concat('LRU:', toString(l)),
-            tuple(concat('SYS:', toString(s)), [concat('SYS:', toString(s))], 1, {ts})
+        SELECT concat('LRU:', leftPad(toString(l), 8, '0')),
+            tuple(concat('SYS:', leftPad(toString(s), 8, '0')), [concat('SYS:', leftPad(toString(s), 8, '0'))], 1, {ts})
         FROM (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))
         UNION ALL
-        SELECT concat('SYS:', toString(s)), tuple(CAST(NULL, 'Nullable(String)'), CAST([], 'Array(String)'), 1, {ts})
+        SELECT concat('SYS:', leftPad(toString(s), 8, '0')), tuple(CAST(NULL, 'Nullable(String)'), CAST([], 'Array(String)'), 1, {ts})
         FROM (SELECT number AS s FROM numbers({S}))
     """
     genealogy = (
@@ -248,21 +249,21 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
             f" splitByChar(':', p)[2], 'A1', {reason}, NULL, NULL, NULL, {_KAFKA} FROM ({src})"
         )
 
-    board_src = f"SELECT concat('PCB:', toString(b)) AS c, {{p}} AS p, b, m, l, s FROM (SELECT number AS b," \
+    board_src = f"SELECT concat('PCB:', leftPad(toString(b), 8, '0')) AS c, {{p}} AS p, b, m, l, s FROM (SELECT number AS b," \
         f" intDiv(b, 4) AS m, intDiv(b, 12) AS l, intDiv(b, 24) AS s FROM numbers({B})) {{w}}"
     old_t = f"(48 * intDiv({old_m}, 6) + 1800)"
     assembly = [
         asm("ASSEMBLED", "c", "p", f"if({rework}, {old_t} + 90000, {tm})", "NULL",
-            board_src.format(p="concat('MOD:', toString(m))", w=""), "as1"),
+            board_src.format(p="concat('MOD:', leftPad(toString(m), 8, '0'))", w=""), "as1"),
         asm("ASSEMBLED", "c", "p", f"{old_t} - 1800", "NULL",
-            board_src.format(p=f"concat('MOD:', toString({old_m}))", w=f"WHERE {rework}"), "as0"),
+            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"), "as0"),
         asm("REMOVED", "c", "p", f"{old_t} + 86400", "'rework'",
-            board_src.format(p=f"concat('MOD:', toString({old_m}))", w=f"WHERE {rework}"), "rm0"),
+            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"), "rm0"),
         asm("ASSEMBLED", "c", "p", tl, "NULL",
-            f"SELECT concat('MOD:', toString(m)) AS c, concat('LRU:', toString(l)) AS p, m, l FROM"
+            f"SELECT concat('MOD:', leftPad(toString(m), 8, '0')) AS c, concat('LRU:', leftPad(toString(l), 8, '0')) AS p, m, l FROM"
             f" (SELECT number AS m, intDiv(m, 3) AS l FROM numbers({M}))", "as1"),
         asm("ASSEMBLED", "c", "p", ts, "NULL",
-            f"SELECT concat('LRU:', toString(l)) AS c, concat('SYS:', toString(s)) AS p, l, s FROM"
+            f"SELECT concat('LRU:', leftPad(toString(l), 8, '0')) AS c, concat('SYS:', leftPad(toString(s), 8, '0')) AS p, l, s FROM"
             f" (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))", "as1"),
     ]
 
@@ -283,9 +284,9 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
         )
 
     unit_tests = [
-        tests(B, "concat('PCB:', toString(b))", "b", tb, "if(b % 97 = 0, 'FAIL', 'PASS')",
+        tests(B, "concat('PCB:', leftPad(toString(b), 8, '0'))", "b", tb, "if(b % 97 = 0, 'FAIL', 'PASS')",
               "concat('ICT-', toString(b % 6))"),
-        tests(S, "concat('SYS:', toString(s))", "s", ts, "'PASS'", "'FINAL-1'", "WHERE s % 10 != 9"),
+        tests(S, "concat('SYS:', leftPad(toString(s), 8, '0'))", "s", ts, "'PASS'", "'FINAL-1'", "WHERE s % 10 != 9"),
     ]
     shipments = (
         "INSERT INTO shipments (event_id, event_time, source, site, program, uii, part_number,"
@@ -294,7 +295,7 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
         f" SELECT concat('sh-', u), {_t(ts)} + toIntervalDay(2), {_HDR}, u, 'SYS', toString(s),"
         " concat('SHP-', toString(intDiv(s, 20))), concat('CUST-', toString(s % 37)), 'C-1',"
         " concat('BASE-', toString(s % 11)), concat('TAIL-', toString(s)), "
-        f"{_KAFKA} FROM (SELECT number AS s, concat('SYS:', toString(s)) AS u FROM numbers({S})"
+        f"{_KAFKA} FROM (SELECT number AS s, concat('SYS:', leftPad(toString(s), 8, '0')) AS u FROM numbers({S})"
         " WHERE s % 10 < 7)"
     )
     return [
@@ -398,11 +399,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     systems = meta["shape"]["systems"]
     lot_sample = rng.sample(lots, min(args.lots, len(lots)))
-    sys_sample = [f"SYS:{rng.randrange(systems)}" for _ in range(args.systems)]
+    sys_sample = [f"SYS:{rng.randrange(systems):08d}" for _ in range(args.systems)]
     # a separate, disjoint sample for the cold runs: first touch of those keys
     rest = sorted(set(lots) - set(lot_sample))
     cold_lots = rng.sample(rest, min(args.cold, len(rest)))
-    cold_sys = [f"SYS:{rng.randrange(systems)}" for _ in range(args.cold)]
+    cold_sys = [f"SYS:{rng.randrange(systems):08d}" for _ in range(args.cold)]
 
     cases: dict[str, tuple[Callable[[str], Any], list[str], list[str]]] = {
         "recall_impact(lot)": (lambda k: recall_impact(store, Trigger("lot", k)), lot_sample, cold_lots),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 __all__ = [
@@ -163,9 +163,16 @@ def to_jsonable(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------- building blocks
 
+Hits = dict[str, tuple[list[str], str | None]]  # uii -> (trace, site where it met the trigger)
+
 
 def _part(uii: str) -> str:
     return uii.split(":", 1)[0]
+
+
+def _utc(v: Any) -> Any:
+    # values nested in arrays / tuples do not pass through the store's tz fix-up
+    return v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
 
 
 def _lot_closure(store: _Store, seeds: Iterable[str]) -> dict[str, LotHop]:
@@ -177,7 +184,7 @@ def _lot_closure(store: _Store, seeds: Iterable[str]) -> dict[str, LotHop]:
         depth += 1
         rows = store.query(
             "SELECT DISTINCT input_lot_id, output_lot_id, transformation FROM lot_lineage "
-            "WHERE input_lot_id IN {lots:Array(String)}",
+            "WHERE input_lot_id IN {lots:Array(String)} ORDER BY input_lot_id, output_lot_id",
             {"lots": frontier},
         )
         nxt = []
@@ -199,82 +206,195 @@ def _lot_trace(hops: dict[str, LotHop], lot_id: str) -> list[str]:
     return chain[::-1]
 
 
-def _lot_consumers(store: _Store, lots: Sequence[str]) -> list[dict[str, Any]]:
-    if not lots:
-        return []
-    return store.query(
-        "SELECT lot_id, uii, any(site) AS site FROM lot_consumption "
-        "WHERE lot_id IN {lots:Array(String)} GROUP BY lot_id, uii ORDER BY lot_id, uii",
-        {"lots": list(lots)},
+# unit_facts: one read answers everything the recall needs about a set of units. A query
+# fetches the facts of its seed units *and* of every unit two "links" away (a link: the
+# parent / consumer in ``link`` and the ancestors in ``path``), so the current ancestors, the
+# past parents and their ancestors of the seeds all come back in the same round trip. Python
+# mirrors that expansion to know exactly which units it holds every fact for; a unit outside
+# that set is fetched with one more query (deep consumption chains, reworked subassemblies).
+_FACT_COLS = (
+    "uii",
+    "kind",
+    "link",
+    "root_uii",
+    "path",
+    "seq",
+    "event_time",
+    "event_id",
+    "site",
+    "verdict",
+    "reason",
+    "shipment_id",
+    "customer_id",
+    "destination_site",
+    "end_system",
+)
+_F_SELECT = "SELECT 'F' AS k, " + ", ".join(_FACT_COLS) + " FROM unit_facts"
+_LINKED = "SELECT arrayJoin(arrayConcat([uii], path, if(isNull(link), [], [assumeNotNull(link)]))) FROM unit_facts"
+
+
+def _facts_sql(seeds: str) -> str:
+    """Facts of the units ``seeds`` (a subquery or an array parameter) and two links around."""
+    return f"{_F_SELECT} WHERE uii IN ({_LINKED} WHERE uii IN ({_LINKED} WHERE uii IN ({seeds})))"
+
+
+class _Missing(Exception):
+    def __init__(self, keys: set[str]) -> None:
+        self.keys = keys
+
+
+@dataclass
+class _Facts:
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fetched: set[str] = field(default_factory=set)
+
+    def _linked(self, keys: Iterable[str]) -> set[str]:
+        out = set(keys)
+        for k in list(out):
+            for r in self.rows.get(k, ()):
+                out.update(r["path"])
+                if r["link"] is not None:
+                    out.add(r["link"])
+        return out
+
+    def add(self, rows: Iterable[dict[str, Any]], seeds: Iterable[str]) -> None:
+        fresh: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["uii"] not in self.fetched:
+                r["event_time"] = _utc(r["event_time"])
+                fresh.setdefault(r["uii"], []).append(r)
+        self.rows.update(fresh)
+        # exactly what _facts_sql fetched: the seeds and two links around them
+        self.fetched |= self._linked(self._linked(seeds))
+
+    def need(self, keys: Iterable[str]) -> None:
+        missing = {k for k in keys if k not in self.fetched}
+        if missing:
+            raise _Missing(missing)
+
+    def of(self, uii: str, kind: str) -> list[dict[str, Any]]:
+        self.need((uii,))
+        return [r for r in self.rows.get(uii, ()) if r["kind"] == kind]
+
+    def genealogy(self, uii: str) -> tuple[str | None, str, list[str]]:
+        """Current (parent, root, path); a unit never assembled is its own root."""
+        g = self.of(uii, "GENEALOGY")
+        if not g:
+            return None, uii, []
+        r = max(g, key=lambda r: (r["seq"], r["event_time"], r["event_id"]))
+        return r["link"], r["root_uii"], list(r["path"])
+
+    def shipment(self, uii: str) -> dict[str, Any] | None:
+        s = self.of(uii, "SHIPPED")
+        if not s:
+            return None
+        r = max(s, key=lambda r: (r["event_time"], r["event_id"]))
+        return {
+            "uii": uii,
+            "shipment_id": r["shipment_id"],
+            "customer_id": r["customer_id"],
+            "destination_site": r["destination_site"],
+            "end_system": r["end_system"],
+            "shipped_at": r["event_time"],
+        }
+
+    def verdict(self, uii: str) -> str | None:
+        t = self.of(uii, "TESTED")
+        return max(t, key=lambda r: (r["event_time"], r["event_id"]))["verdict"] if t else None
+
+
+def _fetch(store: _Store, facts: _Facts, keys: Iterable[str]) -> None:
+    seeds = sorted(set(keys) - facts.fetched)
+    if seeds:
+        facts.add(store.query(_facts_sql("{seeds:Array(String)}"), {"seeds": seeds}), seeds)
+
+
+def _resolve(store: _Store, facts: _Facts, fn: Any) -> Any:
+    """Run ``fn()`` (pure, over ``facts``); fetch what it was missing and rerun until complete."""
+    for _ in range(4 * MAX_HOPS):
+        try:
+            return fn()
+        except _Missing as m:
+            _fetch(store, facts, m.keys)
+    raise RuntimeError("recall: fact closure did not converge")
+
+
+_LOT_SQL = (
+    "SELECT 'L' AS k, uii, '' AS kind, CAST(lot_id, 'Nullable(String)') AS link, any(site) AS site"
+    " FROM lot_consumption WHERE lot_id IN {lots:Array(String)} GROUP BY lot_id, uii"
+    " UNION ALL SELECT DISTINCT 'E', output_lot_id, transformation, CAST(input_lot_id, 'Nullable(String)'),"
+    " '' FROM lot_lineage WHERE input_lot_id IN {lots:Array(String)}"
+)
+
+
+def _lot_statement() -> str:
+    """One statement: consumers of the lots (L), lots made from them (E), and the unit facts (F)
+    of the consumers and two links around them."""
+    fill = ", ".join(
+        {
+            "uii": "uii",
+            "kind": "kind",
+            "link": "link",
+            "site": "site",
+            "root_uii": "'' AS root_uii",
+            "path": "CAST([], 'Array(String)') AS path",
+            "seq": "toUInt64(0) AS seq",
+            "event_time": "toDateTime64(0, 3, 'UTC') AS event_time",
+            "event_id": "'' AS event_id",
+            "verdict": "'' AS verdict",
+        }.get(c, f"CAST(NULL, 'Nullable(String)') AS {c}")
+        for c in _FACT_COLS
+    )
+    return (
+        f"SELECT k, {fill} FROM ({_LOT_SQL}) UNION ALL "
+        + _facts_sql("SELECT uii FROM lot_consumption WHERE lot_id IN {lots:Array(String)}")
     )
 
 
-def _unit_closure(
-    store: _Store, seeds: dict[str, tuple[list[str], str | None]]
-) -> dict[str, tuple[list[str], str | None]]:
+_LOT_STATEMENT = _lot_statement()
+
+
+def _seed_from_lots(
+    store: _Store, lot_ids: Sequence[str], prefix: list[str], facts: _Facts
+) -> tuple[dict[str, LotHop], Hits]:
+    """Lots -> descendant lots -> consuming units, fetching the units' facts on the way.
+
+    Optimistic: one statement for the given lots; if it shows lots made from them, the lot
+    closure is walked and the statement rerun for the whole closure."""
+    hops: dict[str, LotHop] = {s: LotHop(s, None, 0) for s in lot_ids}
+    if not hops:
+        return hops, {}
+    rows = store.query(_LOT_STATEMENT, {"lots": sorted(hops)})
+    if any(r["k"] == "E" and r["uii"] not in hops for r in rows):
+        hops = _lot_closure(store, lot_ids)
+        rows = store.query(_LOT_STATEMENT, {"lots": sorted(hops)})
+    consumers = sorted((r["link"], r["uii"], r["site"]) for r in rows if r["k"] == "L")
+    facts.add((r for r in rows if r["k"] == "F"), [u for _lot, u, _s in consumers])
+    hits: Hits = {}
+    for lot, u, site in consumers:
+        if u not in hits:
+            hits[u] = ([*prefix, *_lot_trace(hops, lot), f"uii:{u}"], site)
+    return hops, hits
+
+
+def _unit_closure(facts: _Facts, seeds: Hits) -> Hits:
     """Add units that consumed the seed units (serialised parts consumed in an operation)."""
     found = dict(seeds)
     frontier = sorted(seeds)
     hops = 0
     while frontier and hops < MAX_HOPS:
         hops += 1
-        rows = store.query(
-            "SELECT consumed_uii, consumer_uii, any(site) AS site FROM unit_consumption "
-            "WHERE consumed_uii IN {u:Array(String)} GROUP BY consumed_uii, consumer_uii",
-            {"u": frontier},
-        )
         nxt = []
-        for r in rows:
-            c = r["consumer_uii"]
-            if c not in found:
-                trace, _site = found[r["consumed_uii"]]
-                found[c] = ([*trace, f"uii:{c}"], r["site"])
-                nxt.append(c)
+        for consumed in frontier:
+            rows = sorted(facts.of(consumed, "CONSUMED_BY"), key=lambda r: (r["link"], r["event_id"]))
+            for r in rows:
+                c = r["link"]
+                if c not in found:
+                    trace, _site = found[consumed]
+                    found[c] = ([*trace, f"uii:{c}"], r["site"])
+                    nxt.append(c)
         frontier = sorted(nxt)
     return found
-
-
-def _genealogy(store: _Store, uiis: Iterable[str]) -> dict[str, tuple[str | None, str, list[str]]]:
-    """Current (parent, root, path) per uii; units never assembled are their own root."""
-    keys = sorted(set(uiis))
-    out: dict[str, tuple[str | None, str, list[str]]] = {u: (None, u, []) for u in keys}
-    if not keys:
-        return out
-    rows = store.query(
-        "SELECT uii, g.1 AS parent_uii, g.2 AS root_uii, g.3 AS path FROM ("
-        " SELECT uii, argMax(tuple(parent_uii, root_uii, path), seq) AS g FROM unit_genealogy"
-        " WHERE uii IN {u:Array(String)} GROUP BY uii)",
-        {"u": keys},
-    )
-    for r in rows:
-        out[r["uii"]] = (r["parent_uii"], r["root_uii"], list(r["path"]))
-    return out
-
-
-def _shipments(store: _Store, uiis: Iterable[str]) -> dict[str, dict[str, Any]]:
-    keys = sorted(set(uiis))
-    if not keys:
-        return {}
-    rows = store.query(
-        "SELECT uii, s.1 AS shipment_id, s.2 AS customer_id, s.3 AS destination_site, s.4 AS end_system,"
-        " s.5 AS shipped_at FROM ("
-        " SELECT uii, argMax(tuple(shipment_id, customer_id, destination_site, end_system, event_time),"
-        " event_time) AS s FROM shipments WHERE uii IN {u:Array(String)} GROUP BY uii)",
-        {"u": keys},
-    )
-    return {r["uii"]: r for r in rows}
-
-
-def _latest_verdicts(store: _Store, uiis: Iterable[str]) -> dict[str, str]:
-    keys = sorted(set(uiis))
-    if not keys:
-        return {}
-    rows = store.query(
-        "SELECT uii, argMax(verdict, finished_at) AS verdict FROM unit_tests "
-        "WHERE uii IN {u:Array(String)} GROUP BY uii",
-        {"u": keys},
-    )
-    return {r["uii"]: r["verdict"] for r in rows}
 
 
 def _status(
@@ -288,21 +408,26 @@ def _status(
     return "in_work", None, None
 
 
-def _build_units(
-    store: _Store, hits: dict[str, tuple[list[str], str | None]]
-) -> tuple[
-    list[AffectedUnit],
-    dict[str, tuple[str | None, str, list[str]]],
-    dict[str, dict[str, Any]],
-    dict[str, str],
-]:
-    gen = _genealogy(store, hits)
-    everyone = set(hits)
-    for _parent, root, path in gen.values():
-        everyone.update(path)
-        everyone.add(root)
-    ships = _shipments(store, everyone)
-    verdicts = _latest_verdicts(store, {root for _p, root, _path in gen.values()})
+def _state(
+    facts: _Facts, nodes: Iterable[str]
+) -> tuple[dict[str, tuple[str | None, str, list[str]]], dict[str, dict[str, Any]], dict[str, str]]:
+    """Genealogy of ``nodes``, shipments of them and their ancestors, verdicts of their roots."""
+    gen = {u: facts.genealogy(u) for u in nodes}
+    ships: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, str] = {}
+    for u, (_parent, root, path) in gen.items():
+        for n in (u, *path):
+            s = facts.shipment(n)
+            if s is not None:
+                ships[n] = s
+        v = facts.verdict(root)
+        if v is not None:
+            verdicts[root] = v
+    return gen, ships, verdicts
+
+
+def _build_units(facts: _Facts, hits: Hits) -> list[AffectedUnit]:
+    gen, ships, verdicts = _state(facts, hits)
     units = []
     for u in sorted(hits):
         trace, site = hits[u]
@@ -325,10 +450,10 @@ def _build_units(
                 end_system=ship["end_system"] if ship else None,
             )
         )
-    return units, gen, ships, verdicts
+    return units
 
 
-def _past_holders(store: _Store, units: list[AffectedUnit]) -> list[PastHolder]:
+def _past_holders(facts: _Facts, units: list[AffectedUnit]) -> list[PastHolder]:
     """Parents that once held an affected unit, or one of its current ancestors, but do not now."""
     ancestors: dict[str, set[str]] = {}  # current ancestors of every node on an affected chain
     leads_to: dict[str, str] = {}
@@ -337,34 +462,24 @@ def _past_holders(store: _Store, units: list[AffectedUnit]) -> list[PastHolder]:
         for i, node in enumerate(chain):
             ancestors[node] = set(chain[i + 1 :])
             leads_to.setdefault(node, au.uii)
-    if not ancestors:
-        return []
-    rows = store.query(
-        "SELECT uii, parent_uii, action, max(event_time) AS at, argMax(reason, event_time) AS reason"
-        " FROM (SELECT * FROM assembly_events WHERE uii IN {u:Array(String)} LIMIT 1 BY event_id)"
-        " GROUP BY uii, parent_uii, action",
-        {"u": sorted(ancestors)},
-    )
     assembled: dict[tuple[str, str], datetime] = {}
     removed: dict[tuple[str, str], tuple[datetime, str | None]] = {}
-    for r in rows:
-        key = (r["uii"], r["parent_uii"])
-        if r["action"] == "ASSEMBLED":
-            assembled[key] = r["at"]
-        else:
-            removed[key] = (r["at"], r["reason"])
+    facts.need(ancestors)
+    for node in sorted(ancestors):
+        for r in facts.rows.get(node, ()):
+            if r["kind"] not in ("ASSEMBLED", "REMOVED"):
+                continue
+            key = (node, r["link"])
+            if r["kind"] == "ASSEMBLED":
+                if key not in assembled or r["event_time"] > assembled[key]:
+                    assembled[key] = r["event_time"]
+            elif key not in removed or r["event_time"] > removed[key][0]:
+                removed[key] = (r["event_time"], r["reason"])
     # a past parent is one the child was assembled into and is not (directly or higher up) in now
     past = [(c, p) for (c, p) in assembled if p not in ancestors[c]]
     if not past:
         return []
-    gen = _genealogy(store, {p for _c, p in past})
-    roots = {gen[p][1] for _c, p in past}
-    everyone = set(roots)
-    for p in {p for _c, p in past}:
-        everyone.add(p)
-        everyone.update(gen[p][2])
-    ships = _shipments(store, everyone)
-    verdicts = _latest_verdicts(store, roots)
+    gen, ships, verdicts = _state(facts, {p for _c, p in past})
     out = []
     for c, p in sorted(past):
         _parent, root, path = gen[p]
@@ -383,6 +498,16 @@ def _past_holders(store: _Store, units: list[AffectedUnit]) -> list[PastHolder]:
             )
         )
     return out
+
+
+def _impact(
+    store: _Store, facts: _Facts, seeds: Hits
+) -> tuple[list[AffectedUnit], list[PastHolder]]:
+    def derive() -> tuple[list[AffectedUnit], list[PastHolder]]:
+        units = _build_units(facts, _unit_closure(facts, seeds))
+        return units, _past_holders(facts, units)
+
+    return _resolve(store, facts, derive)
 
 
 def _systems(units: list[AffectedUnit]) -> list[dict[str, Any]]:
@@ -424,18 +549,6 @@ def _counts(values: Iterable[str | None]) -> dict[str, int]:
 # ----------------------------------------------------------------------------- seeds per trigger
 
 
-def _seed_from_lots(
-    store: _Store, lot_ids: Sequence[str], prefix: list[str]
-) -> tuple[dict[str, LotHop], dict[str, tuple[list[str], str | None]]]:
-    hops = _lot_closure(store, lot_ids)
-    hits: dict[str, tuple[list[str], str | None]] = {}
-    for r in _lot_consumers(store, sorted(hops)):
-        u = r["uii"]
-        if u not in hits:
-            hits[u] = ([*prefix, *_lot_trace(hops, r["lot_id"]), f"uii:{u}"], r["site"])
-    return hops, hits
-
-
 def _window(trigger: Trigger) -> dict[str, Any]:
     return {"ws": trigger.window_start, "we": trigger.window_end}
 
@@ -451,10 +564,10 @@ _OVERLAP = (
 )
 
 
-def _seeds(store: _Store, t: Trigger) -> tuple[dict[str, LotHop], dict[str, tuple[list[str], str | None]]]:
+def _seeds(store: _Store, t: Trigger, facts: _Facts) -> tuple[dict[str, LotHop], Hits]:
     tag = f"{t.kind}:{t.id}"
     if t.kind == "lot":
-        return _seed_from_lots(store, [t.id], [])
+        return _seed_from_lots(store, [t.id], [], facts)
     if t.kind in ("supplier_lot", "supplier"):
         if t.kind == "supplier_lot":
             supplier, _, slot = t.id.partition(":")
@@ -469,10 +582,10 @@ def _seeds(store: _Store, t: Trigger) -> tuple[dict[str, LotHop], dict[str, tupl
                 f" AND {_EVENT_TIME_IN_WINDOW}",
                 {"s": t.id, **_window(t)},
             )
-        return _seed_from_lots(store, sorted(r["lot_id"] for r in rows), [tag])
+        return _seed_from_lots(store, sorted(r["lot_id"] for r in rows), [tag], facts)
     if t.kind == "serial":
         return {}, {t.id: ([f"uii:{t.id}"], None)}
-    hits: dict[str, tuple[list[str], str | None]] = {}
+    hits: Hits = {}
     hops: dict[str, LotHop] = {}
     if t.kind in ("station", "operator"):
         col = "station_id" if t.kind == "station" else "operator_id"
@@ -490,7 +603,7 @@ def _seeds(store: _Store, t: Trigger) -> tuple[dict[str, LotHop], dict[str, tupl
                 {"id": t.id, **_window(t)},
             )
             if lots:
-                hops, lot_hits = _seed_from_lots(store, sorted(r["lot_id"] for r in lots), [tag])
+                hops, lot_hits = _seed_from_lots(store, sorted(r["lot_id"] for r in lots), [tag], facts)
                 for u, v in lot_hits.items():
                     hits.setdefault(u, v)
     else:  # bench
@@ -509,16 +622,17 @@ def _seeds(store: _Store, t: Trigger) -> tuple[dict[str, LotHop], dict[str, tupl
 
 def forward_trace(store: _Store, lot_id: str) -> ForwardTrace:
     """Lot -> descendant lots -> units that consumed them -> units consuming those -> their
-    current assemblies up to the final system -> shipment / customer. Plus past holders."""
-    hops, hits = _seed_from_lots(store, [lot_id], [])
-    hits = _unit_closure(store, hits)
-    units, _gen, _ships, _v = _build_units(store, hits)
+    current assemblies up to the final system -> shipment / customer. Plus past holders.
+    One round trip for a lot no other lot was made from (see ``_seed_from_lots``)."""
+    facts = _Facts()
+    hops, hits = _seed_from_lots(store, [lot_id], [], facts)
+    units, past = _impact(store, facts, hits)
     return ForwardTrace(
         lot_id=lot_id,
         lots=sorted(hops.values(), key=lambda h: (h.depth, h.lot_id)),
         units=units,
         systems=_systems(units),
-        past=_past_holders(store, units),
+        past=past,
     )
 
 
@@ -526,13 +640,14 @@ def recall_impact(store: _Store, trigger: Trigger) -> RecallImpact:
     """Impact of a suspect lot / supplier lot / supplier / serial / station / operator / bench
     (window). ``units`` are where the suspect part is installed now; ``past`` lists parents that
     held it (or one of its assemblies) before a removal, flagged ``past``."""
-    hops, hits = _seeds(store, trigger)
-    hits = _unit_closure(store, hits)
-    units, _gen, _ships, _v = _build_units(store, hits)
+    facts = _Facts()
+    hops, hits = _seeds(store, trigger, facts)
+    _fetch(store, facts, hits)  # units that did not come with a lot statement
+    units, past = _impact(store, facts, hits)
     return RecallImpact(
         trigger=trigger,
         units=units,
-        past=_past_holders(store, units),
+        past=past,
         systems=_systems(units),
         by_customer=_counts(u.customer_id for u in units),
         by_site=_counts(u.destination_site if u.status == "shipped" else u.site for u in units),
@@ -541,36 +656,154 @@ def recall_impact(store: _Store, trigger: Trigger) -> RecallImpact:
     )
 
 
+# ----------------------------------------------------------------------------- backward trace
+
+_OP_COLS = (
+    "uii",
+    "work_order",
+    "operation",
+    "station_id",
+    "operator_id",
+    "started_at",
+    "finished_at",
+    "creates_unit",
+    "event_id",
+    "site",
+)
+_OP_READ = (*_OP_COLS, "event_time", "consumed_lot_ids", "consumed_lot_quantities", "consumed_uiis")
+_TEST_READ = (
+    "uii",
+    "bench_id",
+    "procedure_id",
+    "procedure_version",
+    "calibration_id",
+    "calibration_due",
+    "operator_id",
+    "started_at",
+    "finished_at",
+    "verdict",
+    "measurements.name",
+    "measurements.value",
+    "measurements.unit",
+    "measurements.low_limit",
+    "measurements.high_limit",
+    "measurements.passed",
+    "event_id",
+)
+_LT_READ = ("lot_id", "transformation", "input_lot_ids", "input_quantities", "station_id", "event_time")
+_MAT_READ = (
+    "lot_id",
+    "part_number",
+    "supplier_id",
+    "supplier_lot",
+    "quantity",
+    "unit_of_measure",
+    "coc_reference",
+    "inspection_result",
+    "event_time",
+)
+LOT_LEVELS = 4  # upstream lot levels the backward statement reads in one go
+
+
+def _cols(cols: Sequence[str]) -> str:
+    return ", ".join(f"`{c}`" for c in cols)
+
+
+def _group(table: str, cols: Sequence[str], where: str) -> str:
+    return (
+        f"(SELECT groupArray(tuple({_cols(cols)})) FROM (SELECT {_cols(cols)} FROM {table}"
+        f" WHERE {where} LIMIT 1 BY event_id))"
+    )
+
+
+def _backward_statement() -> str:
+    """One statement for everything below the units {u}: their operations and those of the
+    serialised units they consumed (one level), the tests of both, the upstream lot lineage
+    (LOT_LEVELS levels) and the material receipts of every lot met."""
+    units = "uii IN {u:Array(String)} OR uii IN (SELECT arrayJoin(consumed_uiis) FROM operations"
+    units += " WHERE uii IN {u:Array(String)})"
+    levels = [f"SELECT arrayJoin(consumed_lot_ids) FROM operations WHERE {units}"]
+    for _ in range(LOT_LEVELS):
+        levels.append(f"SELECT arrayJoin(input_lot_ids) FROM lot_transformed WHERE lot_id IN ({levels[-1]})")
+    lots = " OR ".join(f"lot_id IN ({q})" for q in levels[:LOT_LEVELS])
+    lots_all = " OR ".join(f"lot_id IN ({q})" for q in levels)
+    return (
+        f"SELECT {_group('operations', _OP_READ, units)} AS ops,"
+        f" {_group('unit_tests', _TEST_READ, units)} AS tests,"
+        f" {_group('lot_transformed', (*_LT_READ, 'event_id'), lots)} AS lineage,"
+        f" {_group('material_received', (*_MAT_READ, 'event_id'), lots_all)} AS materials"
+    )
+
+
+_BACKWARD_STATEMENT = _backward_statement()
+
+
+def _as_dicts(values: Iterable[tuple[Any, ...]], cols: Sequence[str]) -> list[dict[str, Any]]:
+    return [{c: _utc(v) for c, v in zip(cols, row, strict=True)} for row in values]
+
+
+def _members(store: _Store, uii: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Root of ``uii`` and its current descendants (one statement)."""
+    rows = store.query(
+        f"{_F_SELECT} WHERE kind = 'GENEALOGY' AND (uii = {{u:String}} OR uii IN ("
+        " SELECT uii FROM root_members WHERE root_uii IN ("
+        "  SELECT if(count() = 0, {u:String}, argMax(root_uii, seq)) FROM unit_facts"
+        "  WHERE uii = {u:String} AND kind = 'GENEALOGY')))",
+        {"u": uii},
+    )
+    facts = _Facts()
+    facts.add(rows, [])
+    facts.fetched = {r["uii"] for r in rows} | {uii}  # every GENEALOGY row of these units
+    root = facts.genealogy(uii)[1]
+    units: dict[str, dict[str, Any]] = {}
+    for m in sorted(facts.rows):
+        parent, m_root, path = facts.genealogy(m)
+        if m_root == root and (m == uii or uii in path):
+            units[m] = {"uii": m, "parent_uii": parent, "path": path, "consumed_by": None}
+    units.setdefault(uii, {"uii": uii, "parent_uii": None, "path": [], "consumed_by": None})
+    return root, units
+
+
 def backward_trace(store: _Store, uii: str) -> BackwardTrace:
     """A unit or system -> every current descendant, with the lots, upstream lots, material
-    receipts, operations (operator, station, work order, times) and tests of each."""
-    root = _genealogy(store, [uii])[uii][1]
-    members = store.query(
-        "SELECT uii, g.1 AS parent_uii, g.3 AS path, g.4 AS depth FROM ("
-        " SELECT uii, argMax(tuple(parent_uii, root_uii, path, depth), seq) AS g FROM unit_genealogy"
-        " WHERE uii IN (SELECT uii FROM root_members WHERE root_uii = {root:String}) GROUP BY uii)"
-        " WHERE g.2 = {root:String} AND (uii = {u:String} OR has(g.3, {u:String}))",
-        {"root": root, "u": uii},
-    )
-    units: dict[str, dict[str, Any]] = {
-        m["uii"]: {
-            "uii": m["uii"],
-            "parent_uii": m["parent_uii"],
-            "path": list(m["path"]),
-            "consumed_by": None,
-        }
-        for m in members
-    }
-    units.setdefault(uii, {"uii": uii, "parent_uii": None, "path": [], "consumed_by": None})
+    receipts, operations (operator, station, work order, times) and tests of each.
+
+    Two statements in the common case: the genealogy, then everything below it (see
+    ``_backward_statement``); deeper consumption or lot chains are finished with more."""
+    root, units = _members(store, uii)
+    keys = sorted(units)
+    res = store.query(_BACKWARD_STATEMENT, {"u": keys})[0]
+    ops_rows = _as_dicts(res["ops"], _OP_READ)
+    tests = _as_dicts(res["tests"], _TEST_READ)
+    lt_rows = _as_dicts(res["lineage"], (*_LT_READ, "event_id"))
+    materials = _as_dicts(res["materials"], (*_MAT_READ, "event_id"))
+    # what the statement covered, mirrored: operations and tests of the units and the units
+    # they consumed; lot_transformed of LOT_LEVELS levels of lots; receipts of one more
+    by_uii: dict[str, list[dict[str, Any]]] = {}
+    for o in ops_rows:
+        by_uii.setdefault(o["uii"], []).append(o)
+    ops_for = set(keys) | {c for k in keys for o in by_uii.get(k, ()) for c in o["consumed_uiis"]}
     # serialised items consumed by those units (and what they consumed, ...)
-    frontier = sorted(units)
     ops: list[dict[str, Any]] = []
+    frontier = keys
     hops = 0
     while frontier and hops < MAX_HOPS:
         hops += 1
-        rows = store.query(
-            "SELECT * FROM operations WHERE uii IN {u:Array(String)} LIMIT 1 BY event_id", {"u": frontier}
-        )
+        missing = [u for u in frontier if u not in ops_for]
+        if missing:
+            more = store.query(
+                f"SELECT {_cols(_OP_READ)} FROM operations WHERE uii IN {{u:Array(String)}} LIMIT 1 BY event_id",
+                {"u": missing},
+            )
+            for o in more:
+                by_uii.setdefault(o["uii"], []).append(o)
+            tests += store.query(
+                f"SELECT {_cols(_TEST_READ)} FROM unit_tests WHERE uii IN {{u:Array(String)}}"
+                " LIMIT 1 BY event_id",
+                {"u": missing},
+            )
+            ops_for.update(missing)
+        rows = [o for u in frontier for o in by_uii.get(u, ())]
         ops.extend(rows)
         nxt = []
         for r in rows:
@@ -583,7 +816,6 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
         p = u["path"]
         u["depth"] = p.index(uii) + 1 if uii in p else 0
         u["part_number"] = _part(u["uii"])
-    keys = sorted(units)
     lots = [
         {
             "uii": o["uii"],
@@ -599,19 +831,32 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
         for lot, q in zip(o["consumed_lot_ids"], o["consumed_lot_quantities"], strict=False)
     ]
     # upstream lot lineage (output -> inputs), keyed by lot_transformed.lot_id
+    lt_by_lot: dict[str, list[dict[str, Any]]] = {}
+    for r in lt_rows:
+        lt_by_lot.setdefault(r["lot_id"], []).append(r)
+    level = {lot for k in ops_for for o in by_uii.get(k, ()) for lot in o["consumed_lot_ids"]}
+    lt_for: set[str] = set()
+    for _ in range(LOT_LEVELS):
+        lt_for |= level
+        level = {i for lot in level for r in lt_by_lot.get(lot, ()) for i in r["input_lot_ids"]}
+    mat_for = lt_for | level
     lineage: list[dict[str, Any]] = []
     seen = {x["lot_id"] for x in lots}
     frontier = sorted(seen)
     hops = 0
     while frontier and hops < MAX_HOPS:
         hops += 1
-        rows = store.query(
-            "SELECT lot_id, transformation, input_lot_ids, input_quantities, station_id, event_time"
-            " FROM lot_transformed WHERE lot_id IN {l:Array(String)} LIMIT 1 BY event_id",
-            {"l": frontier},
-        )
+        missing = [lot for lot in frontier if lot not in lt_for]
+        if missing:
+            for r in store.query(
+                f"SELECT {_cols(_LT_READ)} FROM lot_transformed WHERE lot_id IN {{l:Array(String)}}"
+                " LIMIT 1 BY event_id",
+                {"l": missing},
+            ):
+                lt_by_lot.setdefault(r["lot_id"], []).append(r)
+            lt_for.update(missing)
         nxt = []
-        for r in rows:
+        for r in (r for lot in frontier for r in lt_by_lot.get(lot, ())):
             for inp, q in zip(r["input_lot_ids"], r["input_quantities"], strict=False):
                 lineage.append(
                     {
@@ -627,49 +872,28 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
                     seen.add(inp)
                     nxt.append(inp)
         frontier = sorted(nxt)
-    materials = (
-        store.query(
-            "SELECT lot_id, part_number, supplier_id, supplier_lot, quantity, unit_of_measure, coc_reference,"
-            " inspection_result, event_time FROM material_received WHERE lot_id IN {l:Array(String)}"
+    missing = sorted(seen - mat_for)
+    if missing:
+        materials += store.query(
+            f"SELECT {_cols(_MAT_READ)}, event_id FROM material_received WHERE lot_id IN {{l:Array(String)}}"
             " LIMIT 1 BY event_id",
-            {"l": sorted(seen)},
+            {"l": missing},
         )
-        if seen
-        else []
-    )
-    tests = store.query(
-        "SELECT uii, bench_id, procedure_id, procedure_version, calibration_id, calibration_due, operator_id,"
-        " started_at, finished_at, verdict, measurements.name AS m_name, measurements.value AS m_value,"
-        " measurements.unit AS m_unit, measurements.low_limit AS m_low, measurements.high_limit AS m_high,"
-        " measurements.passed AS m_passed, event_id"
-        " FROM unit_tests WHERE uii IN {u:Array(String)} LIMIT 1 BY event_id",
-        {"u": keys},
-    )
+    materials = [{c: m[c] for c in _MAT_READ} for m in materials if m["lot_id"] in seen]
     for t in tests:
         t["measurements"] = [
             {"name": n, "value": v, "unit": un, "low_limit": lo, "high_limit": hi, "passed": ok}
             for n, v, un, lo, hi, ok in zip(
-                t.pop("m_name"),
-                t.pop("m_value"),
-                t.pop("m_unit"),
-                t.pop("m_low"),
-                t.pop("m_high"),
-                t.pop("m_passed"),
+                t.pop("measurements.name"),
+                t.pop("measurements.value"),
+                t.pop("measurements.unit"),
+                t.pop("measurements.low_limit"),
+                t.pop("measurements.high_limit"),
+                t.pop("measurements.passed"),
                 strict=False,
             )
         ]
-    op_cols = (
-        "uii",
-        "work_order",
-        "operation",
-        "station_id",
-        "operator_id",
-        "started_at",
-        "finished_at",
-        "creates_unit",
-        "event_id",
-        "site",
-    )
+    tests = [t for t in tests if t["uii"] in units]
     return BackwardTrace(
         uii=uii,
         root_uii=root,
@@ -678,7 +902,7 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
         lot_lineage=sorted(lineage, key=lambda x: (x["lot_id"], x["input_lot_id"])),
         materials=sorted(materials, key=lambda x: x["lot_id"]),
         operations=sorted(
-            ({k: o[k] for k in op_cols} for o in ops), key=lambda o: (o["uii"], o["started_at"])
+            ({k: o[k] for k in _OP_COLS} for o in ops), key=lambda o: (o["uii"], o["started_at"])
         ),
         tests=sorted(tests, key=lambda x: (x["uii"], x["finished_at"])),
     )

@@ -22,7 +22,10 @@ from typing import Any, Protocol
 
 __all__ = [
     "TABLES",
+    "DERIVED",
+    "VIEWS",
     "MIGRATIONS",
+    "View",
     "EngineOptions",
     "Table",
     "Column",
@@ -66,6 +69,23 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class View:
+    """A materialized view that keeps a derived table filled from a source table on insert.
+
+    ``select`` reads ``{source}`` (rendered with the database); its column names are the
+    target's. The same SELECT backfills the target when the view is created."""
+
+    name: str
+    comment: str
+    source: str
+    target: str
+    select: str
+
+    def render_select(self, database: str) -> str:
+        return self.select.format(source=f"`{database}`.`{self.source}`")
 
 
 @dataclass(frozen=True)
@@ -437,6 +457,109 @@ DEAD_LETTERS = Table(
 )
 TABLES = TABLES + (DEAD_LETTERS,)
 
+# ---------------------------------------------------------------------------------------
+# Derived tables: filled inside ClickHouse by materialized views (``VIEWS``), not by the sink.
+
+UNIT_FACTS = Table(
+    "unit_facts",
+    "Derived recall index: every fact about a unit the recall path needs (genealogy versions, "
+    "assembly / removal, consumption by another unit, shipment, test verdict), one row each, "
+    "ordered by uii so one read answers for a set of units; filled by materialized views from "
+    "unit_genealogy, assembly_events, unit_consumption, shipments and unit_tests",
+    (
+        Column("uii", "String", "Unit the fact is about"),
+        Column(
+            "kind",
+            LC,
+            "GENEALOGY / ASSEMBLED / REMOVED / CONSUMED_BY / SHIPPED / TESTED",
+        ),
+        Column(
+            "link",
+            "Nullable(String)",
+            "GENEALOGY: parent (NULL for a root); ASSEMBLED / REMOVED: parent; CONSUMED_BY: consuming unit",
+        ),
+        Column("root_uii", "String", "GENEALOGY: final system; '' otherwise"),
+        Column("path", "Array(String)", "GENEALOGY: ancestors from the parent up to the root; [] otherwise"),
+        Column("seq", "UInt64", "GENEALOGY: unit_genealogy.seq; 0 otherwise"),
+        Column(
+            "event_time",
+            TS,
+            "GENEALOGY: version_time; TESTED: finished_at; otherwise the event time",
+        ),
+        Column("event_id", "String", "Source event id (GENEALOGY: version_event_id)"),
+        Column("site", LC, "Site of the source event ('' for GENEALOGY)"),
+        Column("verdict", LC, "TESTED: PASS / FAIL / ABORTED; '' otherwise"),
+        Column("reason", "Nullable(String)", "ASSEMBLED / REMOVED: reason"),
+        Column("shipment_id", "Nullable(String)", "SHIPPED: shipment"),
+        Column("customer_id", "Nullable(String)", "SHIPPED: customer"),
+        Column("destination_site", "Nullable(String)", "SHIPPED: destination site"),
+        Column("end_system", "Nullable(String)", "SHIPPED: platform / tail / hull number"),
+    ),
+    "(uii, kind, seq, event_id)",
+    engine="ReplacingMergeTree",
+    kind="derived",
+)
+DERIVED: tuple[Table, ...] = (UNIT_FACTS,)
+
+_FACT_COLS = (
+    "uii, kind, link, root_uii, path, seq, event_time, event_id, site, verdict, reason, shipment_id,"
+    " customer_id, destination_site, end_system"
+)
+_NS = "CAST(NULL, 'Nullable(String)')"
+VIEWS: tuple[View, ...] = (
+    View(
+        "mv_unit_facts_genealogy",
+        "unit_genealogy -> unit_facts (GENEALOGY)",
+        "unit_genealogy",
+        "unit_facts",
+        f"SELECT uii, 'GENEALOGY' AS kind, parent_uii AS link, root_uii, path, seq,"
+        f" version_time AS event_time, version_event_id AS event_id, '' AS site, '' AS verdict,"
+        f" {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id, {_NS} AS destination_site,"
+        f" {_NS} AS end_system FROM {{source}}",
+    ),
+    View(
+        "mv_unit_facts_assembly",
+        "assembly_events -> unit_facts (ASSEMBLED / REMOVED)",
+        "assembly_events",
+        "unit_facts",
+        f"SELECT uii, action AS kind, CAST(parent_uii, 'Nullable(String)') AS link, '' AS root_uii,"
+        f" CAST([], 'Array(String)') AS path, toUInt64(0) AS seq, event_time, event_id, site,"
+        f" '' AS verdict, reason, {_NS} AS shipment_id, {_NS} AS customer_id,"
+        f" {_NS} AS destination_site, {_NS} AS end_system FROM {{source}}",
+    ),
+    View(
+        "mv_unit_facts_consumption",
+        "unit_consumption -> unit_facts (CONSUMED_BY)",
+        "unit_consumption",
+        "unit_facts",
+        f"SELECT consumed_uii AS uii, 'CONSUMED_BY' AS kind, CAST(consumer_uii, 'Nullable(String)') AS link,"
+        f" '' AS root_uii, CAST([], 'Array(String)') AS path, toUInt64(0) AS seq, event_time, event_id,"
+        f" site, '' AS verdict, {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id,"
+        f" {_NS} AS destination_site, {_NS} AS end_system FROM {{source}}",
+    ),
+    View(
+        "mv_unit_facts_shipments",
+        "shipments -> unit_facts (SHIPPED)",
+        "shipments",
+        "unit_facts",
+        f"SELECT uii, 'SHIPPED' AS kind, {_NS} AS link, '' AS root_uii, CAST([], 'Array(String)') AS path,"
+        " toUInt64(0) AS seq, event_time, event_id, site, '' AS verdict,"
+        f" {_NS} AS reason, CAST(shipment_id, 'Nullable(String)') AS shipment_id,"
+        " CAST(customer_id, 'Nullable(String)') AS customer_id,"
+        " CAST(destination_site, 'Nullable(String)') AS destination_site, end_system FROM {source}",
+    ),
+    View(
+        "mv_unit_facts_tests",
+        "unit_tests -> unit_facts (TESTED)",
+        "unit_tests",
+        "unit_facts",
+        f"SELECT uii, 'TESTED' AS kind, {_NS} AS link, '' AS root_uii, CAST([], 'Array(String)') AS path,"
+        " toUInt64(0) AS seq, finished_at AS event_time, event_id, site, verdict,"
+        f" {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id, {_NS} AS destination_site,"
+        f" {_NS} AS end_system FROM {{source}}",
+    ),
+)
+
 _META = Table(
     "schema_migrations",
     "Applied DDL migrations",
@@ -451,7 +574,7 @@ _META = Table(
     kind="meta",
 )
 
-_BY_NAME = {t.name: t for t in TABLES}
+_BY_NAME = {t.name: t for t in TABLES + DERIVED}
 
 
 def table_columns(name: str) -> list[str]:
@@ -483,7 +606,35 @@ def _m1(database: str, opts: EngineOptions) -> list[str]:
     return [_create_table(t, database, opts) for t in TABLES]
 
 
-MIGRATIONS: tuple[tuple[int, str, Any], ...] = ((1, "initial tables", _m1),)
+def _create_view(v: View, database: str, opts: EngineOptions) -> str:
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{v.name}`{opts.on_cluster()}"
+        f" TO `{database}`.`{v.target}` AS {v.render_select(database)}"
+        f" COMMENT {_quote(v.comment)}"
+    )
+
+
+def backfill_statements(view: View, database: str) -> list[str]:
+    """``INSERT ... SELECT`` that fills a view's target from what its source already holds."""
+    return [
+        f"INSERT INTO `{database}`.`{view.target}` ({_FACT_COLS}) {view.render_select(database)}"
+    ]
+
+
+def _m2(database: str, opts: EngineOptions) -> list[str]:
+    # The views first, then the backfill: rows inserted in between are written twice, which
+    # the ReplacingMergeTree key (and the duplicate-insensitive recall logic) absorbs.
+    out = [_create_table(t, database, opts) for t in DERIVED]
+    out += [_create_view(v, database, opts) for v in VIEWS]
+    for v in VIEWS:
+        out += backfill_statements(v, database)
+    return out
+
+
+MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
+    (1, "initial tables", _m1),
+    (2, "unit_facts recall index and its materialized views", _m2),
+)
 
 
 class _Client(Protocol):  # the part of clickhouse-connect's client we use
@@ -521,13 +672,15 @@ def apply_ddl(client: _Client, database: str, opts: EngineOptions | None = None)
         )
         applied.append(version)
         log.info("applied migration %s: %s", version, name)
+    if applied:  # one part, in version order (the table is tiny)
+        client.command(f"OPTIMIZE TABLE `{database}`.schema_migrations{opts.on_cluster()} FINAL")
     return applied
 
 
 def render_markdown() -> str:
     """The table reference (docs/TABLES.md body) rendered from ``TABLES``."""
     out: list[str] = []
-    for t in TABLES:
+    for t in TABLES + DERIVED:
         engine = t.engine + (f"({t.version_column})" if t.version_column else "")
         out.append(f"### `{t.name}`\n")
         out.append(f"{t.comment}.\n")
@@ -540,4 +693,10 @@ def render_markdown() -> str:
         for c in t.columns:
             out.append(f"| `{c.name}` | `{c.type}` | {c.comment} |")
         out.append("")
+    out.append("### Materialized views\n")
+    out.append("| view | from | into | what |")
+    out.append("| --- | --- | --- | --- |")
+    for v in VIEWS:
+        out.append(f"| `{v.name}` | `{v.source}` | `{v.target}` | {v.comment} |")
+    out.append("")
     return "\n".join(out)

@@ -507,7 +507,8 @@ def commands_for_event(event: Mapping[str, Any], event_type: str | None = None) 
 
     * UnitAssembled(unit, parent): ``Link(unit, parent, alive=True)`` + ``Touch(parent)``
     * UnitRemoved(unit, parent): ``Link(unit, parent, alive=False)`` + ``Touch(parent)``
-    * OperationCompleted(unit, consumed_units): ``Touch(unit)`` + for each consumed unit
+    * OperationCompleted(unit, consumed_units): ``Touch(unit)`` when it creates the unit or
+      consumes units (later operations add nothing) + for each consumed unit
       ``Link(consumed, unit, alive=True)`` (consumption is an installation)
 
     Every unit named by these events therefore gets a node (and a genealogy row).
@@ -519,9 +520,12 @@ def commands_for_event(event: Mapping[str, Any], event_type: str | None = None) 
         version: Version = (event_time_ms(event["event_time"]), str(event["event_id"]))
         unit = uii_of(event["unit"])
         if etype == "OperationCompleted":
-            out: list[Send] = [(unit, Touch(unit))]
+            # only the operation that makes the unit (or consumes units) creates its node:
+            # later operations on the same unit would only repeat a no-op Touch
+            consumed = event.get("consumed_units") or ()
+            out: list[Send] = [(unit, Touch(unit))] if (event.get("creates_unit") or consumed) else []
             seen: set[str] = set()
-            for ref in event.get("consumed_units") or ():
+            for ref in consumed:
                 child = uii_of(ref)
                 if child not in seen:
                     seen.add(child)

@@ -19,6 +19,18 @@ Rules (the same as documented in ``streams/genealogy.py``):
   root and listed in ``depth_cut``. Units on a parent cycle, or below one, have no defined
   path here (``path[uii] is None``; they are listed in ``cyclic``).
 * Past parents: every parent a unit was ever installed in (removed or not).
+
+Recall (``Plant``, the forward closure a lot recall must report, stated independently of
+``queries/recall.py``):
+
+* descendant lots of lot L: L and every lot made from it (LotTransformed inputs -> output),
+  transitively;
+* hit units: every unit whose OperationCompleted consumed one of those lots, plus every unit
+  whose OperationCompleted consumed (consumed_units) a hit unit, transitively;
+* impacted: the hit units and all their current ancestors (genealogy above);
+* past holders: for every node N on an impacted chain (a hit unit or one of its current
+  ancestors), every parent P that N was ever *assembled* into (UnitAssembled) and that is not
+  a current ancestor of N -> the pair (P, N).
 """
 
 from __future__ import annotations
@@ -53,6 +65,8 @@ def _key(ref: dict[str, Any]) -> str:
 
 
 def _millis(t: Any) -> int:
+    if isinstance(t, str):  # JSON form: ISO-8601 with "Z" or an offset
+        t = datetime.fromisoformat(t.replace("Z", "+00:00"))
     if isinstance(t, datetime):
         assert t.tzinfo is not None, "naive event_time"
         delta = t.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
@@ -137,3 +151,82 @@ def genealogy(events: list[dict[str, Any]]) -> Genealogy:
 
 def past_parents(events: list[dict[str, Any]], uii: str) -> set[str]:
     return genealogy(events).past_parents.get(uii, set())
+
+
+# --------------------------------------------------------------------------- recall oracle
+
+
+class Plant:
+    """Indexes over ALL events (JSON or decoded form) for forward closures and past holders."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.gen = genealogy(events)
+        self.lot_outputs: dict[str, set[str]] = {}  # input lot -> output lots
+        self.lot_users: dict[str, set[str]] = {}  # lot -> units whose operation consumed it
+        self.unit_users: dict[str, set[str]] = {}  # consumed unit -> consuming units
+        self.assembled_into: dict[str, set[str]] = {}  # child -> every UnitAssembled parent
+        self.lots: set[str] = set()
+        for ev in events:
+            kind = ev.get("type") or _kind(ev)
+            if kind == "LotTransformed":
+                out = ev["lot_id"]
+                self.lots.add(out)
+                for inp in ev.get("inputs") or []:
+                    self.lots.add(inp["lot_id"])
+                    self.lot_outputs.setdefault(inp["lot_id"], set()).add(out)
+            elif kind == "MaterialReceived":
+                self.lots.add(ev["lot_id"])
+            elif kind == "OperationCompleted":
+                unit = _key(ev["unit"])
+                for lot in ev.get("consumed_lots") or []:
+                    self.lots.add(lot["lot_id"])
+                    self.lot_users.setdefault(lot["lot_id"], set()).add(unit)
+                for ref in ev.get("consumed_units") or []:
+                    self.unit_users.setdefault(_key(ref), set()).add(unit)
+            elif kind == "UnitAssembled":
+                self.assembled_into.setdefault(_key(ev["unit"]), set()).add(_key(ev["parent"]))
+
+    def descendant_lots(self, lot: str) -> set[str]:
+        seen, todo = {lot}, [lot]
+        while todo:
+            for nxt in self.lot_outputs.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def hit_units(self, lot: str) -> set[str]:
+        hits: set[str] = set()
+        for lt in self.descendant_lots(lot):
+            hits |= self.lot_users.get(lt, set())
+        todo = list(hits)
+        while todo:
+            for nxt in self.unit_users.get(todo.pop(), ()):
+                if nxt not in hits:
+                    hits.add(nxt)
+                    todo.append(nxt)
+        return hits
+
+    def ancestors(self, uii: str) -> tuple[str, ...]:
+        p = self.gen.path.get(uii)
+        assert p is not None, f"{uii} is on a cycle"
+        return p
+
+    def impacted(self, lot: str) -> set[str]:
+        out: set[str] = set()
+        for u in self.hit_units(lot):
+            out.add(u)
+            out.update(self.ancestors(u))
+        return out
+
+    def past_holders(self, units: set[str]) -> set[tuple[str, str]]:
+        """(past parent, the chain node it held) for the given hit units."""
+        out: set[tuple[str, str]] = set()
+        for u in units:
+            chain = (u, *self.ancestors(u))
+            for i, node in enumerate(chain):
+                above = set(chain[i + 1 :])
+                for p in self.assembled_into.get(node, ()):
+                    if p not in above:
+                        out.add((p, node))
+        return out

@@ -130,6 +130,7 @@ class Server:
         self._stop = threading.Event()
         self.started_at = datetime.now(UTC)
         self.sink_error: str | None = None
+        self._stopped = False
 
     def start(self) -> None:
         s, o = self.settings, self.opts
@@ -147,7 +148,7 @@ class Server:
                 o.bootstrap,
                 self.store,
                 topics=self.topics,
-                group_id=f"{s.kafka.topic_prefix}traceline-sink",
+                group_id=s.sink_group,
                 batch_size=o.sink_batch_size,
                 batch_seconds=o.sink_batch_seconds,
             )
@@ -188,6 +189,9 @@ class Server:
         )
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         if self.sink is not None:
             self.sink.stop()

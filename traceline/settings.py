@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         return f"{self.kafka.topic_prefix}traceline-streams"
 
     @property
+    def sink_group(self) -> str:
+        return f"{self.kafka.topic_prefix}traceline-sink"
+
+    @property
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.sqlite"
 

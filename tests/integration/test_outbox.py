@@ -145,7 +145,8 @@ def test_events_stored_while_broker_down_survive_a_kill_and_are_delivered(
     raw = consume_all(bootstrap, topic, record)
     duplicates = raw - len(seen)
     print(
-        f"\noutbox: {N} events stored with the broker down (all deliveries timed out) in {t_stored:.1f}s, publisher SIGKILLed; "
+        f"\noutbox: {N} events stored with the broker down (all deliveries timed out) in {t_stored:.1f}s, "
+        "publisher SIGKILLed; "
         f"after restart `outbox flush` delivered in {t_flush:.1f}s; consumed {raw} records, "
         f"{len(seen)} distinct event_ids, {duplicates} raw duplicates"
     )
