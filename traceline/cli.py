@@ -31,7 +31,7 @@ stack_app = typer.Typer(help="The local Kafka broker (KRaft, from Maven Central 
 app.add_typer(stack_app, name="stack")
 
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # pipes get wide tables, not wrapped ones
 
 BootstrapOpt = Annotated[
     str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env TRACELINE_KAFKA_BOOTSTRAP]")

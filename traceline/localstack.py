@@ -368,8 +368,14 @@ def _wait_ready(data_dir: Path, bootstrap: str, pid: int, timeout: float) -> Non
 
 
 def _cluster_id() -> str:
-    """A Kafka Uuid string: url-safe base64 of 16 random bytes, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka Uuid string: url-safe base64 of 16 random bytes, no padding.
+
+    Never starting with "-": the storage tool's argument parser would take it for an option
+    (one start in 64 failed that way)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _write_config(data_dir: Path, broker_port: int, controller_port: int) -> Path:
@@ -399,7 +405,7 @@ def _java_cmd(java: str, libs: Path, *extra: str) -> list[str]:
 def _format_storage(java: str, libs: Path, data_dir: Path, config: Path) -> str:
     cid = _cluster_id()
     _log(f"localstack: formatting KRaft storage in {data_dir} (cluster id {cid})")
-    cmd = _java_cmd(java, libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config))
+    cmd = _java_cmd(java, libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config))
     # the storage tool is a short-lived JVM: smaller heap, its logging into the shared log
     cmd = [c for c in cmd if not c.startswith(("-Xms", "-Xmx"))]
     cmd.insert(1, "-Xmx256m")
