@@ -18,7 +18,12 @@ from sinks.store import Store
 __all__ = ["create_api"]
 
 
-def create_api(store: Store, *, health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+def create_api(
+    store: Store,
+    *,
+    health: Callable[[], dict[str, Any]] | None = None,
+    lag: Callable[[], dict[str, int]] | None = None,
+) -> FastAPI:
     """The API over one open store (the store serialises calls on its handle)."""
     api = FastAPI(
         title="traceline",
@@ -59,4 +64,7 @@ def create_api(store: Store, *, health: Callable[[], dict[str, Any]] | None = No
     ) -> Any:
         return run(recall_impact, Trigger(kind, id, start, end))
 
+    from queries.report import add_report_routes
+
+    add_report_routes(api, store, lag=lag)
     return api

@@ -562,6 +562,14 @@ def recall(
     _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
 
 
+
+# -- reports ----------------------------------------------------------------------------
+from traceline.cli_report import drill_command, report_command  # noqa: E402
+
+app.command("report")(report_command)
+app.command("drill")(drill_command)
+
+
 def main() -> None:
     try:
         app()

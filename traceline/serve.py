@@ -40,6 +40,7 @@ class ServeOptions:
     with_worker: bool = True
     with_sink: bool = True
     with_api: bool = True
+    with_alerts: bool = True  # the alert engine (needs the sink in this process)
     sink_batch_size: int = 20_000
     sink_batch_seconds: float = 0.5
 
@@ -125,11 +126,14 @@ class Server:
         self.topics: TopicNames = settings.topics
         self.store: Store | None = None
         self.sink: SinkWorker | None = None
+        self.alerts: Any = None  # sinks.alerts.AlertEngine
+        self.notifier: Any = None  # traceline.notify.Notifier
         self.worker: WorkerProcess | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.started_at = datetime.now(UTC)
         self.sink_error: str | None = None
+        self.alerts_error: str | None = None
         self._stopped = False
 
     def start(self) -> None:
@@ -155,6 +159,8 @@ class Server:
             t = threading.Thread(target=self._run_sink, name="sink", daemon=True)
             t.start()
             self._threads.append(t)
+            if o.with_alerts:
+                self._start_alerts()
         t = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         t.start()
         self._threads.append(t)
@@ -166,6 +172,35 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - reported in /health and the log, not swallowed
             self.sink_error = f"{type(exc).__name__}: {exc}"
             log.exception("the ClickHouse sink stopped")
+
+    def _start_alerts(self) -> None:
+        from sinks.alerts import AlertEngine, sink_positions
+        from streams.alerts import AlertRules
+        from traceline.notify import Notifier, NotifySettings
+
+        assert self.store is not None and self.sink is not None
+        notifier = Notifier(NotifySettings())
+        self.notifier = notifier.start() if notifier.enabled else None
+        self.alerts = AlertEngine(
+            self.opts.bootstrap,
+            self.store,
+            topics=self.topics,
+            rules=AlertRules(),
+            group_id=f"{self.settings.kafka.topic_prefix}traceline-alerts",
+            sink_group=self.settings.sink_group,
+            landed=sink_positions(self.sink),
+            notifier=self.notifier,
+        )
+        t = threading.Thread(target=self._run_alerts, name="alerts", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _run_alerts(self) -> None:
+        try:
+            self.alerts.run()
+        except Exception as exc:  # noqa: BLE001 - reported in /health and the log
+            self.alerts_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the alert engine stopped")
 
     def _supervise(self) -> None:
         while not self._stop.wait(2.0):
@@ -179,7 +214,15 @@ class Server:
             "worker_restarts": self.worker.restarts if self.worker else 0,
             "sink": self.sink.stats.as_dict() if self.sink else None,
             "sink_error": self.sink_error,
+            "alerts": self.alerts.stats.as_dict() if self.alerts else None,
+            "alerts_error": self.alerts_error,
         }
+
+    def lag(self) -> dict[str, int]:
+        from traceline.lag import pipeline_lag
+
+        s = self.settings
+        return pipeline_lag(self.opts.bootstrap, self.topics, app_id=s.app_id, sink_group=s.sink_group)
 
     def write_state(self, url: str) -> None:
         path = self.settings.data_dir / "serve.json"
@@ -193,10 +236,14 @@ class Server:
             return
         self._stopped = True
         self._stop.set()
+        if self.alerts is not None:
+            self.alerts.stop()
         if self.sink is not None:
             self.sink.stop()
         for t in self._threads:
             t.join(timeout=30)
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.store is not None:
@@ -216,7 +263,10 @@ class Server:
 
                 from traceline.api import create_api
 
-                api = create_api(self.store, health=self.health)
+                api = create_api(self.store, health=self.health, lag=self.lag)
+                from traceline.cli_alerts import add_alert_routes
+
+                add_alert_routes(api, self.store)
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())

@@ -1,0 +1,207 @@
+"""Recall drill: a mock recall, run as if the trigger were nonconforming, every step timed.
+
+A traceability system is only proven by a drill. ``run_drill`` runs the whole recall the way
+an analyst would (forward trace of the lot, recall impact, test histories and production
+records, lot receipts / status / nonconformances, data freshness), renders the report in each
+format, and writes the files plus ``<document>_drill.json`` (the step timings). Each report
+carries a "recall drill" banner and a timings section; a document cannot time its own
+rendering, so its own row says "this document" and the JSON summary has the final figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from queries.recall import Trigger, forward_trace, recall_impact
+from queries.report import (
+    MEDIA_TYPES,
+    RecallReport,
+    _ts,
+    assemble_report,
+    collect_details,
+    filename,
+    measure_freshness,
+    render,
+    scope_records,
+    units_from_impact,
+)
+
+__all__ = ["DrillResult", "run_drill", "drill_report"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class DrillResult:
+    report: RecallReport
+    files: dict[str, Path]  # format -> report file
+    summary_path: Path | None
+    timings: list[tuple[str, float, str]] = field(default_factory=list)  # (step, seconds, note)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s for _, s, _ in self.timings)
+
+    @property
+    def query_seconds(self) -> float:
+        return sum(s for step, s, _ in self.timings if not step.startswith("render"))
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.report
+        return {
+            "document_number": r.document_number,
+            "trigger": {
+                "kind": r.trigger.kind,
+                "id": r.trigger.id,
+                "from": r.trigger.window_start.isoformat() if r.trigger.window_start else None,
+                "to": r.trigger.window_end.isoformat() if r.trigger.window_end else None,
+            },
+            "ran_at": r.generated_at.isoformat(),
+            "units_now": len(r.now_units),
+            "units_past": len(r.past_units),
+            "systems": r.systems,
+            "by_status": r.by_status,
+            "by_customer": r.by_customer,
+            "steps": [{"step": s, "seconds": round(t, 6), "note": n} for s, t, n in self.timings],
+            "query_seconds": round(self.query_seconds, 6),
+            "total_seconds": round(self.total_seconds, 6),
+            "files": {k: str(v) for k, v in self.files.items()},
+        }
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, float, str]] = []
+
+    def run(self, step: str, fn: Callable[[], T], note: Callable[[T], str] | str = "") -> T:
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        self.steps.append((step, dt, note(out) if callable(note) else note))
+        return out
+
+
+def _query_steps(
+    store: Any,
+    trigger: Trigger,
+    clock: _Clock,
+    *,
+    lag: Mapping[str, int] | None,
+    lag_note: str | None,
+    prepared_by: str,
+) -> RecallReport:
+    generated_at = datetime.now(UTC)
+    if trigger.kind == "lot":
+        clock.run(
+            "forward trace",
+            lambda: forward_trace(store, trigger.id),
+            lambda ft: f"{len(ft.lots)} lots, {len(ft.units)} units, {len(ft.systems)} systems",
+        )
+    impact = clock.run(
+        "recall impact",
+        lambda: recall_impact(store, trigger),
+        lambda im: f"{len(im.units)} units now, {len(im.past)} past holders, {len(im.systems)} systems",
+    )
+    units = units_from_impact(impact)
+    clock.run(
+        "test histories and production records",
+        lambda: collect_details(store, units, trigger),
+        lambda _: (
+            f"{sum(len(u.tests) for u in units)} tests, {sum(len(u.operations) for u in units)} operations"
+        ),
+    )
+    receipts, status, ncrs, upstream = clock.run(
+        "lot origin, receipts, status and nonconformances",
+        lambda: scope_records(
+            store, trigger, [h.lot_id for h in impact.lots], [h.lot_id for h in impact.lots if h.depth == 0]
+        ),
+        lambda x: (
+            f"{len(x[3])} upstream lots, {len(x[0])} receipts, {len(x[1])} status changes, {len(x[2])} NCRs"
+        ),
+    )
+    fresh = clock.run(
+        "data freshness",
+        lambda: measure_freshness(store, lag, lag_note if lag is None else None),
+        lambda f: f"latest event {_ts(f.latest_event_time) or 'none'}; consumer lag {f.lag_text}",
+    )
+    report = assemble_report(
+        impact,
+        fresh,
+        generated_at=generated_at,
+        units=units,
+        receipts=receipts,
+        lot_status=status,
+        nonconformances=ncrs,
+        upstream=upstream,
+        prepared_by=prepared_by,
+        drill=True,
+        query_seconds=sum(s for _, s, _ in clock.steps),
+    )
+    return report
+
+
+def _render_timed(report: RecallReport, clock: _Clock, fmt: str, pending: Sequence[str]) -> bytes:
+    # the document shows every step measured so far, itself as "this document", later ones pending
+    report.drill_timings = [
+        *clock.steps,
+        (f"render {fmt}", None, "this document (final figure in the drill summary)"),
+        *((f"render {p}", None, "after this document") for p in pending),
+    ]
+    return clock.run(f"render {fmt}", lambda: render(report, fmt), lambda b: f"{len(b):,} bytes")
+
+
+def run_drill(
+    store: Any,
+    trigger: Trigger,
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] = ("html", "pdf", "csv"),
+    lag: Mapping[str, int] | None = None,
+    lag_note: str | None = "no lag source given to the drill",
+    prepared_by: str = "",
+) -> DrillResult:
+    """Run a mock recall for ``trigger``; write the reports and the drill summary to ``out_dir``."""
+    for fmt in formats:
+        if fmt not in MEDIA_TYPES:
+            raise ValueError(f"unknown report format {fmt!r}: use html, pdf or csv")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
+    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
+    files: dict[str, Path] = {}
+    order = list(dict.fromkeys(formats))
+    for i, fmt in enumerate(order):
+        content = _render_timed(report, clock, fmt, order[i + 1 :])
+        path = out / filename(report, fmt)
+        path.write_bytes(content)
+        files[fmt] = path
+    report.drill_timings = list(clock.steps)
+    result = DrillResult(report=report, files=files, summary_path=None, timings=list(clock.steps))
+    summary = out / f"{report.document_number}_drill.json"
+    summary.write_text(json.dumps(result.as_dict(), indent=2))
+    result.summary_path = summary
+    return result
+
+
+def drill_report(
+    store: Any,
+    trigger: Trigger,
+    fmt: str,
+    *,
+    lag: Mapping[str, int] | None = None,
+    lag_note: str | None = None,
+    prepared_by: str = "",
+) -> tuple[RecallReport, bytes, list[dict[str, Any]]]:
+    """One format of a drill, in memory (for the API): the report, its bytes, the step timings."""
+    if fmt not in MEDIA_TYPES:
+        raise ValueError(f"unknown report format {fmt!r}: use html, pdf or csv")
+    clock = _Clock()
+    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
+    content = _render_timed(report, clock, fmt, [])
+    return report, content, [{"step": s, "seconds": round(t, 6), "note": n} for s, t, n in clock.steps]
