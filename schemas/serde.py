@@ -57,7 +57,10 @@ __all__ = [
 
 NAMESPACE = "traceline.events"
 SCHEMA_DIR = Path(__file__).parent / "avro"
-SCHEMA_FILES: dict[str, Path] = {p.stem: p for p in sorted(SCHEMA_DIR.glob("*.avsc"))}
+NON_EVENT_SCHEMAS = frozenset({"Alert"})  # not events: Alert.avsc has its own serde (schemas.alert)
+SCHEMA_FILES: dict[str, Path] = {
+    p.stem: p for p in sorted(SCHEMA_DIR.glob("*.avsc")) if p.stem not in NON_EVENT_SCHEMAS
+}
 """Event type name -> its ``.avsc`` file (the contract)."""
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

@@ -1,7 +1,7 @@
 """The ClickHouse sink: Kafka batches in, columnar inserts out, offsets committed after.
 
-Reads the raw events topic, the genealogy changes topic and the dead-letter topic with one
-confluent-kafka consumer (manual commits), and lands each batch in ClickHouse:
+Reads the raw events topic, the genealogy changes topic, the dead-letter topic and the alerts
+topic with one confluent-kafka consumer (manual commits), and lands each batch in ClickHouse:
 
 * size- and time-bounded batches (``batch_size`` records or ``batch_seconds``);
 * one decode per event, columnar Arrow inserts, facts before the raw table they come from;
@@ -32,10 +32,19 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from schemas.alert import decode_alert
 from schemas.errors import DecodeError
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from sinks.rows import RAW_TABLE, RAW_TABLES, SinkRecord, deadletter_rows, genealogy_rows, rows_for_batch
+from sinks.rows import (
+    RAW_TABLE,
+    RAW_TABLES,
+    SinkRecord,
+    alert_rows,
+    deadletter_rows,
+    genealogy_rows,
+    rows_for_batch,
+)
 from sinks.store import Store, StoreError
 
 __all__ = ["SinkWorker", "SinkStats", "consumer_config"]
@@ -69,6 +78,7 @@ class SinkStats:
     events_landed: int = 0
     changes_landed: int = 0
     dead_letters_landed: int = 0
+    alerts_landed: int = 0
     undecodable_skipped: int = 0
     duplicates_skipped: int = 0
     replayed_skipped: int = 0
@@ -130,9 +140,10 @@ class SinkWorker:
         self._stop = threading.Event()
         self._watermarks: dict[tuple[str, int], int] = {}
         self._watermarks_stale = True
+        self._recent_loaded = False
         self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
         self._consumer.subscribe(
-            [topics.events, topics.changes, topics.deadletter], on_assign=self._on_assign
+            [topics.events, topics.changes, topics.deadletter, topics.alerts], on_assign=self._on_assign
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -182,6 +193,24 @@ class SinkWorker:
                 marks[(table, int(p))] = int(off)
         self._watermarks = marks
         self._watermarks_stale = False
+        if not self._recent_loaded:
+            self._load_recent_ids()
+
+    def _load_recent_ids(self) -> None:
+        """A new sink (a restart) starts with an empty recent-id set: refill it with the newest
+        event ids already landed, so a producer re-send of an event that landed before the
+        restart is still dropped, not written a second time."""
+        union = " UNION ALL ".join(
+            f"SELECT event_id, ingest_time FROM {t} WHERE kafka_topic = {{t:String}}"  # noqa: S608
+            for t in RAW_TABLES
+        )
+        _names, rows = self.store.query_rows(
+            f"SELECT event_id FROM ({union}) ORDER BY ingest_time DESC LIMIT {int(self._recent.limit)}",  # noqa: S608
+            {"t": self.topics.events},
+        )
+        for (eid,) in reversed(rows):
+            self._recent.add(eid)
+        self._recent_loaded = True
 
     def poll_once(self) -> int:
         """Collect one batch, land it, commit it. Returns the number of records handled."""
@@ -212,8 +241,10 @@ class SinkWorker:
         events: list[SinkRecord] = []
         changes: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
+        alerts: list[tuple[Any, int, int, datetime]] = []
         ranges: dict[tuple[str, int], list[int]] = {}
         new_ids: list[str] = []
+        batch_ids: set[str] = set()
         t_events, t_changes, t_dlq = self.topics.events, self.topics.changes, self.topics.deadletter
         marks = self._watermarks
         last_time = self.stats.last_event_time
@@ -233,9 +264,10 @@ class SinkWorker:
                     self.stats.replayed_skipped += 1
                     continue
                 eid = rec["event_id"]
-                if eid in self._recent:
+                if eid in self._recent or eid in batch_ids:  # also a re-send inside this batch
                     self.stats.duplicates_skipped += 1
                     continue
+                batch_ids.add(eid)
                 new_ids.append(eid)
                 events.append(SinkRecord(type_name, rec, topic, part, off, now))
                 et = rec["event_time"]
@@ -243,6 +275,11 @@ class SinkWorker:
                     last_time = et
             elif topic == t_changes:
                 changes.append(json.loads(value))
+            elif topic == self.topics.alerts:
+                try:
+                    alerts.append((decode_alert(value), part, off, now))
+                except DecodeError:
+                    self.stats.undecodable_skipped += 1
             elif topic == t_dlq:
                 headers = dict(m.headers() or [])
                 dead.append(
@@ -269,6 +306,7 @@ class SinkWorker:
                 tables[name] = tbl
         tables.update(genealogy_rows(changes) if changes else {})
         tables.update(deadletter_rows(dead) if dead else {})
+        tables.update(alert_rows(alerts) if alerts else {})
         for name, tbl in raw.items():
             if name in RAW_TABLES:
                 tables[name] = tbl
@@ -282,6 +320,7 @@ class SinkWorker:
         s.events_landed += len(events)
         s.changes_landed += len(changes)
         s.dead_letters_landed += len(dead)
+        s.alerts_landed += len(alerts)
         s.last_event_time = last_time
         s.last_batch_at = now
         for (t, p), (_a, b) in ranges.items():

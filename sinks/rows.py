@@ -23,6 +23,7 @@ __all__ = [
     "rows_for_batch",
     "genealogy_rows",
     "deadletter_rows",
+    "alert_rows",
     "uii",
     "SCHEMAS",
     "RAW_TABLE",
@@ -600,3 +601,57 @@ def deadletter_rows(records: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]
     if not cols[names[0]]:
         return {}
     return {"dead_letters": pa.Table.from_pydict(cols, schema=SCHEMAS["dead_letters"])}
+
+
+_ALERT_MAPS = {
+    "by_status": pa.map_(_S, pa.uint64()),
+    "by_customer": pa.map_(_S, pa.uint64()),
+    "by_site": pa.map_(_S, pa.uint64()),
+    "details": pa.map_(_S, _S),
+}
+SCHEMAS["alerts"] = pa.schema(
+    [
+        ("alert_id", _S),
+        ("version", pa.uint32()),
+        ("rule", _S),
+        ("severity", _S),
+        ("title", _S),
+        ("subject_kind", _S),
+        ("subject_id", _S),
+        ("raised_at", _TS),
+        ("event_time", _TS),
+        ("trigger_event_id", _S),
+        ("trigger_type", _S),
+        ("site", _S),
+        ("program", _S),
+        ("unit_count", pa.uint64()),
+        ("units", pa.list_(_S)),
+        ("by_status", _ALERT_MAPS["by_status"]),
+        ("by_customer", _ALERT_MAPS["by_customer"]),
+        ("by_site", _ALERT_MAPS["by_site"]),
+        ("reference", _S),
+        ("out_of_calibration", _B),
+        ("details", _ALERT_MAPS["details"]),
+        ("fingerprint", _S),
+        ("kafka_partition", pa.uint32()),
+        ("kafka_offset", pa.uint64()),
+        ("ingest_time", _TS),
+    ]
+)
+
+
+def alert_rows(records: Iterable[tuple[Any, int, int, datetime]]) -> dict[str, pa.Table]:
+    """``alerts`` rows for ``(alert, kafka_partition, kafka_offset, ingest_time)`` where ``alert``
+    is a ``schemas.alert.Alert`` (alerts are few: one pydantic object each is fine here)."""
+    schema = SCHEMAS["alerts"]
+    cols: dict[str, list[Any]] = {n: [] for n in schema.names}
+    for alert, part, off, ingest in records:
+        d = alert.model_dump()
+        d["fingerprint"] = alert.fingerprint()
+        d["kafka_partition"], d["kafka_offset"], d["ingest_time"] = part, off, ingest
+        for n in schema.names:
+            v = d[n]
+            cols[n].append(list(v.items()) if n in _ALERT_MAPS else v)
+    if not cols["alert_id"]:
+        return {}
+    return {"alerts": pa.Table.from_pydict(cols, schema=schema)}

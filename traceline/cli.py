@@ -569,6 +569,10 @@ from traceline.cli_report import drill_command, report_command  # noqa: E402
 app.command("report")(report_command)
 app.command("drill")(drill_command)
 
+from traceline.cli_alerts import alerts_app  # noqa: E402
+
+app.add_typer(alerts_app, name="alerts")
+
 
 def main() -> None:
     try:

@@ -1,0 +1,576 @@
+"""The alert engine: raw events in, alerts out, with impact lists read from ClickHouse.
+
+It runs beside the sink (``traceline serve``), because impact lists come from the store and
+faust agents never do ClickHouse I/O:
+
+1. consume the raw events topic in its own consumer group (manual commits);
+2. wait until the sink has landed every event of the batch (its in-process positions, or the
+   sink group's committed offsets: the sink commits only after ClickHouse has the rows), so
+   the impact read next is complete;
+3. evaluate the pure rules of ``streams.alerts`` with the context they need, read from the
+   store by :class:`AlertEvaluator` (recall impact, lot usage, lot yield, bench tests, the
+   backward trace of a shipped unit);
+4. publish the admitted alerts to the alerts topic (Avro, key ``alert_id``), flush, then
+   commit the events' offsets (at-least-once; a replay is absorbed by the dedup state);
+5. hand the alerts to the notifier (webhook / e-mail), which never blocks this loop.
+
+State (:class:`streams.alerts.AlertState`) is rebuilt from ClickHouse at start-up, after the
+sink has landed the alerts topic up to its end, so alerts raised before a restart are known
+(``alerts`` table: the highest version and content fingerprint per ``alert_id``) and are not
+raised again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from queries.recall import Trigger, backward_trace, recall_impact
+from schemas.alert import Alert, encode_alert
+from schemas.errors import DecodeError, TracelineError
+from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
+from sinks.consumer import consumer_config
+from sinks.store import Store
+from streams.alerts import (
+    HELD_STATUSES,
+    AlertRules,
+    AlertState,
+    BenchTests,
+    Impact,
+    LotState,
+    LotUsage,
+    LotYield,
+    NcState,
+    UnitContents,
+    held_lot_used,
+    is_out_of_calibration,
+    lot_held_after_use,
+    nc_raised,
+    out_of_calibration,
+    recall_reference,
+    shipping_gate,
+    suspect_lot_yield,
+    trigger_kind,
+    window_start,
+)
+
+__all__ = [
+    "AlertEngine",
+    "AlertEvaluator",
+    "AlertEngineStats",
+    "AlertPublishError",
+    "load_state",
+    "list_alerts",
+    "sink_positions",
+]
+
+log = logging.getLogger(__name__)
+
+_NTS = "Nullable(DateTime64(3, 'UTC'))"
+Landed = Callable[[], Mapping[tuple[str, int], int]]  # (topic, partition) -> next offset landed
+
+
+class _Notifier(Protocol):
+    def submit(self, alert: Alert) -> bool: ...
+
+
+class AlertPublishError(TracelineError):
+    def __init__(self, reason: str, alert_id: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.alert_id = alert_id
+
+
+def _utc(v: Any) -> Any:
+    return v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+
+
+# ----------------------------------------------------------------------------- state from the store
+
+
+def load_state(store: Store) -> AlertState:
+    """Rebuild the engine state from ClickHouse (small: lots with a status, NCs, part counts,
+    one (version, fingerprint) per alert)."""
+    st = AlertState()
+    for r in store.query(
+        "SELECT lot_id, argMax(tuple(status, event_time, event_id, reason, site, program),"
+        " tuple(event_time, event_id)) AS s FROM lot_status GROUP BY lot_id"
+    ):
+        status, t, eid, reason, site, program = r["s"]
+        st.set_lot(r["lot_id"], LotState(status, _utc(t), eid, reason, site, program))
+    for r in store.query(
+        "SELECT ncr_id, argMax(tuple(target_kind, target_id, window_start, window_end, severity,"
+        " disposition, event_time, event_id, description, site, program), tuple(event_time, event_id)) AS s"
+        " FROM nonconformances GROUP BY ncr_id"
+    ):
+        kind, tid, ws, we, sev, disp, t, eid, desc, site, program = r["s"]
+        st.set_nc(
+            NcState(r["ncr_id"], kind, tid, _utc(ws), _utc(we), sev, disp, _utc(t), eid, desc, site, program)
+        )
+    for r in store.query(
+        "SELECT part_number, uniqExact(event_id) AS n, uniqExactIf(event_id, verdict = 'FAIL') AS f"
+        " FROM unit_tests GROUP BY part_number"
+    ):
+        st.part_tests[r["part_number"]] = [int(r["n"]), int(r["f"])]
+    for r in store.query(
+        "SELECT alert_id, max(version) AS v, argMax(fingerprint, version) AS fp FROM alerts GROUP BY alert_id"
+    ):
+        st.remember(r["alert_id"], int(r["v"]), r["fp"])
+    return st
+
+
+def list_alerts(
+    store: Store,
+    *,
+    severity: str | None = None,
+    rule: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The latest version of each alert, newest first, filtered."""
+    rows = store.query(
+        "SELECT * EXCEPT (kafka_partition, kafka_offset) FROM alerts FINAL"
+        " WHERE ({sev:Nullable(String)} IS NULL OR severity = {sev:Nullable(String)})"
+        " AND ({rule:Nullable(String)} IS NULL OR rule = {rule:Nullable(String)})"
+        f" AND ({{since:{_NTS}}} IS NULL OR raised_at >= {{since:{_NTS}}})"
+        " ORDER BY raised_at DESC, alert_id LIMIT {limit:UInt32}",
+        {
+            "sev": severity.upper() if severity else None,
+            "rule": rule.upper() if rule else None,
+            "since": since,
+            "limit": limit,
+        },
+    )
+    return rows
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class AlertEvaluator:
+    """Rules + the ClickHouse reads they need. No Kafka: tests drive it directly."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: AlertRules | None = None,
+        state: AlertState | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.rules = rules or AlertRules()
+        self.state = state if state is not None else AlertState()
+        self.clock = clock
+
+    def reload(self) -> None:
+        self.state = load_state(self.store)
+
+    # -- context reads ----------------------------------------------------------------
+    def impact(self, trigger: Trigger) -> Impact:
+        ri = recall_impact(self.store, trigger)
+        return Impact(
+            unit_count=len(ri.units),
+            units=[u.uii for u in ri.units],
+            by_status=dict(ri.by_status),
+            by_customer=dict(ri.by_customer),
+            by_site=dict(ri.by_site),
+            reference=recall_reference(trigger.kind, trigger.id, trigger.window_start, trigger.window_end),
+        )
+
+    def lot_usage(self, lot_id: str, held_from: datetime, until: datetime | None) -> LotUsage:
+        rows = self.store.query(
+            "SELECT uii, min(event_time) AS used_at, any(station_id) AS station_id,"
+            " any(operator_id) AS operator_id, any(work_order) AS work_order FROM lot_consumption"
+            " WHERE lot_id = {l:String} AND event_time >= {t:DateTime64(3, 'UTC')}"
+            f" AND ({{u:{_NTS}}} IS NULL OR event_time < {{u:{_NTS}}})"
+            " GROUP BY uii ORDER BY uii",
+            {"l": lot_id, "t": held_from, "u": until},
+        )
+        used = [{**r, "event_time": r.pop("used_at")} for r in rows]
+        return LotUsage(self.impact(Trigger("lot", lot_id)), used)
+
+    def lots_of(self, uii: str) -> list[str]:
+        rows = self.store.query(
+            "SELECT DISTINCT arrayJoin(consumed_lot_ids) AS lot_id FROM operations WHERE uii = {u:String}"
+            " ORDER BY lot_id",
+            {"u": uii},
+        )
+        return [r["lot_id"] for r in rows]
+
+    def lot_yield(self, lot_id: str, part: str, start: datetime, end: datetime) -> LotYield:
+        rows = self.store.query(
+            "SELECT uii, verdict, finished_at, `measurements.name` AS n, `measurements.value` AS v,"
+            " `measurements.unit` AS un, `measurements.low_limit` AS lo, `measurements.high_limit` AS hi,"
+            " `measurements.passed` AS ok FROM unit_tests"
+            " WHERE uii IN (SELECT uii FROM lot_consumption WHERE lot_id = {l:String}"
+            " AND part_number = {p:String}) AND finished_at > {s:DateTime64(3, 'UTC')}"
+            " AND finished_at <= {e:DateTime64(3, 'UTC')}"
+            " ORDER BY uii, finished_at, event_id LIMIT 1 BY event_id",
+            {"l": lot_id, "p": part, "s": start, "e": end},
+        )
+        tested = {r["uii"] for r in rows}
+        failing: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            if r["verdict"] != "FAIL":
+                continue
+            failed = [
+                {"name": n, "value": v, "unit": u, "low_limit": lo, "high_limit": hi}
+                for n, v, u, lo, hi, ok in zip(
+                    r["n"], r["v"], r["un"], r["lo"], r["hi"], r["ok"], strict=True
+                )
+                if not ok
+            ]
+            failing[r["uii"]] = {"uii": r["uii"], "finished_at": r["finished_at"], "measurements": failed}
+        return LotYield(len(tested), list(failing.values()))
+
+    def bench_tests(self, bench: str, calibration_id: str) -> BenchTests:
+        r = self.store.query(
+            "SELECT uniqExact(event_id) AS n, uniqExact(uii) AS u,"
+            " arraySort(groupUniqArray({cap:UInt32})(uii)) AS units FROM unit_tests"
+            " WHERE bench_id = {b:String} AND calibration_id = {c:String} AND finished_at > calibration_due",
+            {"b": bench, "c": calibration_id, "cap": self.rules.max_units_listed},
+        )[0]
+        return BenchTests(int(r["n"]), list(r["units"]), int(r["u"]))
+
+    def contents(self, uii: str) -> UnitContents:
+        bt = backward_trace(self.store, uii)
+        lots = {x["lot_id"] for x in bt.lots}
+        for x in bt.lot_lineage:
+            lots.add(x["lot_id"])
+            lots.add(x["input_lot_id"])
+        return UnitContents(
+            units=frozenset(u["uii"] for u in bt.units) | {uii},
+            lots=frozenset(lots),
+            operations=tuple(
+                (o["station_id"], o["operator_id"], _utc(o["started_at"]), _utc(o["finished_at"]))
+                for o in bt.operations
+            ),
+            tests=tuple((t["bench_id"], _utc(t["started_at"]), _utc(t["finished_at"])) for t in bt.tests),
+            materials=tuple(
+                (m["supplier_id"], m["supplier_lot"], _utc(m["event_time"])) for m in bt.materials
+            ),
+        )
+
+    # -- rules --------------------------------------------------------------------------
+    def evaluate(self, type_name: str, rec: Mapping[str, Any]) -> list[Alert]:
+        """Alerts (admitted: new or changed) for one landed event."""
+        st, cfg, now = self.state, self.rules, self.clock()
+        st.apply(type_name, rec)
+        out: list[Alert | None] = []
+        if type_name == "NonconformanceRaised":
+            out.append(st.admit(self._nc_alert(rec, now)))
+        elif type_name == "LotStatusChanged":
+            if rec["status"] in HELD_STATUSES:
+                hold = LotState(
+                    rec["status"],
+                    rec["event_time"],
+                    rec["event_id"],
+                    rec.get("reason") or "",
+                    rec.get("site") or "",
+                    rec.get("program") or "",
+                )
+                out.append(st.admit(self._lot_held(rec["lot_id"], hold, now)))
+        elif type_name == "OperationCompleted":
+            alerts, recheck = held_lot_used(rec, st, now)
+            out += [st.admit(a) for a in alerts]
+            for lot in recheck:
+                out.append(st.admit(self._lot_held(lot, st.lots[lot], now)))
+        elif type_name == "UnitTested":
+            if is_out_of_calibration(rec):
+                tests = self.bench_tests(rec["bench_id"], rec["calibration_id"])
+                out.append(st.admit(out_of_calibration(rec, tests, cfg, now)))
+            if rec["verdict"] == "FAIL":
+                unit = rec["unit"]
+                uii, part = f"{unit['part_number']}:{unit['serial_number']}", unit["part_number"]
+                start, end = window_start(rec, cfg), rec["finished_at"]
+                base = st.part_tests.get(part, [0, 0])
+                for lot in self.lots_of(uii):
+                    yld = self.lot_yield(lot, part, start, end)
+                    out.append(st.admit(suspect_lot_yield(rec, lot, yld, (base[0], base[1]), cfg, now)))
+        elif type_name == "UnitShipped":
+            if st.any_held or st.open_ncs():
+                unit = rec["unit"]
+                contents = self.contents(f"{unit['part_number']}:{unit['serial_number']}")
+                out.append(st.admit(shipping_gate(rec, st, contents, cfg, now)))
+        return [a for a in out if a is not None]
+
+    def _nc_alert(self, rec: Mapping[str, Any], now: datetime) -> Alert | None:
+        if rec["disposition"] == "USE_AS_IS":
+            return None
+        trig = Trigger(
+            trigger_kind(rec["target_kind"]), rec["target_id"], rec.get("window_start"), rec.get("window_end")
+        )
+        return nc_raised(rec, self.impact(trig), self.rules, now)
+
+    def _lot_held(self, lot_id: str, hold: LotState, now: datetime) -> Alert | None:
+        cur = self.state.lots.get(lot_id)
+        until = (
+            cur.time if cur is not None and cur.time > hold.time and cur.status not in HELD_STATUSES else None
+        )
+        return lot_held_after_use(lot_id, hold, self.lot_usage(lot_id, hold.time, until), self.rules, now)
+
+    def refresh_open_ncs(self) -> list[Alert]:
+        """Re-evaluate the impact of every open NC (units made since): changed ones update."""
+        now = self.clock()
+        out = []
+        for nc in sorted(self.state.open_ncs(), key=lambda n: n.ncr_id):
+            rec = {
+                "ncr_id": nc.ncr_id, "target_kind": nc.target_kind, "target_id": nc.target_id,
+                "window_start": nc.window_start, "window_end": nc.window_end, "severity": nc.severity,
+                "disposition": nc.disposition, "description": nc.description, "event_time": nc.time,
+                "event_id": nc.event_id, "site": nc.site, "program": nc.program,
+            }  # fmt: skip
+            a = self.state.admit(self._nc_alert(rec, now))
+            if a is not None:
+                out.append(a)
+        return out
+
+
+# ----------------------------------------------------------------------------- Kafka wiring
+
+
+def _pos(m: Message) -> tuple[str, int, int]:
+    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+
+
+def sink_positions(sink: Any) -> Landed:
+    """Progress of an in-process :class:`sinks.consumer.SinkWorker` (positions after each write)."""
+
+    def landed() -> dict[tuple[str, int], int]:
+        out = {}
+        for key, off in list(sink.stats.positions.items()):
+            topic, _, part = key.rpartition("[")
+            out[(topic, int(part.rstrip("]")))] = int(off)
+        return out
+
+    return landed
+
+
+@dataclass
+class AlertEngineStats:
+    batches: int = 0
+    events: int = 0
+    undecodable_skipped: int = 0
+    alerts_published: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+    waits_for_sink_s: float = 0.0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class AlertEngine:
+    """One alert-engine consumer. ``start()`` rebuilds state; ``run()`` loops until ``stop()``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        store: Store,
+        *,
+        topics: TopicNames,
+        rules: AlertRules | None = None,
+        group_id: str = "traceline-alerts",
+        sink_group: str = "traceline-sink",
+        landed: Landed | None = None,
+        notifier: _Notifier | None = None,
+        serde: AvroSerde | None = None,
+        batch_size: int = 2_000,
+        batch_seconds: float = 0.05,
+        consumer_overrides: dict[str, Any] | None = None,
+        catch_up_timeout: float = 30.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.evaluator = AlertEvaluator(store, rules)
+        self.rules = self.evaluator.rules
+        self.sink_group = sink_group
+        self.landed = landed
+        self.notifier = notifier
+        self.serde = serde or AvroSerde(topic=topics.events)
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.catch_up_timeout = catch_up_timeout
+        self.stats = AlertEngineStats()
+        self._stop = threading.Event()
+        self._committed: dict[tuple[str, int], int] = {}
+        self._committed_at = 0.0
+        self._admin: Any = None
+        self._last_refresh = time.monotonic()
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",
+            }
+        )
+        self._started = False
+
+    @property
+    def state(self) -> AlertState:
+        return self.evaluator.state
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Wait until the sink has landed the alerts topic to its end, then rebuild the state."""
+        self._wait_landed(self._alerts_ends(), timeout=self.catch_up_timeout)
+        self.evaluator.reload()
+        self._consumer.subscribe([self.topics.events])
+        self._started = True
+        log.info("alert engine state: %d lots, %d NCs, %d alerts known", len(self.state.lots),
+                 len(self.state.ncs), len(self.state.raised))  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.flush(10)
+
+    def run(self) -> None:
+        try:
+            if not self._started:
+                self.start()
+            while not self._stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    # -- progress of the sink -------------------------------------------------------------
+    def _alerts_ends(self) -> dict[tuple[str, int], int]:
+        md = self._consumer.list_topics(self.topics.alerts, timeout=10)
+        t = md.topics.get(self.topics.alerts)
+        ends: dict[tuple[str, int], int] = {}
+        if t is None or t.error is not None:
+            return ends
+        for p in t.partitions:
+            _lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.topics.alerts, p), timeout=10)
+            if hi > 0:
+                ends[(self.topics.alerts, p)] = hi
+        return ends
+
+    def _refresh_committed(self, keys: list[tuple[str, int]]) -> None:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        req = ConsumerGroupTopicPartitions(self.sink_group, [TopicPartition(t, p) for t, p in keys])
+        try:
+            res = self._admin.list_consumer_group_offsets([req])[self.sink_group].result(10)
+        except Exception as exc:  # noqa: BLE001 - KafkaException: try again on the next round
+            log.debug("sink group offsets unavailable: %s", exc)
+            return
+        for tp in res.topic_partitions:
+            if tp.offset >= 0:
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._committed_at = time.monotonic()
+
+    def _wait_landed(self, need: Mapping[tuple[str, int], int], timeout: float | None = None) -> bool:
+        """Block until the sink has landed every (topic, partition) up to ``need`` (next offset)."""
+        if not need:
+            return True
+        t0 = time.monotonic()
+        warned = t0
+        while not self._stop.is_set():
+            have = dict(self._committed)
+            if self.landed is not None:
+                for k, v in self.landed().items():
+                    have[k] = max(have.get(k, 0), v)
+            if all(have.get(k, -1) >= v for k, v in need.items()):
+                self.stats.waits_for_sink_s += time.monotonic() - t0
+                return True
+            now = time.monotonic()
+            if timeout is not None and now - t0 > timeout:
+                log.warning("the sink has not landed %s after %.0fs; going on", dict(need), timeout)
+                return False
+            if now - self._committed_at > (0.5 if self.landed is None else 2.0):
+                self._refresh_committed(sorted(need))
+            if now - warned > 15:
+                warned = now
+                log.warning("alert engine waiting for the sink to land %s (have %s)", dict(need), have)
+            self._stop.wait(0.01)
+        return False
+
+    # -- one batch ----------------------------------------------------------------------
+    def poll_once(self) -> int:
+        msgs: list[Message] = []
+        for m in self._consumer.consume(num_messages=self.batch_size, timeout=self.batch_seconds):
+            err = m.error()
+            if err is None:
+                msgs.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                self.stats.last_error = str(err)
+        alerts: list[Alert] = []
+        if msgs:
+            need: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                t, p, o = _pos(m)
+                need[(t, p)] = max(need.get((t, p), 0), o + 1)
+            if not self._wait_landed(need):
+                return 0  # stopping: nothing committed
+            for m in msgs:
+                try:
+                    type_name, rec = self.serde.decode(m.value() or b"")
+                except DecodeError:
+                    self.stats.undecodable_skipped += 1  # the intake dead-letters it
+                    continue
+                self.stats.events += 1
+                alerts += self.evaluator.evaluate(type_name, rec)
+        if (
+            self.rules.nc_refresh_seconds > 0
+            and time.monotonic() - self._last_refresh > self.rules.nc_refresh_seconds
+        ):
+            self._last_refresh = time.monotonic()
+            alerts += self.evaluator.refresh_open_ncs()
+        if alerts:
+            self._publish(alerts)
+        if msgs:
+            hi: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                t, p, o = _pos(m)
+                hi[(t, p)] = max(hi.get((t, p), -1), o)
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in hi.items()], asynchronous=False
+            )
+            self.stats.batches += 1
+        for a in alerts:
+            if self.notifier is not None:
+                self.notifier.submit(a)
+        return len(msgs)
+
+    def _publish(self, alerts: list[Alert]) -> None:
+        errors: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for a in alerts:
+            self._producer.produce(
+                self.topics.alerts, key=a.alert_id.encode(), value=encode_alert(a), on_delivery=on_delivery
+            )
+        while self._producer.flush(1.0) > 0 and not self._stop.is_set():
+            pass
+        if errors or len(self._producer) > 0:
+            # forget them, so a replay of the (uncommitted) batch raises them again
+            for a in alerts:
+                self.state.raised.pop(a.alert_id, None)
+            raise AlertPublishError(f"alerts not delivered: {errors[:3]}")
+        self.stats.alerts_published += len(alerts)
+        for a in alerts:
+            self.stats.by_rule[a.rule] = self.stats.by_rule.get(a.rule, 0) + 1
+        log.info(
+            "published %d alert(s): %s", len(alerts), ", ".join(f"{a.alert_id}#{a.version}" for a in alerts)
+        )
