@@ -27,7 +27,7 @@ import faust
 
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from streams.genealogy import Node, apply, command_from_dict
+from streams.genealogy import Node, apply, command_from_dict, resend
 from streams.intake import DeadLetter, dead_letter_for_change, encode_command, route
 
 __all__ = ["StreamsConfig", "build_app", "Counters"]
@@ -75,7 +75,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=25,
+        producer_max_batch_size=512 * 1024,
         broker_commit_interval=1.0,
         table_standby_replicas=0,
         web_enabled=False,
@@ -126,7 +127,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 cmd = command_from_dict(json.loads(ev.value))
                 raw = nodes.get(key_b)
                 node = Node.from_bytes(raw) if raw else None
-                new, sends, out = apply(node, key, cmd)
+                if node is not None and msg.offset <= node.offset:
+                    # A replay after a crash: this node already has the command (it changed the
+                    # node at node.offset or before), but what it sent then may never have
+                    # reached Kafka. Send what the node owes in its current state instead.
+                    new, (sends, out) = node, resend(node)
+                else:
+                    new, sends, out = apply(node, key, cmd)
             except (ValueError, KeyError, TypeError) as exc:
                 # a malformed command (not something our own intake writes): keep it, say why
                 await send_dead(
@@ -145,7 +152,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 continue
             new_raw = new.to_bytes()
             if new_raw != raw:  # a repeated command changes nothing: no table (changelog) write
-                nodes[key_b] = new_raw
+                new.offset = msg.offset  # the last command that changed the node
+                nodes[key_b] = new.to_bytes()
             for target, c in sends:
                 counters.commands_out += 1
                 await commands.send(key=target.encode(), value=encode_command(c))
