@@ -105,6 +105,7 @@ __all__ = [
     "command_from_dict",
     "commands_for_event",
     "event_time_ms",
+    "resend",
     "run",
     "uii_of",
 ]
@@ -253,6 +254,7 @@ class Node:
     path: tuple[str, ...] = ()
     flag: str | None = None
     seq: int = 0
+    offset: int = -1  # command-topic offset of the last command that changed it (replay detection)
 
     # derived ----------------------------------------------------------------
     @property
@@ -298,6 +300,7 @@ class Node:
             self.path,
             self.flag,
             self.seq,
+            self.offset,
         )
 
     # serialisation -------------------------------------------------------------
@@ -319,6 +322,8 @@ class Node:
             d["pp"] = self.path_parent
         if self.flag is not None:
             d["f"] = self.flag
+        if self.offset != -1:
+            d["o"] = self.offset
         return d
 
     @classmethod
@@ -335,6 +340,7 @@ class Node:
             path=tuple(d.get("p", ())),
             flag=d.get("f"),
             seq=int(d["s"]),
+            offset=int(d.get("o", -1)),
         )
 
     def to_bytes(self) -> bytes:
@@ -468,6 +474,31 @@ def apply(node: Node | None, key: str, cmd: Command) -> tuple[Node, list[Send], 
 
 
 # --------------------------------------------------------------------------- events
+
+
+def resend(n: Node) -> tuple[list[Send], list[Change]]:
+    """What ``n`` owes the rest of the graph in its current state, for a replayed command.
+
+    Under at-least-once a worker can die after writing a node but before the commands and
+    change records of that write reached Kafka; the command is then delivered again and finds
+    the node already updated, so ``apply`` would send nothing and the lost effects stay lost.
+    The caller detects the replay (command offset <= ``n.offset``) and sends these instead:
+    the node's record, ``Edge`` to its current parent, an ``Edge(alive=False)`` to every parent
+    it was removed from, and its view to its live children. All of them are idempotent
+    (receivers drop what they already have), so nothing cascades beyond one hop.
+    """
+    sends: list[Send] = []
+    parent = n.parent
+    if parent is not None:
+        assert n.inst_version is not None
+        sends.append((parent, Edge(parent, n.uii, True, n.inst_version)))
+    for p, v in sorted(n.removed.items()):
+        if p != parent:
+            sends.append((p, Edge(p, n.uii, False, v)))
+    if n.flag != "cycle":
+        for c in n.live_children():
+            sends.append((c, Root(c, n.uii, n.root, n.path, n.seq)))
+    return sends, [_record(n)]
 
 
 def uii_of(ref: Mapping[str, Any]) -> str:

@@ -29,9 +29,7 @@ def pipeline_settings(tmp_path: Path, topic_prefix: str, partitions: int = 3) ->
 
 
 @pytest.fixture
-def pipeline(
-    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str
-) -> Iterator[Callable[..., Server]]:
+def pipeline(kafka_bootstrap: str, tmp_path: Path, topic_prefix: str) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(partitions: int = 3, settings: Settings | None = None, **opts: Any) -> Server:
