@@ -1169,7 +1169,7 @@ def write_jsonl(
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     own = isinstance(path_or_file, str | os.PathLike)
     if own:
-        p = os.fspath(path_or_file)
+        p = os.fspath(path_or_file)  # type: ignore[arg-type]  # str | PathLike here
         f: IO[str] = (gzip.open(p, "wt", encoding="utf-8") if p.endswith(".gz")
                       else open(p, "w", encoding="utf-8"))  # noqa: SIM115
     else:

@@ -1033,7 +1033,7 @@ def render_html(report: RecallReport) -> str:
         )
     )
     # appendix
-    label, tests = _appendix_tests(r)
+    label, appendix = _appendix_tests(r)
     parts.append(f"<h2>Appendix A. Test history ({_e(label)})</h2>")
     parts.append(
         _table(
@@ -1060,7 +1060,7 @@ def render_html(report: RecallReport) -> str:
                     _ts(t.calibration_due),
                     "OUT OF CALIBRATION" if t.out_of_calibration else "",
                 ]
-                for u, t in tests
+                for u, t in appendix
             ],
             cls="units",
         )

@@ -562,7 +562,6 @@ def recall(
     _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
 
 
-
 # -- reports ----------------------------------------------------------------------------
 from traceline.cli_report import drill_command, report_command  # noqa: E402
 

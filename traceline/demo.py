@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         pub = Publisher(bootstrap, s.outbox_path, topic=s.kafka.events_topic)
         n = 0
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
         ) as progress:
             task = progress.add_task("    units", total=args.units)
             sim = simulate(args.units, args.seed, progress=lambda u: progress.update(task, completed=u))
@@ -133,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
         assert server.store is not None
         lot, supplier, supplier_lot = _pick_lot(server.store)
-        console.print(f"5/6 raising a nonconformance on supplier lot {supplier}:{supplier_lot} (plant lot {lot})")
+        console.print(
+            f"5/6 raising a nonconformance on supplier lot {supplier}:{supplier_lot} (plant lot {lot})"
+        )
         ncr = NonconformanceRaised(
             event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"traceline-demo-ncr:{lot}")),
             event_time=datetime.now(UTC),
@@ -153,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
         console.print("6/6 recall impact")
         t2 = time.perf_counter()
-        impact = to_jsonable(recall_impact(server.store, Trigger("supplier_lot", f"{supplier}:{supplier_lot}")))
+        impact = to_jsonable(
+            recall_impact(server.store, Trigger("supplier_lot", f"{supplier}:{supplier_lot}"))
+        )
         ms = (time.perf_counter() - t2) * 1000
         units = impact["units"]
         console.print(
