@@ -507,8 +507,16 @@ def trace_backward(
     )
 
 
-@app.command()
+recall_app = typer.Typer(
+    help="Recall impact of a trigger (`traceline recall --lot L`); `recall report` writes the audit report.",
+    invoke_without_command=True,
+)
+app.add_typer(recall_app, name="recall")
+
+
+@recall_app.callback()
 def recall(
+    ctx: typer.Context,
     lot: Annotated[str | None, typer.Option("--lot", help="a lot_id")] = None,
     supplier_lot: Annotated[
         str | None, typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>'")
@@ -526,6 +534,8 @@ def recall(
     dsn: DsnOpt = None,
 ) -> None:
     """Recall impact of a trigger: affected units now and in the past, by customer and status."""
+    if ctx.invoked_subcommand is not None:
+        return  # `recall report ...`: the subcommand takes its own trigger options
     from queries import Trigger, recall_impact
 
     given = {
@@ -566,6 +576,7 @@ def recall(
 from traceline.cli_report import drill_command, report_command  # noqa: E402
 
 app.command("report")(report_command)
+recall_app.command("report")(report_command)  # the same command as `traceline recall report`
 app.command("drill")(drill_command)
 
 from traceline.cli_alerts import alerts_app  # noqa: E402
