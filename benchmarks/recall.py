@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the plant generator is SQL text
 """Recall / trace latency at scale, with the product's own DDL and query functions.
 
     python -m benchmarks.recall --serials 10000000 [--dsn chdb:///abs/path] [--lots 100]
@@ -33,6 +34,7 @@ own caches (marks, uncompressed blocks, primary index, query condition) are drop
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -44,11 +46,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from queries.recall import Trigger, backward_trace, forward_trace, recall_impact
 from sinks.store import Store
 
 UNITS_PER_SYSTEM = 33  # 1 system + 2 LRUs + 6 modules + 24 boards
 BASE = "toDateTime64('2026-01-05 00:00:00', 3, 'UTC')"
+#: tables the recall / trace queries read (what --optimize merges)
+RECALL_TABLES = (
+    "lot_consumption",
+    "lot_lineage",
+    "unit_facts",
+    "root_members",
+    "operations",
+    "unit_tests",
+    "lot_transformed",
+    "material_received",
+    "unit_genealogy",
+    "unit_consumption",
+    "shipments",
+    "assembly_events",
+)
 CACHE_DROPS = (
     "SYSTEM DROP MARK CACHE",
     "SYSTEM DROP UNCOMPRESSED CACHE",
@@ -92,7 +108,9 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     rework = "(b % 250 = 7)"
     old_m = f"((m + 12) % {M})"  # the module a reworked board sat in first (another system)
 
-    def ops(alias: str, count: int, uii: str, pn: str, t: str, lots: str, units: str, st: str, extra: str) -> str:
+    def ops(
+        alias: str, count: int, uii: str, pn: str, t: str, lots: str, units: str, st: str, extra: str
+    ) -> str:
         return (
             "INSERT INTO operations (event_id, event_time, source, site, program, uii, part_number,"
             " serial_number, work_order, operation, station_id, operator_id, started_at, finished_at,"
@@ -166,7 +184,15 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
     )
     raw_lots = " UNION ALL ".join(
         f"SELECT concat('{p}-', toString(number)) AS lot_id, '{p}' AS pn FROM numbers({k})"
-        for p, k in (("R0", n_r0), ("C1", n_c1), ("C2", n_c2), ("R3", n_r3), ("C4", n_c4), ("C5", n_c5), ("C6", n_c6))
+        for p, k in (
+            ("R0", n_r0),
+            ("C1", n_c1),
+            ("C2", n_c2),
+            ("R3", n_r3),
+            ("C4", n_c4),
+            ("C5", n_c5),
+            ("C6", n_c6),
+        )
     )
     received = (
         "INSERT INTO material_received (event_id, event_time, source, site, program, lot_id, part_number,"
@@ -249,22 +275,59 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
             f" splitByChar(':', p)[2], 'A1', {reason}, NULL, NULL, NULL, {_KAFKA} FROM ({src})"
         )
 
-    board_src = f"SELECT concat('PCB:', leftPad(toString(b), 8, '0')) AS c, {{p}} AS p, b, m, l, s FROM (SELECT number AS b," \
+    board_src = (
+        f"SELECT concat('PCB:', leftPad(toString(b), 8, '0')) AS c, {{p}} AS p, b, m, l, s FROM (SELECT number AS b,"
         f" intDiv(b, 4) AS m, intDiv(b, 12) AS l, intDiv(b, 24) AS s FROM numbers({B})) {{w}}"
+    )
     old_t = f"(48 * intDiv({old_m}, 6) + 1800)"
     assembly = [
-        asm("ASSEMBLED", "c", "p", f"if({rework}, {old_t} + 90000, {tm})", "NULL",
-            board_src.format(p="concat('MOD:', leftPad(toString(m), 8, '0'))", w=""), "as1"),
-        asm("ASSEMBLED", "c", "p", f"{old_t} - 1800", "NULL",
-            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"), "as0"),
-        asm("REMOVED", "c", "p", f"{old_t} + 86400", "'rework'",
-            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"), "rm0"),
-        asm("ASSEMBLED", "c", "p", tl, "NULL",
+        asm(
+            "ASSEMBLED",
+            "c",
+            "p",
+            f"if({rework}, {old_t} + 90000, {tm})",
+            "NULL",
+            board_src.format(p="concat('MOD:', leftPad(toString(m), 8, '0'))", w=""),
+            "as1",
+        ),
+        asm(
+            "ASSEMBLED",
+            "c",
+            "p",
+            f"{old_t} - 1800",
+            "NULL",
+            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"),
+            "as0",
+        ),
+        asm(
+            "REMOVED",
+            "c",
+            "p",
+            f"{old_t} + 86400",
+            "'rework'",
+            board_src.format(p=f"concat('MOD:', leftPad(toString({old_m}), 8, '0'))", w=f"WHERE {rework}"),
+            "rm0",
+        ),
+        asm(
+            "ASSEMBLED",
+            "c",
+            "p",
+            tl,
+            "NULL",
             f"SELECT concat('MOD:', leftPad(toString(m), 8, '0')) AS c, concat('LRU:', leftPad(toString(l), 8, '0')) AS p, m, l FROM"
-            f" (SELECT number AS m, intDiv(m, 3) AS l FROM numbers({M}))", "as1"),
-        asm("ASSEMBLED", "c", "p", ts, "NULL",
+            f" (SELECT number AS m, intDiv(m, 3) AS l FROM numbers({M}))",
+            "as1",
+        ),
+        asm(
+            "ASSEMBLED",
+            "c",
+            "p",
+            ts,
+            "NULL",
             f"SELECT concat('LRU:', leftPad(toString(l), 8, '0')) AS c, concat('SYS:', leftPad(toString(s), 8, '0')) AS p, l, s FROM"
-            f" (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))", "as1"),
+            f" (SELECT number AS l, intDiv(l, 2) AS s FROM numbers({L}))",
+            "as1",
+        ),
     ]
 
     def tests(count: int, uii: str, var: str, t: str, verdict: str, bench: str, where: str = "") -> str:
@@ -284,9 +347,23 @@ def _plant_sql(n: dict[str, int]) -> list[tuple[str, str]]:
         )
 
     unit_tests = [
-        tests(B, "concat('PCB:', leftPad(toString(b), 8, '0'))", "b", tb, "if(b % 97 = 0, 'FAIL', 'PASS')",
-              "concat('ICT-', toString(b % 6))"),
-        tests(S, "concat('SYS:', leftPad(toString(s), 8, '0'))", "s", ts, "'PASS'", "'FINAL-1'", "WHERE s % 10 != 9"),
+        tests(
+            B,
+            "concat('PCB:', leftPad(toString(b), 8, '0'))",
+            "b",
+            tb,
+            "if(b % 97 = 0, 'FAIL', 'PASS')",
+            "concat('ICT-', toString(b % 6))",
+        ),
+        tests(
+            S,
+            "concat('SYS:', leftPad(toString(s), 8, '0'))",
+            "s",
+            ts,
+            "'PASS'",
+            "'FINAL-1'",
+            "WHERE s % 10 != 9",
+        ),
     ]
     shipments = (
         "INSERT INTO shipments (event_id, event_time, source, site, program, uii, part_number,"
@@ -336,13 +413,29 @@ def build_plant(store: Store, serials: int, marker: Path) -> dict[str, Any]:
         _log(f"  [{i}/{len(steps)}] {label}: {time.perf_counter() - t:.1f}s")
     counts = {
         t: store.count(t)
-        for t in ("operations", "lot_consumption", "lot_lineage", "unit_genealogy", "root_members",
-                  "assembly_events", "unit_tests", "shipments", "material_received", "lot_transformed",
-                  "unit_consumption")
+        for t in (
+            "operations",
+            "lot_consumption",
+            "lot_lineage",
+            "unit_genealogy",
+            "root_members",
+            "assembly_events",
+            "unit_tests",
+            "shipments",
+            "material_received",
+            "lot_transformed",
+            "unit_consumption",
+        )
     }
     total = shape["systems"] + shape["lrus"] + shape["modules"] + shape["boards"] + shape["modules"] // 50 + 1
-    meta = {"serials": total, "requested": serials, "shape": shape, "rows": counts,
-            "load_s": round(time.perf_counter() - t0, 1), "complete": True}
+    meta = {
+        "serials": total,
+        "requested": serials,
+        "shape": shape,
+        "rows": counts,
+        "load_s": round(time.perf_counter() - t0, 1),
+        "complete": True,
+    }
     marker.write_text(json.dumps(meta, indent=2))
     _log(f"plant built in {meta['load_s']}s: {counts}")
     return meta
@@ -392,10 +485,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"store {dsn}")
     store = Store.open(dsn, args.database)
     meta = build_plant(store, args.serials, marker_dir / f"plant-{args.database}.json")
+    if args.optimize:
+        for t in RECALL_TABLES:
+            t0 = time.perf_counter()
+            store.command(f"OPTIMIZE TABLE `{t}` FINAL")
+            _log(f"  OPTIMIZE {t}: {time.perf_counter() - t0:.1f}s")
+    parts = {
+        r["table"]: int(r["parts"])
+        for r in store.query(
+            "SELECT table, count() AS parts FROM system.parts WHERE active AND database = {db:String}"
+            " GROUP BY table",
+            {"db": args.database},
+        )
+    }
     rng = random.Random(args.seed)
     lots = sorted(
         r["lot_id"]
-        for r in store.query("SELECT lot_id FROM material_received UNION ALL SELECT lot_id FROM lot_transformed")
+        for r in store.query(
+            "SELECT lot_id FROM material_received UNION ALL SELECT lot_id FROM lot_transformed"
+        )
     )
     systems = meta["shape"]["systems"]
     lot_sample = rng.sample(lots, min(args.lots, len(lots)))
@@ -405,64 +513,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cold_lots = rng.sample(rest, min(args.cold, len(rest)))
     cold_sys = [f"SYS:{rng.randrange(systems):08d}" for _ in range(args.cold)]
 
-    cases: dict[str, tuple[Callable[[str], Any], list[str], list[str]]] = {
-        "recall_impact(lot)": (lambda k: recall_impact(store, Trigger("lot", k)), lot_sample, cold_lots),
-        "forward_trace(lot)": (lambda k: forward_trace(store, k), lot_sample, cold_lots),
-        "backward_trace(system)": (lambda k: backward_trace(store, k), sys_sample, cold_sys),
-    }
+    # several query modules (--queries a,b) run interleaved, key by key, so they share the load
+    mods = [(name, importlib.import_module(name)) for name in args.queries.split(",")]
+    multi = len(mods) > 1
+
+    def cases_of(q: Any) -> dict[str, tuple[Callable[[str], Any], list[str], list[str]]]:
+        return {
+            "recall_impact(lot)": (
+                lambda k: q.recall_impact(store, q.Trigger("lot", k)),
+                lot_sample,
+                cold_lots,
+            ),
+            "forward_trace(lot)": (lambda k: q.forward_trace(store, k), lot_sample, cold_lots),
+            "backward_trace(system)": (lambda k: q.backward_trace(store, k), sys_sample, cold_sys),
+        }
+
+    per_mod = [(mname, cases_of(q)) for mname, q in mods]
     results: dict[str, Any] = {}
     sizes: dict[str, list[int]] = {}
-    for name, (fn, keys, cold_keys) in cases.items():
-        cold: list[float] = []
+    for name, (_fn, keys, cold_keys) in per_mod[0][1].items():
+        label = {m: f"{m}:{name}" if multi else name for m, _c in per_mod}
+        cold: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         for i, k in enumerate(cold_keys, 1):
-            _drop_caches(store)
-            cold.append(_time(lambda k=k: fn(k))[0])
+            for m, cases in per_mod:
+                _drop_caches(store)
+                cold[m].append(_time(lambda k=k, fn=cases[name][0]: fn(k))[0])
             if i % 25 == 0:
                 _log(f"{name}: cold {i}/{len(cold_keys)}")
         for k in keys:  # first touch of the warm sample (not counted), then warm rounds
-            fn(k)
-        warm: list[float] = []
+            for _m, cases in per_mod:
+                cases[name][0](k)
+        warm: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         n_units: list[int] = []
         for r in range(args.rounds):
             for k in keys:
-                dt, out = _time(lambda k=k: fn(k))
-                warm.append(dt)
-                if r == 0:
-                    n_units.append(len(out.units))
+                for m, cases in per_mod:
+                    dt, out = _time(lambda k=k, fn=cases[name][0]: fn(k))
+                    warm[m].append(dt)
+                    if r == 0 and m == per_mod[0][0]:
+                        n_units.append(len(out.units))
             _log(f"{name}: warm round {r + 1}/{args.rounds}")
-        results[name] = {"warm": _stats(warm), "cold": _stats(cold) if cold else None}
-        sizes[name] = n_units
+        for m, _c in per_mod:
+            results[label[m]] = {"warm": _stats(warm[m]), "cold": _stats(cold[m]) if cold[m] else None}
+            sizes[label[m]] = n_units
     store.close()
     summary = {
         "benchmark": "recall",
+        "queries": args.queries,
         "date": time.strftime("%Y-%m-%d"),
         "dsn": dsn.split("://")[0],
         "serials": meta["serials"],
         "rows": meta["rows"],
+        "active_parts": {t: parts.get(t, 0) for t in RECALL_TABLES},
         "lots_sampled": len(lot_sample),
         "systems_sampled": len(sys_sample),
         "cold_samples": args.cold,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "units_per_call": {
-            k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in sizes.items() if v
-        },
+        "units_per_call": {k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in sizes.items() if v},
         "results": results,
     }
     return summary
 
 
 def _table(summary: dict[str, Any]) -> str:
+    w = max(24, *(len(n) for n in summary["results"]))
     lines = [
         f"recall benchmark: {summary['serials']:,} serials ({summary['dsn']}), load avg {summary['load_avg']}",
-        f"{'query':<24} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}",
+        f"{'query':<{w}} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}",
     ]
     for name, r in summary["results"].items():
         c = r["cold"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
         u = summary["units_per_call"].get(name, {"p50": 0, "max": 0})
         lines.append(
-            f"{name:<24} {r['warm']['p50_ms']:>7.2f}ms {r['warm']['p99_ms']:>7.2f}ms"
+            f"{name:<{w}} {r['warm']['p50_ms']:>7.2f}ms {r['warm']['p99_ms']:>7.2f}ms"
             f" {c['p50_ms']:>7.2f}ms {c['p99_ms']:>7.2f}ms {u['p50']:>7}/{u['max']:<6}"
         )
     return "\n".join(lines)
@@ -484,10 +609,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--database", default="traceline", help="database name (default traceline)")
     p.add_argument("--lots", type=int, default=100, help="random lots for the warm runs (default 100)")
-    p.add_argument("--systems", type=int, default=100, help="random systems for backward traces (default 100)")
-    p.add_argument("--cold", type=int, default=30, help="first-touch calls after dropping caches (default 30)")
+    p.add_argument(
+        "--systems", type=int, default=100, help="random systems for backward traces (default 100)"
+    )
+    p.add_argument(
+        "--cold", type=int, default=30, help="first-touch calls after dropping caches (default 30)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="warm rounds over the sample (default 3)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="OPTIMIZE ... FINAL the tables the queries read before timing (a store whose background "
+        "merges caught up); without it the parts left by the load are read as they are",
+    )
+    p.add_argument(
+        "--queries",
+        default="queries.recall",
+        help="module providing Trigger / recall_impact / forward_trace / backward_trace "
+        "(default queries.recall); several, comma-separated, run interleaved key by key so they "
+        "share the machine's load (e.g. an older copy of the module to compare)",
+    )
     args = p.parse_args(argv)
     summary = run(args)
     print(json.dumps(summary, sort_keys=True))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 __all__ = [
     "TABLES",
     "DERIVED",
+    "ALERT_TABLES",
     "VIEWS",
     "MIGRATIONS",
     "View",
@@ -52,6 +53,7 @@ class Column:
     type: str
     comment: str
     default: str | None = None  # a DEFAULT expression; the row builder may omit the column
+    since: int = 1  # the migration that added the column (earlier migrations render without it)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class Table:
     version_column: str | None = None  # for ReplacingMergeTree(version)
     partition_by: str | None = None
     indexes: tuple[str, ...] = ()
-    kind: str = "raw"  # raw | fact | genealogy | meta
+    kind: str = "raw"  # raw | fact | genealogy | meta | derived | alert
+    since: int = 1  # the migration that created the table
+    settings: tuple[tuple[str, Any], ...] = ()  # table-specific engine settings (override opts)
 
     @property
     def column_names(self) -> list[str]:
@@ -116,13 +120,15 @@ class EngineOptions:
             args.append(table.version_column)
         return f"{name}({', '.join(args)})"
 
-    def settings(self) -> str:
+    def settings(self, table: Table | None = None) -> str:
         s: dict[str, Any] = {"index_granularity": self.index_granularity}
         if self.cluster:
             s["replicated_deduplication_window"] = self.dedup_window
         else:
             s["non_replicated_deduplication_window"] = self.dedup_window
         s.update(self.extra_settings)
+        if table is not None:
+            s.update(dict(table.settings))
         return ", ".join(f"{k} = {v}" for k, v in s.items())
 
 
@@ -267,6 +273,13 @@ TABLES: tuple[Table, ...] = (
             Column("measurements.low_limit", "Array(Nullable(Float64))", "Lower limits (NULL: none)"),
             Column("measurements.high_limit", "Array(Nullable(Float64))", "Upper limits (NULL: none)"),
             Column("measurements.passed", "Array(Bool)", "Per-measurement pass flags"),
+            Column(
+                "out_of_calibration",
+                "Bool",
+                "The test ended after the bench's calibration due date (finished_at > calibration_due)",
+                default="finished_at > calibration_due",
+                since=3,
+            ),
         ),
         "uii, event_time",
         (
@@ -465,98 +478,91 @@ UNIT_FACTS = Table(
     "Derived recall index: every fact about a unit the recall path needs (genealogy versions, "
     "assembly / removal, consumption by another unit, shipment, test verdict), one row each, "
     "ordered by uii so one read answers for a set of units; filled by materialized views from "
-    "unit_genealogy, assembly_events, unit_consumption, shipments and unit_tests",
+    "unit_genealogy, assembly_events, unit_consumption, shipments and unit_tests. Compact parts: "
+    "it is read by point lookups only",
     (
         Column("uii", "String", "Unit the fact is about"),
-        Column(
-            "kind",
-            LC,
-            "GENEALOGY / ASSEMBLED / REMOVED / CONSUMED_BY / SHIPPED / TESTED",
-        ),
+        Column("kind", LC, "GENEALOGY / ASSEMBLED / REMOVED / CONSUMED_BY / SHIPPED / TESTED"),
         Column(
             "link",
             "Nullable(String)",
             "GENEALOGY: parent (NULL for a root); ASSEMBLED / REMOVED: parent; CONSUMED_BY: consuming unit",
         ),
-        Column("root_uii", "String", "GENEALOGY: final system; '' otherwise"),
+        Column("root_uii", "String", "GENEALOGY: final system (path[-1], or uii itself); '' otherwise"),
         Column("path", "Array(String)", "GENEALOGY: ancestors from the parent up to the root; [] otherwise"),
         Column("seq", "UInt64", "GENEALOGY: unit_genealogy.seq; 0 otherwise"),
-        Column(
-            "event_time",
-            TS,
-            "GENEALOGY: version_time; TESTED: finished_at; otherwise the event time",
-        ),
+        Column("event_time", TS, "GENEALOGY: version_time; TESTED: finished_at; otherwise the event time"),
         Column("event_id", "String", "Source event id (GENEALOGY: version_event_id)"),
-        Column("site", LC, "Site of the source event ('' for GENEALOGY)"),
-        Column("verdict", LC, "TESTED: PASS / FAIL / ABORTED; '' otherwise"),
-        Column("reason", "Nullable(String)", "ASSEMBLED / REMOVED: reason"),
-        Column("shipment_id", "Nullable(String)", "SHIPPED: shipment"),
-        Column("customer_id", "Nullable(String)", "SHIPPED: customer"),
-        Column("destination_site", "Nullable(String)", "SHIPPED: destination site"),
-        Column("end_system", "Nullable(String)", "SHIPPED: platform / tail / hull number"),
+        Column(
+            "attrs",
+            "Array(Nullable(String))",
+            "SHIPPED: [shipment_id, customer_id, destination_site, end_system]; TESTED: [verdict]; "
+            "ASSEMBLED / REMOVED: [reason]; CONSUMED_BY: [site of the consuming operation]; GENEALOGY: []",
+        ),
     ),
     "(uii, kind, seq, event_id)",
     engine="ReplacingMergeTree",
     kind="derived",
+    # compact parts: a point read touches one file per part, not one per column. Granules stay
+    # at 8192 rows: 1024 made warm reads ~20 % faster but cold ones ~2x slower at 10M serials
+    # (8x the marks to load after the mark cache is dropped).
+    settings=(
+        ("min_bytes_for_wide_part", 10**12),
+        ("min_rows_for_wide_part", 10**12),
+    ),
 )
 DERIVED: tuple[Table, ...] = (UNIT_FACTS,)
 
-_FACT_COLS = (
-    "uii, kind, link, root_uii, path, seq, event_time, event_id, site, verdict, reason, shipment_id,"
-    " customer_id, destination_site, end_system"
-)
+_FACT_COLS = "uii, kind, link, root_uii, path, seq, event_time, event_id, attrs"
 _NS = "CAST(NULL, 'Nullable(String)')"
+_NOPATH = "CAST([], 'Array(String)') AS path, toUInt64(0) AS seq"
+
+
+def _attrs(*exprs: str) -> str:
+    return f"CAST([{', '.join(exprs)}], 'Array(Nullable(String))') AS attrs"
+
+
 VIEWS: tuple[View, ...] = (
     View(
         "mv_unit_facts_genealogy",
         "unit_genealogy -> unit_facts (GENEALOGY)",
         "unit_genealogy",
         "unit_facts",
-        f"SELECT uii, 'GENEALOGY' AS kind, parent_uii AS link, root_uii, path, seq,"
-        f" version_time AS event_time, version_event_id AS event_id, '' AS site, '' AS verdict,"
-        f" {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id, {_NS} AS destination_site,"
-        f" {_NS} AS end_system FROM {{source}}",
+        "SELECT uii, 'GENEALOGY' AS kind, parent_uii AS link, root_uii, path, seq,"
+        f" version_time AS event_time, version_event_id AS event_id, {_attrs()} FROM {{source}}",
     ),
     View(
         "mv_unit_facts_assembly",
         "assembly_events -> unit_facts (ASSEMBLED / REMOVED)",
         "assembly_events",
         "unit_facts",
-        f"SELECT uii, action AS kind, CAST(parent_uii, 'Nullable(String)') AS link, '' AS root_uii,"
-        f" CAST([], 'Array(String)') AS path, toUInt64(0) AS seq, event_time, event_id, site,"
-        f" '' AS verdict, reason, {_NS} AS shipment_id, {_NS} AS customer_id,"
-        f" {_NS} AS destination_site, {_NS} AS end_system FROM {{source}}",
+        "SELECT uii, action AS kind, CAST(parent_uii, 'Nullable(String)') AS link, '' AS root_uii,"
+        f" {_NOPATH}, event_time, event_id, {_attrs('reason')} FROM {{source}}",
     ),
     View(
         "mv_unit_facts_consumption",
         "unit_consumption -> unit_facts (CONSUMED_BY)",
         "unit_consumption",
         "unit_facts",
-        f"SELECT consumed_uii AS uii, 'CONSUMED_BY' AS kind, CAST(consumer_uii, 'Nullable(String)') AS link,"
-        f" '' AS root_uii, CAST([], 'Array(String)') AS path, toUInt64(0) AS seq, event_time, event_id,"
-        f" site, '' AS verdict, {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id,"
-        f" {_NS} AS destination_site, {_NS} AS end_system FROM {{source}}",
+        "SELECT consumed_uii AS uii, 'CONSUMED_BY' AS kind, CAST(consumer_uii, 'Nullable(String)') AS link,"
+        f" '' AS root_uii, {_NOPATH}, event_time, event_id, {_attrs('toString(site)')} FROM {{source}}",
     ),
     View(
         "mv_unit_facts_shipments",
         "shipments -> unit_facts (SHIPPED)",
         "shipments",
         "unit_facts",
-        f"SELECT uii, 'SHIPPED' AS kind, {_NS} AS link, '' AS root_uii, CAST([], 'Array(String)') AS path,"
-        " toUInt64(0) AS seq, event_time, event_id, site, '' AS verdict,"
-        f" {_NS} AS reason, CAST(shipment_id, 'Nullable(String)') AS shipment_id,"
-        " CAST(customer_id, 'Nullable(String)') AS customer_id,"
-        " CAST(destination_site, 'Nullable(String)') AS destination_site, end_system FROM {source}",
+        f"SELECT uii, 'SHIPPED' AS kind, {_NS} AS link, '' AS root_uii, {_NOPATH}, event_time, event_id,"
+        f" {_attrs('shipment_id', 'toString(customer_id)', 'toString(destination_site)', 'end_system')}"
+        " FROM {source}",
     ),
     View(
         "mv_unit_facts_tests",
         "unit_tests -> unit_facts (TESTED)",
         "unit_tests",
         "unit_facts",
-        f"SELECT uii, 'TESTED' AS kind, {_NS} AS link, '' AS root_uii, CAST([], 'Array(String)') AS path,"
-        " toUInt64(0) AS seq, finished_at AS event_time, event_id, site, verdict,"
-        f" {_NS} AS reason, {_NS} AS shipment_id, {_NS} AS customer_id, {_NS} AS destination_site,"
-        f" {_NS} AS end_system FROM {{source}}",
+        f"SELECT uii, 'TESTED' AS kind, {_NS} AS link, '' AS root_uii, {_NOPATH}, finished_at AS event_time,"
+        f" event_id, {_attrs('toString(verdict)')} FROM {{source}}",
     ),
 )
 
@@ -574,7 +580,56 @@ _META = Table(
     kind="meta",
 )
 
-_BY_NAME = {t.name: t for t in TABLES + DERIVED}
+# ---------------------------------------------------------------------------------------
+# Alerts: landed by the sink from the alerts topic (the topic is the source of truth).
+
+ALERTS = Table(
+    "alerts",
+    "Alerts raised by the alert engine, one row per version (exact: FINAL, or argMax(..., version)"
+    " per alert_id); landed from the alerts topic",
+    (
+        Column("alert_id", "String", "Stable dedup key '<RULE>:<subject...>'"),
+        Column("version", "UInt32", "1 for a new alert, +1 for every change of its content (impact)"),
+        Column(
+            "rule",
+            LC,
+            "NC_RAISED / HELD_LOT_USED / LOT_HELD_AFTER_USE / SUSPECT_LOT_YIELD / OUT_OF_CALIBRATION"
+            " / SHIPPING_GATE",
+        ),
+        Column("severity", LC, "INFO / WARNING / CRITICAL"),
+        Column("title", "String", "One line for a person"),
+        Column(
+            "subject_kind", LC, "lot / serial / station / operator / bench / supplier / supplier_lot / unit"
+        ),
+        Column("subject_id", "String", "Id of the subject"),
+        Column("raised_at", TS, "When the engine raised this version (UTC)"),
+        Column("event_time", TS, "Floor time of the triggering event (UTC)"),
+        Column("trigger_event_id", "String", "event_id of the triggering event"),
+        Column("trigger_type", LC, "Event type of the triggering event"),
+        Column("site", LC, "Site of the triggering event"),
+        Column("program", LC, "Programme of the triggering event"),
+        Column("unit_count", "UInt64", "Impacted / named units (full count)"),
+        Column("units", "Array(String)", "Impacted / named units (at most the listing cap)"),
+        Column("by_status", "Map(String, UInt64)", "Impacted units by status"),
+        Column("by_customer", "Map(String, UInt64)", "Impacted units by customer"),
+        Column("by_site", "Map(String, UInt64)", "Impacted units by site"),
+        Column("reference", "Nullable(String)", "API path of the full impact list"),
+        Column("out_of_calibration", "Bool", "The triggering test ran on an out-of-calibration bench"),
+        Column("details", "Map(String, String)", "Rule-specific facts"),
+        Column("fingerprint", "String", "Hash of the content; the engine's dedup state reloads it"),
+        Column("kafka_partition", "UInt32", "Partition of the alerts topic"),
+        Column("kafka_offset", "UInt64", "Offset in the alerts topic"),
+        Column("ingest_time", TS, "When the sink read it"),
+    ),
+    "(alert_id, version)",
+    engine="ReplacingMergeTree",
+    version_column="version",
+    kind="alert",
+    since=3,
+)
+ALERT_TABLES: tuple[Table, ...] = (ALERTS,)
+
+_BY_NAME = {t.name: t for t in TABLES + DERIVED + ALERT_TABLES}
 
 
 def table_columns(name: str) -> list[str]:
@@ -582,9 +637,11 @@ def table_columns(name: str) -> list[str]:
     return [c.name for c in _BY_NAME[name].columns if c.default is None]
 
 
-def _create_table(t: Table, database: str, opts: EngineOptions) -> str:
+def _create_table(t: Table, database: str, opts: EngineOptions, upto: int | None = None) -> str:
     cols = []
     for c in t.columns:
+        if upto is not None and c.since > upto:
+            continue
         default = f" DEFAULT {c.default}" if c.default else ""
         cols.append(f"    `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
     body = ",\n".join(cols + [f"    {ix}" for ix in t.indexes])
@@ -595,7 +652,7 @@ def _create_table(t: Table, database: str, opts: EngineOptions) -> str:
     if t.partition_by:
         parts.append(f"PARTITION BY {t.partition_by}")
     parts.append(f"ORDER BY {t.order_by}")
-    parts.append(f"SETTINGS {opts.settings()}")
+    parts.append(f"SETTINGS {opts.settings(t)}")
     parts.append(f"COMMENT {_quote(t.comment)}")
     return "\n".join(parts)
 
@@ -603,7 +660,7 @@ def _create_table(t: Table, database: str, opts: EngineOptions) -> str:
 # A migration is (version, name, function(database, opts) -> statements). Append only; never
 # edit an applied one (its checksum is recorded and a change is logged as a warning).
 def _m1(database: str, opts: EngineOptions) -> list[str]:
-    return [_create_table(t, database, opts) for t in TABLES]
+    return [_create_table(t, database, opts, upto=1) for t in TABLES]
 
 
 def _create_view(v: View, database: str, opts: EngineOptions) -> str:
@@ -631,9 +688,23 @@ def _m2(database: str, opts: EngineOptions) -> list[str]:
     return out
 
 
+def _m3(database: str, opts: EngineOptions) -> list[str]:
+    out = [_create_table(t, database, opts) for t in ALERT_TABLES]
+    for t in TABLES:
+        for c in t.columns:
+            if c.since == 3:
+                default = f" DEFAULT {c.default}" if c.default else ""
+                out.append(
+                    f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
+                    f" `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}"
+                )
+    return out
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
+    (3, "alerts table; unit_tests.out_of_calibration", _m3),
 )
 
 
@@ -680,7 +751,7 @@ def apply_ddl(client: _Client, database: str, opts: EngineOptions | None = None)
 def render_markdown() -> str:
     """The table reference (docs/TABLES.md body) rendered from ``TABLES``."""
     out: list[str] = []
-    for t in TABLES + DERIVED:
+    for t in TABLES + DERIVED + ALERT_TABLES:
         engine = t.engine + (f"({t.version_column})" if t.version_column else "")
         out.append(f"### `{t.name}`\n")
         out.append(f"{t.comment}.\n")
