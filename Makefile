@@ -35,8 +35,11 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## benchmarks (figures, not pass/fail); see docs/BENCHMARKS.md
+bench: install ## benchmarks, quick versions (figures, not pass/fail); see docs/BENCHMARKS.md
 	$(BIN)/python -m benchmarks.recall --serials 1000000
+	$(BIN)/python -m benchmarks.pipeline ingest --duration 30 --warmup 15 --events 600000
+	$(BIN)/python -m benchmarks.pipeline latency --duration 20 --warmup 10
+	$(BIN)/python -m benchmarks.pipeline backlog --events 50000 --genealogy-timeout 180
 
 stack-up: install ## start the local Kafka broker (assembled from Maven Central on first use)
 	$(BIN)/traceline stack up --data-dir $(DATA_DIR)

@@ -253,14 +253,17 @@ class AvroSerde:
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """Decode one Kafka value into ``(type_name, record_dict)``.
+    def peek_type(self, data: bytes) -> str:
+        """The event type named by a Kafka value's framing, without decoding the body.
 
-        Raises :class:`MalformedRecordError` (bad framing, truncated or garbage body),
-        :class:`UnknownSchemaError` (unknown fingerprint / schema id) — both carry ``raw`` and
-        ``reason`` — or :class:`SchemaRegistryUnavailableError` (registry down: retry, do not
-        dead-letter).
+        Reads only the header (single-object fingerprint or Confluent schema id). Raises what
+        :meth:`decode` raises for a bad header (:class:`MalformedRecordError`,
+        :class:`UnknownSchemaError`, :class:`SchemaRegistryUnavailableError`); a body that does
+        not decode is only found by :meth:`decode`.
         """
+        return self._header(data)[0][0]
+
+    def _header(self, data: bytes) -> tuple[_Entry, int]:
         if data is None or len(data) < 2:
             raise MalformedRecordError(bytes(data or b""), "empty or too short for any event framing")
         if data[0] == 0xC3 and data[1] == 0x01:
@@ -271,17 +274,25 @@ class AvroSerde:
                 raise UnknownSchemaError(
                     bytes(data), f"unknown schema fingerprint {bytes(data[2:_SO_HEADER]).hex()}"
                 )
-            start = _SO_HEADER
-        elif data[0] == 0:
+            return entry, _SO_HEADER
+        if data[0] == 0:
             if len(data) < _CF_HEADER:
                 raise MalformedRecordError(bytes(data), "truncated Confluent wire-format header")
             schema_id = int.from_bytes(data[1:_CF_HEADER], "big")
-            entry = self._by_id.get(schema_id) or self._fetch_schema_id(schema_id, data)
-            start = _CF_HEADER
-        else:
-            raise MalformedRecordError(
-                bytes(data), f"unknown framing: first byte 0x{data[0]:02x} (expected 0xc3 0x01 or 0x00)"
-            )
+            return self._by_id.get(schema_id) or self._fetch_schema_id(schema_id, data), _CF_HEADER
+        raise MalformedRecordError(
+            bytes(data), f"unknown framing: first byte 0x{data[0]:02x} (expected 0xc3 0x01 or 0x00)"
+        )
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """Decode one Kafka value into ``(type_name, record_dict)``.
+
+        Raises :class:`MalformedRecordError` (bad framing, truncated or garbage body),
+        :class:`UnknownSchemaError` (unknown fingerprint / schema id) — both carry ``raw`` and
+        ``reason`` — or :class:`SchemaRegistryUnavailableError` (registry down: retry, do not
+        dead-letter).
+        """
+        entry, start = self._header(data)
         type_name, writer, reader = entry
         bio = BytesIO(data)
         bio.seek(start)

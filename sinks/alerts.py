@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from queries.recall import Trigger, backward_trace, recall_impact
 from schemas.alert import Alert, encode_alert
@@ -169,6 +169,8 @@ class AlertEvaluator:
         self.rules = rules or AlertRules()
         self.state = state if state is not None else AlertState()
         self.clock = clock
+        self.refresh_done = True
+        self._refresh_after = ""  # ncr_id the last refresh slice stopped after
 
     def reload(self) -> None:
         self.state = load_state(self.store)
@@ -317,11 +319,23 @@ class AlertEvaluator:
         )
         return lot_held_after_use(lot_id, hold, self.lot_usage(lot_id, hold.time, until), self.rules, now)
 
-    def refresh_open_ncs(self) -> list[Alert]:
-        """Re-evaluate the impact of every open NC (units made since): changed ones update."""
+    def refresh_open_ncs(self, budget_s: float | None = None) -> list[Alert]:
+        """Re-evaluate the impact of open NCs (units made since): changed ones update.
+
+        With ``budget_s`` it stops once that much time is spent and resumes where it left
+        off on the next call (round robin), so a long pass (one SUPPLIER NC can take seconds)
+        never holds up the triggers waiting behind it; ``refresh_done`` says a pass ended.
+        """
         now = self.clock()
         out = []
-        for nc in sorted(self.state.open_ncs(), key=lambda n: n.ncr_id):
+        started = time.monotonic()
+        ncs = sorted(self.state.open_ncs(), key=lambda n: n.ncr_id)
+        todo = [n for n in ncs if n.ncr_id > self._refresh_after] if self._refresh_after else ncs
+        self.refresh_done = True
+        for nc in todo:
+            if budget_s is not None and time.monotonic() - started > budget_s:
+                self.refresh_done = False
+                break
             rec = {
                 "ncr_id": nc.ncr_id, "target_kind": nc.target_kind, "target_id": nc.target_id,
                 "window_start": nc.window_start, "window_end": nc.window_end, "severity": nc.severity,
@@ -331,6 +345,9 @@ class AlertEvaluator:
             a = self.state.admit(self._nc_alert(rec, now))
             if a is not None:
                 out.append(a)
+            self._refresh_after = nc.ncr_id
+        if self.refresh_done:
+            self._refresh_after = ""
         return out
 
 
@@ -424,7 +441,18 @@ class AlertEngine:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Wait until the sink has landed the alerts topic to its end, then rebuild the state."""
-        self._wait_landed(self._alerts_ends(), timeout=self.catch_up_timeout)
+        deadline = time.monotonic() + self.catch_up_timeout
+        while True:
+            try:
+                ends = self._alerts_ends()
+                break
+            except KafkaException as exc:
+                # a just-created topic may answer NOT_LEADER_FOR_PARTITION for a moment
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.info("alerts topic not ready yet (%s); retrying", exc)
+                self._stop.wait(0.5)
+        self._wait_landed(ends, timeout=max(1.0, deadline - time.monotonic()))
         self.evaluator.reload()
         self._consumer.subscribe([self.topics.events])
         self._started = True
@@ -532,8 +560,10 @@ class AlertEngine:
             self.rules.nc_refresh_seconds > 0
             and time.monotonic() - self._last_refresh > self.rules.nc_refresh_seconds
         ):
-            self._last_refresh = time.monotonic()
-            alerts += self.evaluator.refresh_open_ncs()
+            # a slice per loop (bounded time), a new pass only after the last one finished
+            alerts += self.evaluator.refresh_open_ncs(budget_s=0.1)
+            if self.evaluator.refresh_done:
+                self._last_refresh = time.monotonic()
         if alerts:
             self._publish(alerts)
         if msgs:

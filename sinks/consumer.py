@@ -14,8 +14,13 @@ topic with one confluent-kafka consumer (manual commits), and lands each batch i
   they reach ClickHouse);
 * ClickHouse unavailable: back off and retry the same batch; nothing is committed or lost.
 
-Undecodable raw records are not the sink's to judge: the stream intake dead-letters them and
-the sink lands the dead-letter topic into ``dead_letters``. The sink counts what it skipped.
+Undecodable raw records: the stream intake dead-letters those it judges (bad framing, unknown
+schema, a body of a type the genealogy decodes) and the sink lands the dead-letter topic into
+``dead_letters``. The intake does not decode the bodies of the other types, so a bad body of
+such a type is dead-lettered by the sink itself, straight into ``dead_letters`` (same columns;
+``dlq_topic`` empty, ``dlq_partition`` / ``dlq_offset`` = the source position).
+``streams.intake.intake_judges`` is the rule both sides share. The sink counts every
+undecodable raw record it did not land (``undecodable_skipped``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from sinks.rows import (
     rows_for_batch,
 )
 from sinks.store import Store, StoreError
+from streams.intake import intake_judges
 
 __all__ = ["SinkWorker", "SinkStats", "consumer_config"]
 
@@ -134,6 +140,7 @@ class SinkWorker:
         self.serde = serde or AvroSerde(topic=topics.events)
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        self.drain_poll_seconds = 0.05
         self.stats = SinkStats()
         self.on_batch = on_batch
         self._recent = _RecentIds(recent_ids)
@@ -171,7 +178,11 @@ class SinkWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            got = self._consumer.consume(num_messages=self.batch_size - len(msgs), timeout=left)
+            # once the batch has something, close it as soon as the fetched queue runs dry
+            # (a short poll comes back empty) instead of waiting out the window: low latency
+            # at low rates, full batches at high rates
+            wait = min(left, self.drain_poll_seconds) if msgs else left
+            got = self._consumer.consume(num_messages=self.batch_size - len(msgs), timeout=wait)
             for m in got:
                 err = m.error()
                 if err is None:
@@ -179,6 +190,8 @@ class SinkWorker:
                 elif err.code() != KafkaError._PARTITION_EOF:
                     self.stats.last_error = str(err)
                     log.warning("consumer error: %s", err)
+            if msgs and not got:
+                break
         return msgs
 
     def _refresh_watermarks(self) -> None:
@@ -246,6 +259,7 @@ class SinkWorker:
         new_ids: list[str] = []
         batch_ids: set[str] = set()
         t_events, t_changes, t_dlq = self.topics.events, self.topics.changes, self.topics.deadletter
+        decode = self.serde.decode
         marks = self._watermarks
         last_time = self.stats.last_event_time
         for m in msgs:
@@ -256,9 +270,11 @@ class SinkWorker:
             value = m.value()
             if topic == t_events:
                 try:
-                    type_name, rec = self.serde.decode(value)
-                except DecodeError:
-                    self.stats.undecodable_skipped += 1  # the intake dead-letters it
+                    type_name, rec = decode(value)
+                except DecodeError as exc:
+                    self.stats.undecodable_skipped += 1
+                    if not intake_judges(self.serde, value):  # else the intake dead-letters it
+                        dead.append(self._own_dead_letter(m, exc, now))
                     continue
                 if off <= marks.get((RAW_TABLE.get(type_name, ""), part), -1):
                     self.stats.replayed_skipped += 1
@@ -327,6 +343,23 @@ class SinkWorker:
             s.positions[f"{t}[{p}]"] = b + 1
         if self.on_batch is not None:
             self.on_batch(s)
+
+    @staticmethod
+    def _own_dead_letter(m: Message, exc: DecodeError, now: datetime) -> dict[str, Any]:
+        """A ``dead_letters`` row for a raw record only the sink decodes (see the module doc)."""
+        return {
+            "source_topic": m.topic(),
+            "source_partition": m.partition(),
+            "source_offset": m.offset(),
+            "error": type(exc).__name__,
+            "reason": exc.reason[:1000],
+            "key": m.key() or b"",
+            "raw": m.value() or b"",
+            "dlq_topic": "",
+            "dlq_partition": m.partition(),
+            "dlq_offset": m.offset(),
+            "ingest_time": now,
+        }
 
     def _commit(self, msgs: list[Message]) -> None:
         hi: dict[tuple[str, int], int] = {}

@@ -11,6 +11,14 @@ Topology (every topic keyed by raw bytes, never JSON: quotes would change the pa
   table (rocksdb via rocksdict), applies ``streams.genealogy.apply``; commands for other
   keys go back through the command topic, so each lands on the partition that owns it.
 * at-least-once everywhere: every command is idempotent, so a replay after a crash is harmless.
+  Commands and changes go straight to the app's producer (``app.producer.send``: no
+  FutureMessage / sensor / serializer work per record; faust flushes that producer before it
+  commits offsets, so nothing is committed before its sends left); the intake decodes only
+  the event types the genealogy reads (``streams.intake.route``).
+* static group membership (``group_instance_id``, stable per worker across restarts): a
+  restarted worker takes its partitions back at once instead of waiting for the group to
+  expire the dead member's session. A worker that stops for good keeps its partitions for
+  ``session_timeout`` seconds (then the group rebalances them onto the others).
 
 No ClickHouse I/O happens here; the sink consumes the changes and dead-letter topics.
 """
@@ -45,6 +53,9 @@ class StreamsConfig:
     app_id: str = "traceline-streams"
     registry_url: str | None = None
     block_cache_bytes: int = 32 * 1024 * 1024
+    group_instance_id: str | None = None  # static membership; unique per worker, stable across restarts
+    session_timeout: float = 30.0
+    producer_linger_ms: int = 25
 
 
 @dataclass
@@ -75,7 +86,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=25,
+        producer_linger_ms=cfg.producer_linger_ms,
+        consumer_group_instance_id=cfg.group_instance_id,
+        broker_session_timeout=cfg.session_timeout,
         producer_max_batch_size=512 * 1024,
         broker_commit_interval=1.0,
         table_standby_replicas=0,
@@ -87,7 +100,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     events = app.topic(cfg.topics.events, key_type=bytes, value_type=bytes)
     commands = app.topic(cfg.topics.commands, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
-    changes = app.topic(cfg.topics.changes, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
+    app.topic(cfg.topics.changes, key_type=bytes, value_type=bytes, partitions=cfg.partitions)  # declared
     deadletter = app.topic(cfg.topics.deadletter, key_type=bytes, value_type=bytes)
     nodes = app.Table(
         "genealogy-nodes",
@@ -96,6 +109,12 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         partitions=cfg.partitions,
         options={"block_cache_size": cfg.block_cache_bytes, "write_buffer_size": 16 * 1024 * 1024},
     )
+
+    commands_topic, changes_topic = cfg.topics.commands, cfg.topics.changes
+
+    async def send_command(key: bytes, value: bytes) -> None:
+        counters.commands_out += 1
+        await app.producer.send(commands_topic, key, value, None, None, None)
 
     async def send_dead(d: DeadLetter) -> None:
         counters.dead_letters += 1
@@ -113,8 +132,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                     await send_dead(routed)
                     continue
                 for target, cmd in routed.commands:
-                    counters.commands_out += 1
-                    await commands.send(key=target.encode(), value=encode_command(cmd))
+                    await send_command(target.encode(), encode_command(cmd))
 
     @app.agent(commands, name="genealogy-writer", concurrency=1)
     async def genealogy_writer(stream: Any) -> None:
@@ -155,14 +173,15 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 new.offset = msg.offset  # the last command that changed the node
                 nodes[key_b] = new.to_bytes()
             for target, c in sends:
-                counters.commands_out += 1
-                await commands.send(key=target.encode(), value=encode_command(c))
+                await send_command(target.encode(), encode_command(c))
             for change in out:
                 counters.changes_out += 1
                 if change.get("error"):
                     counters.cycles += 1
                     await send_dead(dead_letter_for_change(change, msg.topic, msg.partition, msg.offset))
-                await changes.send(key=key_b, value=json.dumps(change, separators=(",", ":")).encode())
+                await app.producer.send(
+                    changes_topic, key_b, json.dumps(change, separators=(",", ":")).encode(), None, None, None
+                )
 
     @app.timer(10.0)
     async def report() -> None:

@@ -2,18 +2,35 @@
 
 Also ``faust -A streams.worker worker`` for users who scale out: start one per machine with
 the same ``TRACELINE_*`` settings; faust spreads the partitions over them. Settings come
-from the environment (``TRACELINE_KAFKA_BOOTSTRAP``, ``TRACELINE_KAFKA_PARTITIONS``, ...).
+from the environment (``TRACELINE_KAFKA_BOOTSTRAP``, ``TRACELINE_KAFKA_PARTITIONS``, ...);
+``TRACELINE_STREAMS_INSTANCE_ID`` names the worker for static group membership (default: app
+id + host + data dir), so a restarted worker rejoins at once.
 Building the app does not connect; the worker connects when it starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
+
 from streams.app import StreamsConfig, build_app
 from traceline.settings import Settings
 
 
+def instance_id(s: Settings) -> str:
+    """The worker's static group-membership id: ``$TRACELINE_STREAMS_INSTANCE_ID``, else
+    app id + host + a hash of its data dir (unique per worker, the same after a restart)."""
+    given = os.environ.get("TRACELINE_STREAMS_INSTANCE_ID", "").strip()
+    if given:
+        return given
+    where = hashlib.sha1(str((s.data_dir / "streams").resolve()).encode()).hexdigest()[:10]  # noqa: S324
+    return f"{s.app_id}-{socket.gethostname()}-{where}"
+
+
 def config_from_settings(s: Settings, bootstrap: str) -> StreamsConfig:
     return StreamsConfig(
+        group_instance_id=instance_id(s),
         bootstrap=bootstrap,
         data_dir=s.data_dir / "streams",
         topics=s.topics,

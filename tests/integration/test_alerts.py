@@ -484,6 +484,13 @@ def test_engine_end_to_end_and_restart(kafka_bootstrap: str, topic_prefix: str, 
         while time.monotonic() < deadline and len(list_alerts(store)) < 3:
             time.sleep(0.2)
         assert sorted(r["rule"] for r in list_alerts(store)) == rules
+        # let the first engine finish every event (a later event may still update an alert's
+        # impact) and the sink land every version it published, before restarting
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            first.stats.events < len(events) + 2 or store.count("alerts") < first.stats.alerts_published
+        ):
+            time.sleep(0.2)
         first.stop()
         threads[-1].join(15)
         # restart in a NEW group: the engine re-reads every event, state comes from the table

@@ -1,0 +1,594 @@
+# ruff: noqa: E501 - the result tables are long f-strings
+"""End-to-end pipeline figures on the real engines: publisher -> Kafka -> faust -> sink -> ClickHouse.
+
+    python -m benchmarks.pipeline ingest  [--duration 120] [--warmup 20]
+    python -m benchmarks.pipeline latency [--rate N | half of the last ingest figure] [--duration 60]
+    python -m benchmarks.pipeline backlog [--events 1000000]
+
+Each command starts what it needs: a local KRaft broker (``traceline.localstack``) unless
+``TRACELINE_KAFKA_BOOTSTRAP`` is set, the embedded ClickHouse (chdb) under a temp dir unless
+``TRACELINE_CLICKHOUSE_DSN`` is set, and a real :class:`traceline.serve.Server` (faust worker
+child process + sink thread + alert engine, no HTTP API) on fresh topics. It prints one JSON
+line (stdout) and a readable table; the JSON is also kept in ``var/bench/last-<cmd>.json``.
+
+The load generator is a separate process running a real :class:`producers.publisher.Publisher`
+(durable SQLite outbox + idempotent producer) fed with PRE-ENCODED rows
+(``Publisher.publish_encoded``): simulated plant events are Avro-encoded once into a cache file
+(``benchmarks._stack.row_cache``), so neither pydantic nor encoding limits the offered load.
+
+* ingest: closed loop - the generator keeps at most ``--max-ahead`` events published but not
+  yet landed, so Kafka holds a bounded backlog and the pipeline runs flat out. events/s is the
+  median of 1-second samples of raw rows acknowledged by ClickHouse (the sink's counter,
+  checked against ``count()`` at the end) over the steady window after ``--warmup``. CPU is
+  per process in cores (1.0 = one core busy) over that window; peak RSS is ``VmHWM``.
+  The genealogy is not in the events/s figure (it lands in unit_genealogy separately): the
+  streams lag at the start and the end of the window says whether it kept up.
+* latency: a paced load; for 1 event in 16 (event id ending in ``0``) the publish wall time
+  (before ``publish_encoded``, i.e. including the outbox commit) is matched with the wall time
+  the sink's ClickHouse insert of the raw row returned (the row is queryable from then on).
+* backlog: ``--events`` are published into Kafka first (nothing consuming), then the server
+  starts; times until ClickHouse holds every event and until the genealogy caught up
+  (``traceline.lag.wait_caught_up``, minus its quiet period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _stack
+from benchmarks._stack import ProcWatch, Stack, log
+
+CPU_COUNT = os.cpu_count() or 1
+
+
+def _mem_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return 0.0
+
+
+def _machine_busy() -> tuple[float, float]:
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    vals = [int(x) for x in parts]
+    idle = vals[3] + vals[4]
+    return float(sum(vals)), float(idle)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def _base(cmd: str, stack: Stack) -> dict[str, Any]:
+    return {
+        "benchmark": f"pipeline.{cmd}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cores": CPU_COUNT, "mem_gib": _mem_gib(), "loadavg_before": _stack.loadavg()},
+        "partitions": stack.settings.kafka.partitions,
+        "store": stack.settings.clickhouse_dsn.split("://")[0],
+        "broker": "external" if os.environ.get("TRACELINE_KAFKA_BOOTSTRAP") else "localstack",
+    }
+
+
+def _emit(cmd: str, result: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+    line = json.dumps(result, sort_keys=True, default=str)
+    print(line, flush=True)
+    out = _stack.cache_dir() / f"last-{cmd}.json"
+    out.write_text(line + "\n")
+    w = max(len(k) for k, _ in rows)
+    print(
+        f"\n{result['benchmark']}  ({result['date']}, {CPU_COUNT} cores, load {result['machine']['loadavg_before']})"
+    )
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}")
+
+
+def _procs(stack: Stack, pub: Any = None) -> dict[str, int | None]:
+    return {
+        "serve(sink+alerts)": os.getpid(),
+        "faust worker": stack.worker_pid,
+        "broker": stack.broker_pid,
+        "publisher": pub.pid if pub is not None else None,
+    }
+
+
+def _start_publisher(stack: Stack, cache: Path, n: int, rate: float, max_ahead: int, sample: str = "") -> Any:
+    ctx = mp.get_context("spawn")
+    landed, published, stop = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False), ctx.Event()
+    outbox = str(stack.tmp / f"outbox-{time.time_ns()}.sqlite")
+    p = ctx.Process(
+        target=_stack.publisher_main,
+        args=(
+            stack.bootstrap,
+            outbox,
+            stack.settings.topics.events,
+            str(cache),
+            n,
+            rate,
+            max_ahead,
+            landed,
+            published,
+            stop,
+            sample,
+        ),
+        name="publisher",
+    )
+    p.start()
+    p.landed, p.published, p.stop_event = landed, published, stop  # type: ignore[attr-defined]
+    return p
+
+
+def _stop_publisher(p: Any) -> None:
+    p.stop_event.set()
+    p.join(60)
+    if p.is_alive():
+        p.terminate()
+        p.join(10)
+
+
+def _profile(pids: Mapping[str, int | None], seconds: float, out_dir: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy record (collapsed stacks) of the given processes for ``seconds``."""
+    spy = Path(sys.executable).with_name("py-spy")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        if pid is None or name in ("broker",):
+            continue
+        slug = name.split("(")[0].replace(" ", "-")
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(spy),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "50",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    f"{out_dir}/{slug}.txt",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return procs
+
+
+def _curve(batches: list[tuple[float, int, int]], t0: float, t1: float) -> list[tuple[float, float, float]]:
+    """Landed counts at 1-second steps from t0 to t1, linear between batch completions.
+
+    The sink's counters move in steps of a whole batch (up to --sink-batch-size rows), so raw
+    1-second samples alternate between 0 and a batch; a batch's rows are spread over the time
+    since the previous batch completed instead (the interval in which they were fetched,
+    decoded and inserted).
+    """
+    pts = sorted(batches)
+    if len(pts) < 2:
+        return []
+    out = []
+    t = t0
+    j = 0
+    while t <= t1 + 1e-9:
+        while j < len(pts) - 2 and pts[j + 1][0] < t:
+            j += 1
+        (ta, ea, ga), (tb, eb, gb) = pts[j], pts[j + 1]
+        f = 0.0 if tb <= ta else min(1.0, max(0.0, (t - ta) / (tb - ta)))
+        if t >= tb:
+            f = 1.0
+        out.append((t, ea + f * (eb - ea), ga + f * (gb - ga)))
+        t += 1.0
+    return out
+
+
+def _worker_counters(stack: Stack) -> dict[str, Any]:
+    """The faust worker's last logged counters (streams.log, every 10 s)."""
+    import ast
+
+    try:
+        lines = (stack.settings.data_dir / "streams.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        if "traceline counters:" in line:
+            try:
+                return dict(ast.literal_eval(line.split("traceline counters:", 1)[1].strip()))
+            except (ValueError, SyntaxError):
+                return {}
+    return {}
+
+
+def _raw_count(stack: Stack) -> int:
+    from sinks.rows import RAW_TABLES
+
+    store = stack.server.store
+    return sum(int(store.query_rows(f"SELECT count() FROM {t}")[1][0][0]) for t in RAW_TABLES)  # noqa: S608
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def cmd_ingest(a: argparse.Namespace) -> int:
+    stack = Stack(
+        partitions=a.partitions,
+        data_dir=a.data_dir,
+        alerts=not a.no_alerts,
+        sink_batch_size=a.sink_batch_size,
+        sink_batch_seconds=a.sink_batch_seconds,
+    )
+    try:
+        stack.up_broker()
+        cache = _stack.row_cache(a.events, a.seed)
+        stack.ensure_topics()
+        res = _base("ingest", stack)
+        server = stack.start_server()
+        pub = _start_publisher(stack, cache, a.events, 0.0, a.max_ahead)
+        sink = server.sink
+        batches: list[tuple[float, int, int]] = []  # (time, events landed, changes landed) per batch
+        sink.on_batch = lambda st: batches.append((time.monotonic(), st.events_landed, st.changes_landed))
+        samples: list[tuple[float, int, int]] = []
+        watch = ProcWatch(_procs(stack, pub))
+        t_start = time.monotonic()
+        window_at = t_start + a.warmup
+        end_at = window_at + a.duration
+        lag0: dict[str, int] = {}
+        m0: tuple[float, float] = (0.0, 0.0)
+        spies: list[Any] = []
+        in_window = False
+        next_t = t_start + 1.0
+        while True:
+            time.sleep(max(0.0, next_t - time.monotonic()))
+            now = time.monotonic()
+            next_t += 1.0
+            landed = sink.stats.events_landed
+            pub.landed.value = landed
+            watch.pids = {k: v for k, v in _procs(stack, pub).items() if v}
+            watch.sample_rss()
+            if not in_window and now >= window_at:
+                in_window = True
+                watch.start()
+                m0 = _machine_busy()
+                lag0 = stack.lag()
+                if a.profile:
+                    spies = _profile(watch.pids, min(a.duration, a.profile_seconds), a.profile)
+            if in_window:
+                samples.append((now, landed, sink.stats.changes_landed))
+            elif batches:
+                del batches[:-1]
+            if int(now - t_start) % 10 == 0:
+                log(f"t={now - t_start:4.0f}s landed {landed:,} published {pub.published.value:,}")
+            if now >= end_at:
+                break
+            if not pub.is_alive() and landed >= pub.published.value:
+                log("the load generator ran out of events: raise --events")
+                break
+        procs = watch.stop()
+        m1 = _machine_busy()
+        lag1 = stack.lag()
+        _stop_publisher(pub)
+        for sp in spies:
+            sp.wait(30)
+        curve = _curve(batches, samples[0][0], samples[-1][0]) if samples else []
+        rates = [float(b[1] - a_[1]) for a_, b in zip(curve, curve[1:], strict=False)]
+        grates = [float(b[2] - a_[2]) for a_, b in zip(curve, curve[1:], strict=False)]
+        wall = samples[-1][0] - samples[0][0] if len(samples) > 1 else 0.0
+        machine_cores = (m1[0] - m0[0] - (m1[1] - m0[1])) / max(1.0, m1[0] - m0[0]) * CPU_COUNT
+        in_ch = _raw_count(stack)
+        res.update(
+            events_per_s_median=round(statistics.median(rates)) if rates else 0,
+            events_per_s_p10=round(_pct(rates, 10)) if rates else 0,
+            events_per_s_p90=round(_pct(rates, 90)) if rates else 0,
+            events_per_s_mean=round((samples[-1][1] - samples[0][1]) / wall) if wall else 0,
+            genealogy_changes_per_s_median=round(statistics.median(grates)) if grates else 0,
+            genealogy_changes_per_s_mean=round((samples[-1][2] - samples[0][2]) / wall) if wall else 0,
+            steady_window_s=round(wall, 1),
+            warmup_s=a.warmup,
+            events_landed=samples[-1][1] if samples else 0,
+            rows_in_clickhouse=in_ch,
+            streams_lag_start=lag0.get("streams"),
+            streams_lag_end=lag1.get("streams"),
+            sink_lag_end=lag1.get("sink"),
+            worker_restarts=server.worker.restarts if server.worker else 0,
+            machine_busy_cores=round(machine_cores, 2),
+            worker_counters=_worker_counters(stack),
+            loadavg_after=_stack.loadavg(),
+            **procs,
+        )
+        rows = [
+            (
+                "events/s (median of 1 s samples)",
+                f"{res['events_per_s_median']:,}  (p10 {res['events_per_s_p10']:,}, p90 {res['events_per_s_p90']:,}, mean {res['events_per_s_mean']:,})",
+            ),
+            ("steady window", f"{res['steady_window_s']} s after {a.warmup} s warm-up"),
+            (
+                "genealogy changes/s (median, mean)",
+                f"{res['genealogy_changes_per_s_median']:,}, {res['genealogy_changes_per_s_mean']:,}",
+            ),
+            (
+                "streams lag start -> end",
+                f"{res['streams_lag_start']:,} -> {res['streams_lag_end']:,} records",
+            ),
+            ("rows in ClickHouse after / landed in window", f"{in_ch:,} / {res['events_landed']:,}"),
+            ("machine busy (all processes)", f"{res['machine_busy_cores']} of {CPU_COUNT} cores"),
+        ]
+        for k, v in procs["cpu_cores"].items():
+            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        _emit("ingest", res, rows)
+        return 0
+    finally:
+        stack.close(keep=a.keep)
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def _hook_visibility(sink: Any, topic: str, seen: dict[str, float]) -> None:
+    """Record when the sink's insert of a sampled raw row returned (the row is queryable)."""
+    orig = sink._land
+
+    def land(msgs: list[Any]) -> None:
+        orig(msgs)
+        t = time.time()
+        for m in msgs:
+            if m.topic() == topic:
+                for k, v in m.headers() or ():
+                    if k == "event_id" and v[-1:] == b"0":
+                        seen.setdefault(v.decode(), t)
+
+    sink._land = land
+
+
+def cmd_latency(a: argparse.Namespace) -> int:
+    rate = a.rate
+    if not rate:
+        last = _stack.cache_dir() / "last-ingest.json"
+        try:
+            rate = round(json.loads(last.read_text())["events_per_s_median"] / 2)
+            log(f"rate: half of the last ingest figure ({last}): {rate:,} events/s")
+        except (OSError, ValueError, KeyError):
+            rate = 2000
+            log(f"no ingest figure in {last}: rate {rate:,} events/s")
+    n = int(rate * (a.duration + a.warmup + 5))
+    stack = Stack(
+        partitions=a.partitions,
+        data_dir=a.data_dir,
+        alerts=not a.no_alerts,
+        sink_batch_size=a.sink_batch_size,
+        sink_batch_seconds=a.sink_batch_seconds,
+    )
+    try:
+        stack.up_broker()
+        cache = _stack.row_cache(max(n, a.events), a.seed)
+        stack.ensure_topics()
+        res = _base("latency", stack)
+        server = stack.start_server()
+        seen: dict[str, float] = {}
+        _hook_visibility(server.sink, stack.settings.topics.events, seen)
+        # wait until the consumers have their partitions (a first probe lands), then load
+        sample = str(stack.tmp / "published.tsv")
+        pub = _start_publisher(stack, cache, n, float(rate), 0, sample)
+        watch = ProcWatch(_procs(stack, pub))
+        t0 = time.monotonic()
+        started = False
+        while pub.is_alive():
+            time.sleep(1.0)
+            watch.sample_rss()
+            if not started and time.monotonic() - t0 >= a.warmup:
+                watch.start()
+                started = True
+            if time.monotonic() - t0 >= a.warmup + a.duration:
+                break
+        procs = watch.stop()
+        _stop_publisher(pub)
+        t_end = time.monotonic() + 30.0  # let what was published become visible
+        while time.monotonic() < t_end and server.sink.stats.events_landed < pub.published.value:
+            time.sleep(0.5)
+        pubs: list[tuple[float, str]] = []
+        for line in Path(sample).read_text().splitlines():
+            eid, t = line.split("\t")
+            pubs.append((float(t), eid))
+        pubs.sort()
+        t_first = pubs[0][0] if pubs else 0.0
+        lat = [(seen[e] - t) * 1000 for t, e in pubs if t >= t_first + a.warmup and e in seen]
+        missing = sum(1 for t, e in pubs if t >= t_first + a.warmup and e not in seen)
+        res.update(
+            rate_target=rate,
+            duration_s=a.duration,
+            samples=len(lat),
+            not_visible_at_end=missing,
+            p50_ms=round(_pct(lat, 50), 1),
+            p90_ms=round(_pct(lat, 90), 1),
+            p99_ms=round(_pct(lat, 99), 1),
+            max_ms=round(max(lat), 1) if lat else None,
+            loadavg_after=_stack.loadavg(),
+            **procs,
+        )
+        rows = [
+            ("offered load", f"{rate:,} events/s for {a.duration} s (after {a.warmup} s warm-up)"),
+            ("publish -> queryable p50", f"{res['p50_ms']} ms"),
+            ("publish -> queryable p90", f"{res['p90_ms']} ms"),
+            ("publish -> queryable p99", f"{res['p99_ms']} ms"),
+            ("max", f"{res['max_ms']} ms"),
+            ("samples (1 in 16 events)", f"{len(lat):,} ({missing} not visible at the end)"),
+        ]
+        for k, v in procs["cpu_cores"].items():
+            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        _emit("latency", res, rows)
+        return 0
+    finally:
+        stack.close(keep=a.keep)
+
+
+# ----------------------------------------------------------------------------- backlog
+
+
+def cmd_backlog(a: argparse.Namespace) -> int:
+    from traceline.lag import wait_caught_up
+
+    stack = Stack(
+        partitions=a.partitions,
+        data_dir=a.data_dir,
+        alerts=not a.no_alerts,
+        sink_batch_size=a.sink_batch_size,
+        sink_batch_seconds=a.sink_batch_seconds,
+    )
+    try:
+        stack.up_broker()
+        cache = _stack.row_cache(a.events, a.seed)
+        stack.ensure_topics()
+        res = _base("backlog", stack)
+        log(f"publishing {a.events:,} events into Kafka (nothing consuming yet)")
+        t = time.monotonic()
+        pub = _start_publisher(stack, cache, a.events, 0.0, 0)
+        pub.join()
+        publish_s = time.monotonic() - t
+        if pub.published.value < a.events:
+            raise SystemExit(f"the publisher stopped after {pub.published.value} events")
+        log(f"published in {publish_s:.1f}s; starting the server")
+        t0 = time.monotonic()
+        server = stack.start_server()
+        watch = ProcWatch(_procs(stack))
+        watch.start()
+        first = landed_at = None
+        deadline = t0 + a.timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            n = server.sink.stats.events_landed
+            if first is None and n > 0:
+                first = time.monotonic() - t0
+            watch.pids = {k: v for k, v in _procs(stack).items() if v}
+            watch.sample_rss()
+            if n >= a.events:
+                landed_at = time.monotonic() - t0
+                break
+        log(f"all events in ClickHouse after {landed_at}s; waiting for the genealogy")
+        quiet = 2.0
+        s = stack.settings
+        last: dict[str, int] = {}
+        ok = wait_caught_up(
+            stack.bootstrap,
+            s.topics,
+            app_id=s.app_id,
+            sink_group=s.sink_group,
+            timeout=max(10.0, min(a.genealogy_timeout, deadline - time.monotonic())),
+            quiet=quiet,
+            progress=last.update,
+        )
+        caught = time.monotonic() - t0 - quiet if ok else None
+        procs = watch.stop()
+        in_ch = _raw_count(stack)
+        res.update(
+            worker_counters=_worker_counters(stack),
+            events=a.events,
+            publish_into_kafka_s=round(publish_s, 1),
+            first_row_s=round(first, 1) if first is not None else None,
+            all_landed_s=round(landed_at, 1) if landed_at is not None else None,
+            genealogy_caught_up_s=round(caught, 1) if caught is not None else None,
+            events_per_s_landing=round(a.events / landed_at) if landed_at else None,
+            rows_in_clickhouse=in_ch,
+            genealogy_changes=server.sink.stats.changes_landed,
+            lag_at_end=last,
+            loadavg_after=_stack.loadavg(),
+            **procs,
+        )
+        rows = [
+            ("events in the backlog", f"{a.events:,} (published in {res['publish_into_kafka_s']} s)"),
+            ("server start -> first row", f"{res['first_row_s']} s"),
+            (
+                "server start -> all in ClickHouse",
+                f"{res['all_landed_s']} s ({res['events_per_s_landing']:,} events/s)"
+                if landed_at
+                else "timed out",
+            ),
+            (
+                "server start -> genealogy caught up",
+                f"{res['genealogy_caught_up_s']} s" if caught is not None else f"timed out (lag {last})",
+            ),
+            ("rows in ClickHouse", f"{in_ch:,}"),
+        ]
+        for k, v in procs["cpu_cores"].items():
+            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        _emit("backlog", res, rows)
+        return 0
+    finally:
+        stack.close(keep=a.keep)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--partitions", type=int, default=6, help="partitions of the topics (default 6)")
+        sp.add_argument("--seed", type=int, default=1, help="simulator seed of the load cache")
+        sp.add_argument(
+            "--data-dir", default="", help="where broker / store / outbox live (default: a temp dir)"
+        )
+        sp.add_argument("--keep", action="store_true", help="keep the data dir (and the broker's data)")
+        sp.add_argument("--no-alerts", action="store_true", help="run the server without the alert engine")
+        sp.add_argument("--sink-batch-size", type=int, default=20_000)
+        sp.add_argument("--sink-batch-seconds", type=float, default=0.5)
+
+    si = sub.add_parser("ingest", help="sustained end-to-end ingest (events/s, CPU, RSS)")
+    common(si)
+    si.add_argument("--duration", type=float, default=120, help="steady window in seconds (default 120)")
+    si.add_argument("--warmup", type=float, default=20, help="seconds before the window (default 20)")
+    si.add_argument("--events", type=int, default=3_000_000, help="most events to offer (default 3M)")
+    si.add_argument(
+        "--max-ahead",
+        type=int,
+        default=200_000,
+        help="most events published but not landed (Kafka backlog bound; default 200k)",
+    )
+    si.add_argument("--profile", default="", help="py-spy the worker / server / publisher into this dir")
+    si.add_argument("--profile-seconds", type=float, default=30)
+    si.set_defaults(fn=cmd_ingest)
+
+    sl = sub.add_parser("latency", help="publish -> queryable latency p50/p99 at a steady load")
+    common(sl)
+    sl.add_argument("--rate", type=int, default=0, help="events/s (default: half the last ingest figure)")
+    sl.add_argument("--duration", type=float, default=60)
+    sl.add_argument("--warmup", type=float, default=10)
+    sl.add_argument("--events", type=int, default=0, help="cache size floor (default: rate x duration)")
+    sl.set_defaults(fn=cmd_latency)
+
+    sb = sub.add_parser("backlog", help="time to land N events already in Kafka")
+    common(sb)
+    sb.add_argument("--events", type=int, default=1_000_000)
+    sb.add_argument("--timeout", type=float, default=900, help="overall limit in seconds (default 900)")
+    sb.add_argument(
+        "--genealogy-timeout",
+        type=float,
+        default=300,
+        help="how long to wait for the genealogy after the events landed (default 300)",
+    )
+    sb.set_defaults(fn=cmd_backlog)
+
+    a = p.parse_args(argv)
+    return int(a.fn(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
