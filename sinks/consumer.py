@@ -178,10 +178,11 @@ class SinkWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            # once the batch has something, close it as soon as the fetched queue runs dry
-            # (a short poll comes back empty) instead of waiting out the window: low latency
-            # at low rates, full batches at high rates
-            wait = min(left, self.drain_poll_seconds) if msgs else left
+            # short polls (consume() waits its whole timeout unless num_messages arrive), and
+            # once the batch has something, close it as soon as a poll comes back empty
+            # instead of waiting out the window: low latency at low rates, full batches at
+            # high rates
+            wait = min(left, self.drain_poll_seconds)
             got = self._consumer.consume(num_messages=self.batch_size - len(msgs), timeout=wait)
             for m in got:
                 err = m.error()
