@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Trigger",
+    "count_values",
     "AffectedUnit",
     "PastHolder",
     "LotHop",
@@ -566,7 +567,8 @@ def _systems(units: list[AffectedUnit]) -> list[dict[str, Any]]:
     return [by_root[k] for k in sorted(by_root)]
 
 
-def _counts(values: Iterable[str | None]) -> dict[str, int]:
+def count_values(values: Iterable[str | None]) -> dict[str, int]:
+    """How often each value occurs (None counted as "(none)"), sorted by value."""
     out: dict[str, int] = {}
     for v in values:
         key = v if v is not None else "(none)"
@@ -677,9 +679,9 @@ def recall_impact(store: _Store, trigger: Trigger) -> RecallImpact:
         units=units,
         past=past,
         systems=_systems(units),
-        by_customer=_counts(u.customer_id for u in units),
-        by_site=_counts(u.destination_site if u.status == "shipped" else u.site for u in units),
-        by_status=_counts(u.status for u in units),
+        by_customer=count_values(u.customer_id for u in units),
+        by_site=count_values(u.destination_site if u.status == "shipped" else u.site for u in units),
+        by_status=count_values(u.status for u in units),
         lots=sorted(hops.values(), key=lambda h: (h.depth, h.lot_id)),
     )
 

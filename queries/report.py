@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from queries.recall import LotHop, Trigger, recall_impact
+from sinks.rows import RAW_TABLES
 
 __all__ = [
     "CSV_COLUMNS",
@@ -53,16 +54,6 @@ __all__ = [
     "MEDIA_TYPES",
 ]
 
-RAW_TABLES = (
-    "material_received",
-    "lot_transformed",
-    "operations",
-    "unit_tests",
-    "assembly_events",
-    "shipments",
-    "lot_status",
-    "nonconformances",
-)
 STATUSES = ("shipped", "in_stock", "in_work")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
 _CHUNK = 20_000  # uiis per IN-array parameter
@@ -413,12 +404,6 @@ def _document_number(trigger: Trigger, at: datetime, drill: bool) -> str:
     return f"{'RD' if drill else 'RR'}-{at:%Y%m%d-%H%M%S}-{h.upper()}"
 
 
-def _counts(values: Iterable[str | None]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        key = v if v is not None else "(none)"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def units_from_impact(impact: Any) -> list[ReportUnit]:
