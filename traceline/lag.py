@@ -19,8 +19,16 @@ from schemas.topics import TopicNames
 __all__ = ["group_lag", "pipeline_lag", "wait_caught_up"]
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
 def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000})
+    """One admin client per bootstrap for the process (progress loops call this every second)."""
+    if bootstrap not in _ADMINS:
+        _ADMINS[bootstrap] = AdminClient(
+            {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000, "log_level": 3}
+        )
+    return _ADMINS[bootstrap]
 
 
 def group_lag(bootstrap: str, group: str, topics: Iterable[str], *, timeout: float = 10.0) -> int:
