@@ -38,6 +38,7 @@ from schemas.errors import DecodeError, TracelineError
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.consumer import consumer_config
+from sinks.consumer import message_position as _pos
 from sinks.store import Store
 from streams.alerts import (
     HELD_STATUSES,
@@ -352,10 +353,6 @@ class AlertEvaluator:
 
 
 # ----------------------------------------------------------------------------- Kafka wiring
-
-
-def _pos(m: Message) -> tuple[str, int, int]:
-    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
 
 
 def sink_positions(sink: Any) -> Landed:

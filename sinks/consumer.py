@@ -53,7 +53,7 @@ from sinks.rows import (
 from sinks.store import Store, StoreError
 from streams.intake import intake_judges
 
-__all__ = ["SinkWorker", "SinkStats", "consumer_config"]
+__all__ = ["SinkWorker", "SinkStats", "consumer_config", "message_position"]
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,11 @@ class SinkWorker:
         marks = self._watermarks
         last_time = self.stats.last_event_time
         for m in msgs:
-            topic, part, off = m.topic(), m.partition(), m.offset()
+            topic, part, off = message_position(m)
             r = ranges.setdefault((topic, part), [off, off])
             r[0] = min(r[0], off)
             r[1] = max(r[1], off)
-            value = m.value()
+            value = m.value() or b""
             if topic == t_events:
                 try:
                     type_name, rec = decode(value)
@@ -365,11 +365,16 @@ class SinkWorker:
     def _commit(self, msgs: list[Message]) -> None:
         hi: dict[tuple[str, int], int] = {}
         for m in msgs:
-            k = (m.topic(), m.partition())
-            if m.offset() >= hi.get(k, -1):
-                hi[k] = m.offset()
+            t, p, o = message_position(m)
+            if o >= hi.get((t, p), -1):
+                hi[(t, p)] = o
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in hi.items()]
         self._consumer.commit(offsets=offsets, asynchronous=False)
+
+
+def message_position(m: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (never None for a non-error message)."""
+    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
 
 
 def _h(headers: dict[str, Any], name: str) -> str:

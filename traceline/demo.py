@@ -185,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print(t)
         console.rule("query further")
         dd = f" --data-dir {args.data_dir}" if args.data_dir else ""
+        system = units[0]["root_uii"] if units else "PN:SN"
         console.print(
             f"  .venv/bin/traceline recall --supplier-lot {supplier}:{supplier_lot}{dd}\n"
             f"  .venv/bin/traceline trace forward --lot {lot}{dd} --csv > recall.csv\n"
-            f"  .venv/bin/traceline trace backward --serial {units[0]['root_uii'] if units else 'PN:SN'}{dd}\n"
+            f"  .venv/bin/traceline trace backward --serial {system}{dd}\n"
+            f"  .venv/bin/traceline recall report --lot {lot} --format pdf{dd}\n"
+            f"  .venv/bin/traceline alerts list{dd}\n"
             f"  curl 'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (OpenAPI: /docs)"
         )
         if args.no_wait:
