@@ -444,12 +444,18 @@ def build_plant(store: Store, serials: int, marker: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ timing
 
 
+_UNSUPPORTED_DROPS: set[str] = set()
+
+
 def _drop_caches(store: Store) -> None:
     for stmt in CACHE_DROPS:
+        if stmt in _UNSUPPORTED_DROPS:
+            continue
         try:
             store.command(stmt)
-        except Exception:  # noqa: BLE001 - not every build knows every cache
-            pass
+        except Exception as exc:  # noqa: BLE001 - not every build knows every cache
+            _UNSUPPORTED_DROPS.add(stmt)
+            print(f"note: {stmt!r} not supported here ({type(exc).__name__}); cold runs skip it", file=sys.stderr)
 
 
 def _pct(xs: list[float], p: float) -> float:
