@@ -9,16 +9,37 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas.errors import TracelineError
-from traceline.settings import Settings, load_settings
+from traceline.cli_options import (
+    BenchOpt,
+    BootstrapOpt,
+    DataDirOpt,
+    DsnOpt,
+    FromOpt,
+    LotOpt,
+    OperatorOpt,
+    RegistryOpt,
+    SerialOpt,
+    StationOpt,
+    SupplierLotOpt,
+    SupplierOpt,
+    ToOpt,
+    TopicOpt,
+    as_utc,
+    err,
+    fail,
+    out,
+    settings_for,
+    store_settings,
+    trigger_from_options,
+)
+from traceline.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -30,43 +51,9 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local Kafka broker (KRaft, from Maven Central jars, no Docker).")
 app.add_typer(stack_app, name="stack")
 
-err = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # pipes get wide tables, not wrapped ones
-
-BootstrapOpt = Annotated[
-    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env TRACELINE_KAFKA_BOOTSTRAP]")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")
-]
-TopicOpt = Annotated[
-    str | None, typer.Option("--topic", help="raw events topic [env TRACELINE_KAFKA_EVENTS_TOPIC]")
-]
-RegistryOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--schema-registry", help="Confluent schema registry URL [env TRACELINE_SCHEMA_REGISTRY_URL]"
-    ),
-]
-
-
-def _settings(
-    bootstrap: str | None = None,
-    data_dir: Path | None = None,
-    topic: str | None = None,
-    registry: str | None = None,
-) -> Settings:
-    return load_settings(
-        data_dir=data_dir,
-        kafka__bootstrap=bootstrap,
-        kafka__events_topic=topic,
-        schema_registry__url=registry,
-    )
-
-
-def _fail(message: str, code: int = 3) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+# shared with the command modules beside this one (cli_report, cli_alerts)
+_settings = settings_for
+_fail = fail
 
 
 def resolve_bootstrap(settings: Settings) -> str:
@@ -343,7 +330,6 @@ app.add_typer(trace_app, name="trace")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV output (one row per affected unit)")]
-DsnOpt = Annotated[str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")]
 
 
 def _query(settings: Settings, path: str, params: dict[str, Any], local: Any) -> Any:
@@ -467,9 +453,7 @@ def trace_forward(
     """Everything made from a lot: lots, units, assemblies, systems, customers."""
     from queries import forward_trace
 
-    s = _settings(data_dir=data_dir)
-    if dsn:
-        s.clickhouse.dsn = dsn
+    s = store_settings(data_dir, dsn)
     result = _query(s, "/trace/forward", {"lot": lot}, lambda st: forward_trace(st, lot))
     _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
 
@@ -486,9 +470,7 @@ def trace_backward(
     """Every component of a unit or system, with lots, operations and tests."""
     from queries import backward_trace
 
-    s = _settings(data_dir=data_dir)
-    if dsn:
-        s.clickhouse.dsn = dsn
+    s = store_settings(data_dir, dsn)
     result = _query(s, "/trace/backward", {"serial": serial}, lambda st: backward_trace(st, serial))
     if as_json:
         out.print_json(data=result)
@@ -517,16 +499,15 @@ app.add_typer(recall_app, name="recall")
 @recall_app.callback()
 def recall(
     ctx: typer.Context,
-    lot: Annotated[str | None, typer.Option("--lot", help="a lot_id")] = None,
-    supplier_lot: Annotated[
-        str | None, typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>'")
-    ] = None,
-    station: Annotated[str | None, typer.Option("--station")] = None,
-    operator: Annotated[str | None, typer.Option("--operator")] = None,
-    bench: Annotated[str | None, typer.Option("--bench")] = None,
-    serial: Annotated[str | None, typer.Option("--serial", help="a unit UII")] = None,
-    start: Annotated[datetime | None, typer.Option("--from", help="window start (UTC)")] = None,
-    end: Annotated[datetime | None, typer.Option("--to", help="window end (UTC)")] = None,
+    lot: LotOpt = None,
+    supplier_lot: SupplierLotOpt = None,
+    supplier: SupplierOpt = None,
+    station: StationOpt = None,
+    operator: OperatorOpt = None,
+    bench: BenchOpt = None,
+    serial: SerialOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
     as_json: JsonOpt = False,
     as_csv: CsvOpt = False,
     limit: Annotated[int, typer.Option(help="rows to print")] = 50,
@@ -538,28 +519,17 @@ def recall(
         return  # `recall report ...`: the subcommand takes its own trigger options
     from queries import Trigger, recall_impact
 
-    given = {
-        k: v
-        for k, v in {
-            "lot": lot,
-            "supplier_lot": supplier_lot,
-            "station": station,
-            "operator": operator,
-            "bench": bench,
-            "serial": serial,
-        }.items()
-        if v
-    }
-    if len(given) != 1:
-        raise _fail(
-            "give exactly one trigger: --lot, --supplier-lot, --station, --operator, --bench or --serial", 2
-        )
-    kind, ident = next(iter(given.items()))
-    start_utc = start.replace(tzinfo=UTC) if start and start.tzinfo is None else start
-    end_utc = end.replace(tzinfo=UTC) if end and end.tzinfo is None else end
-    s = _settings(data_dir=data_dir)
-    if dsn:
-        s.clickhouse.dsn = dsn
+    kind, ident = trigger_from_options(
+        lot=lot,
+        supplier_lot=supplier_lot,
+        supplier=supplier,
+        station=station,
+        operator=operator,
+        bench=bench,
+        serial=serial,
+    )
+    start_utc, end_utc = as_utc(start), as_utc(end)
+    s = store_settings(data_dir, dsn)
     params = {
         "kind": kind,
         "id": ident,

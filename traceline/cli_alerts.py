@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from traceline.cli_options import BootstrapOpt, DataDirOpt
 
 __all__ = ["alerts_app", "add_alert_routes"]
 
@@ -23,12 +24,6 @@ alerts_app = typer.Typer(help="Alerts: follow them live (tail) or query them (li
 _out = Console()
 _STYLE = {"CRITICAL": "bold red", "WARNING": "yellow", "INFO": "cyan"}
 
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")
-]
-BootstrapOpt = Annotated[
-    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env TRACELINE_KAFKA_BOOTSTRAP]")
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output (one object per line for tail)")]
 
 

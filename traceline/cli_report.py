@@ -8,7 +8,7 @@ Plain functions with typer-annotated parameters; ``traceline/cli.py`` registers 
 
 Like the other query commands, they go through the running server's API when ``traceline
 serve`` owns the embedded store (``GET /report``), and open the store directly otherwise.
-Helpers of traceline.cli are imported lazily (cli.py imports this module).
+What every command shares comes from traceline.cli_options.
 """
 
 from __future__ import annotations
@@ -22,44 +22,37 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["report_command", "drill_command", "trigger_from_options"]
+from traceline.cli_options import (
+    BenchOpt,
+    DataDirOpt,
+    DsnOpt,
+    FromOpt,
+    LotOpt,
+    OperatorOpt,
+    SerialOpt,
+    StationOpt,
+    SupplierLotOpt,
+    SupplierOpt,
+    ToOpt,
+    as_utc,
+    err,
+    store_settings,
+    trigger_from_options,
+)
+from traceline.cli_options import (
+    fail as _fail,
+)
+from traceline.cli_options import (
+    out as console,
+)
+
+__all__ = ["report_command", "drill_command"]
 
 FORMATS = ("html", "pdf", "csv")
 
-LotOpt = Annotated[str | None, typer.Option("--lot", help="a lot_id")]
-SupplierLotOpt = Annotated[str | None, typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>'")]
-SupplierOpt = Annotated[str | None, typer.Option("--supplier", help="a supplier_id (use --from/--to)")]
-StationOpt = Annotated[str | None, typer.Option("--station")]
-OperatorOpt = Annotated[str | None, typer.Option("--operator")]
-BenchOpt = Annotated[str | None, typer.Option("--bench")]
-SerialOpt = Annotated[str | None, typer.Option("--serial", help="a unit UII")]
-FromOpt = Annotated[datetime | None, typer.Option("--from", help="window start (UTC)")]
-ToOpt = Annotated[datetime | None, typer.Option("--to", help="window end (UTC)")]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")
-]
-DsnOpt = Annotated[str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")]
 PreparedByOpt = Annotated[
     str | None, typer.Option("--prepared-by", help="name on the 'prepared by' line (default: your login)")
 ]
-
-
-def _utc(v: datetime | None) -> datetime | None:
-    return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
-
-
-def trigger_from_options(**given: str | None) -> tuple[str, str]:
-    """Exactly one trigger option -> (kind, id); else a usage error (exit 2)."""
-    from traceline.cli import _fail
-
-    chosen = {k: v for k, v in given.items() if v}
-    if len(chosen) != 1:
-        raise _fail(
-            "give exactly one trigger: --lot, --supplier-lot, --supplier, --station, --operator, --bench "
-            "or --serial",
-            2,
-        )
-    return next(iter(chosen.items()))
 
 
 def _prepared_by(name: str | None) -> str:
@@ -92,8 +85,6 @@ def _measure_lag(settings: Any) -> tuple[dict[str, int] | None, str]:
 def _api_get(state: dict[str, Any], params: dict[str, Any]) -> Any:
     import httpx
 
-    from traceline.cli import _fail
-
     try:
         r = httpx.get(
             state["url"] + "/report", params={k: v for k, v in params.items() if v is not None}, timeout=300
@@ -112,21 +103,11 @@ def _api_get(state: dict[str, Any], params: dict[str, Any]) -> Any:
 def _open_store(settings: Any) -> Any:
     from schemas.errors import TracelineError
     from sinks.store import Store
-    from traceline.cli import _fail
 
     try:
         return Store.open(settings.clickhouse_dsn, settings.clickhouse.database)
     except TracelineError as exc:
         raise _fail(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from exc
-
-
-def _setup(data_dir: Path | None, dsn: str | None) -> Any:
-    from traceline.cli import _settings
-
-    s = _settings(data_dir=data_dir)
-    if dsn:
-        s.clickhouse.dsn = dsn
-    return s
 
 
 def _filename_from(response: Any, fallback: str) -> str:
@@ -159,7 +140,6 @@ def report_command(
 ) -> None:
     """Recall report for an auditor (AS9100D 8.5.2 / AQAP-2110): HTML, PDF or CSV."""
     from schemas.errors import TracelineError
-    from traceline.cli import _fail, err
     from traceline.serve import serve_state
 
     fmt = fmt.lower()
@@ -176,8 +156,8 @@ def report_command(
         bench=bench,
         serial=serial,
     )
-    s_utc, e_utc = _utc(start), _utc(end)
-    settings = _setup(data_dir, dsn)
+    s_utc, e_utc = as_utc(start), as_utc(end)
+    settings = store_settings(data_dir, dsn)
     name = _prepared_by(prepared_by)
     state = serve_state(settings.data_dir)
     if state:
@@ -247,8 +227,6 @@ def drill_command(
     from rich.table import Table
 
     from schemas.errors import TracelineError
-    from traceline.cli import _fail
-    from traceline.cli import out as console
     from traceline.serve import serve_state
 
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
@@ -264,8 +242,8 @@ def drill_command(
         bench=bench,
         serial=serial,
     )
-    s_utc, e_utc = _utc(start), _utc(end)
-    settings = _setup(data_dir, dsn)
+    s_utc, e_utc = as_utc(start), as_utc(end)
+    settings = store_settings(data_dir, dsn)
     name = _prepared_by(prepared_by)
     state = serve_state(settings.data_dir)
     steps: list[tuple[str, float, str]] = []
