@@ -549,7 +549,7 @@ class AlertEngine:
                 try:
                     type_name, rec = self.serde.decode(m.value() or b"")
                 except DecodeError:
-                    self.stats.undecodable_skipped += 1  # the intake dead-letters it
+                    self.stats.undecodable_skipped += 1  # the sink dead-letters it
                     continue
                 self.stats.events += 1
                 alerts += self.evaluator.evaluate(type_name, rec)

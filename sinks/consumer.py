@@ -14,13 +14,20 @@ topic with one confluent-kafka consumer (manual commits), and lands each batch i
   they reach ClickHouse);
 * ClickHouse unavailable: back off and retry the same batch; nothing is committed or lost.
 
-Undecodable raw records: the stream intake dead-letters those it judges (bad framing, unknown
-schema, a body of a type the genealogy decodes) and the sink lands the dead-letter topic into
-``dead_letters``. The intake does not decode the bodies of the other types, so a bad body of
-such a type is dead-lettered by the sink itself, straight into ``dead_letters`` (same columns;
-``dlq_topic`` empty, ``dlq_partition`` / ``dlq_offset`` = the source position).
-``streams.intake.intake_judges`` is the rule both sides share. The sink counts every
-undecodable raw record it did not land (``undecodable_skipped``).
+The intake lives here too (``streams.intake.judge``): the sink decodes every raw event once,
+and the same decode gives the genealogy its commands. Per batch, in this order:
+
+1. judge every new raw record: an undecodable or unusable one becomes a dead-letter record
+   (headers: source topic, partition, offset, error, reason) for the dead-letter topic, which
+   this sink lands into ``dead_letters`` like every other dead letter;
+2. send the batch's genealogy commands, one record per command-topic partition
+   (``streams.intake.batches_by_partition``), and its dead letters, and wait for Kafka's
+   acknowledgement (``flush``);
+3. insert into ClickHouse; 4. commit the offsets.
+
+A record whose rows landed (at or below a watermark) therefore had its commands sent before,
+so a replay skips it entirely; a crash between 2 and 4 re-sends commands, which are idempotent.
+Kafka unreachable in step 2: back off and retry the batch, like ClickHouse unavailable.
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from producers.publisher import producer_config
 from schemas.alert import decode_alert
-from schemas.errors import DecodeError
+from schemas.errors import BrokerUnavailableError, DecodeError
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.rows import (
@@ -51,7 +59,8 @@ from sinks.rows import (
     rows_for_batch,
 )
 from sinks.store import Store, StoreError
-from streams.intake import intake_judges
+from streams.genealogy import Send
+from streams.intake import DeadLetter, batches_by_partition, judge
 
 __all__ = ["SinkWorker", "SinkStats", "consumer_config", "message_position"]
 
@@ -85,7 +94,11 @@ class SinkStats:
     changes_landed: int = 0
     dead_letters_landed: int = 0
     alerts_landed: int = 0
-    undecodable_skipped: int = 0
+    undecodable_skipped: int = 0  # raw records judged bad (each sent to the dead-letter topic once)
+    dead_letters_sent: int = 0
+    commands_sent: int = 0
+    command_records_sent: int = 0
+    kafka_retries: int = 0
     duplicates_skipped: int = 0
     replayed_skipped: int = 0
     store_retries: int = 0
@@ -133,6 +146,7 @@ class SinkWorker:
         batch_seconds: float = 0.5,
         recent_ids: int = 1_000_000,
         consumer_overrides: dict[str, Any] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
         on_batch: Callable[[SinkStats], None] | None = None,
     ) -> None:
         self.store = store
@@ -146,9 +160,15 @@ class SinkWorker:
         self._recent = _RecentIds(recent_ids)
         self._stop = threading.Event()
         self._watermarks: dict[tuple[str, int], int] = {}
+        self._part_marks: dict[int, int] = {}
         self._watermarks_stale = True
         self._recent_loaded = False
         self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
+        self._bootstrap = bootstrap
+        self._producer = Producer(
+            producer_config(bootstrap, **{"linger.ms": 5, **(producer_overrides or {})})
+        )
+        self._command_partitions = 0
         self._consumer.subscribe(
             [topics.events, topics.changes, topics.deadletter, topics.alerts], on_assign=self._on_assign
         )
@@ -162,6 +182,7 @@ class SinkWorker:
 
     def close(self) -> None:
         self._consumer.close()
+        self._producer.flush(5)
 
     def run(self) -> None:
         try:
@@ -206,6 +227,9 @@ class SinkWorker:
             for p, off in rows:
                 marks[(table, int(p))] = int(off)
         self._watermarks = marks
+        self._part_marks = {}
+        for (_t, p), off in marks.items():
+            self._part_marks[p] = max(off, self._part_marks.get(p, -1))
         self._watermarks_stale = False
         if not self._recent_loaded:
             self._load_recent_ids()
@@ -237,14 +261,19 @@ class SinkWorker:
                     self._refresh_watermarks()
                 self._land(msgs)
                 break
-            except StoreError as exc:
-                # ClickHouse is unavailable or refused the batch: keep the batch, back off,
-                # re-read the watermarks (part of it may have landed) and try again.
-                self.stats.store_retries += 1
+            except (StoreError, BrokerUnavailableError) as exc:
+                # ClickHouse is unavailable or refused the batch, or Kafka did not take its
+                # commands / dead letters: keep the batch, back off, re-read the watermarks
+                # (part of it may have landed) and try again.
+                if isinstance(exc, StoreError):
+                    self.stats.store_retries += 1
+                else:
+                    self.stats.kafka_retries += 1
+                retries = self.stats.store_retries + self.stats.kafka_retries
                 self.stats.last_error = str(exc)
                 self._watermarks_stale = True
-                log.warning("store unavailable, retrying batch of %d: %s", len(msgs), exc)
-                self._stop.wait(min(30.0, 0.5 * 2 ** min(self.stats.store_retries, 6)))
+                log.warning("retrying batch of %d: %s", len(msgs), exc)
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(retries, 6)))
         else:
             return 0  # stopping: nothing committed, the batch is read again next time
         self._commit(msgs)
@@ -256,11 +285,12 @@ class SinkWorker:
         changes: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
         alerts: list[tuple[Any, int, int, datetime]] = []
+        commands: list[Send] = []
+        dead_out: list[DeadLetter] = []
         ranges: dict[tuple[str, int], list[int]] = {}
         new_ids: list[str] = []
         batch_ids: set[str] = set()
         t_events, t_changes, t_dlq = self.topics.events, self.topics.changes, self.topics.deadletter
-        decode = self.serde.decode
         marks = self._watermarks
         last_time = self.stats.last_event_time
         for m in msgs:
@@ -270,13 +300,14 @@ class SinkWorker:
             r[1] = max(r[1], off)
             value = m.value() or b""
             if topic == t_events:
-                try:
-                    type_name, rec = decode(value)
-                except DecodeError as exc:
+                judged = judge(self.serde, m.key(), m.value(), topic, part, off)
+                if isinstance(judged, DeadLetter):
                     self.stats.undecodable_skipped += 1
-                    if not intake_judges(self.serde, value):  # else the intake dead-letters it
-                        dead.append(self._own_dead_letter(m, exc, now))
+                    if off < self._max_mark(part):
+                        continue  # a later record of this partition landed: sent before
+                    dead_out.append(judged)
                     continue
+                type_name, rec = judged.type_name, judged.record
                 if off <= marks.get((RAW_TABLE.get(type_name, ""), part), -1):
                     self.stats.replayed_skipped += 1
                     continue
@@ -287,11 +318,16 @@ class SinkWorker:
                 batch_ids.add(eid)
                 new_ids.append(eid)
                 events.append(SinkRecord(type_name, rec, topic, part, off, now))
+                commands.extend(judged.commands)
                 et = rec["event_time"]
                 if last_time is None or et > last_time:
                     last_time = et
             elif topic == t_changes:
-                changes.append(json.loads(value))
+                got = json.loads(value)  # the writer sends a list per record
+                if isinstance(got, list):
+                    changes.extend(got)
+                else:
+                    changes.append(got)
             elif topic == self.topics.alerts:
                 try:
                     alerts.append((decode_alert(value), part, off, now))
@@ -314,6 +350,8 @@ class SinkWorker:
                         "ingest_time": now,
                     }
                 )
+        if commands or dead_out:
+            self._send(commands, dead_out)  # before any insert: see the module doc
         tables: dict[str, Any] = {}
         raw = rows_for_batch(events) if events else {}
         # facts and genealogy first, raw tables last: a landed raw row (the watermark) then
@@ -345,22 +383,56 @@ class SinkWorker:
         if self.on_batch is not None:
             self.on_batch(s)
 
-    @staticmethod
-    def _own_dead_letter(m: Message, exc: DecodeError, now: datetime) -> dict[str, Any]:
-        """A ``dead_letters`` row for a raw record only the sink decodes (see the module doc)."""
-        return {
-            "source_topic": m.topic(),
-            "source_partition": m.partition(),
-            "source_offset": m.offset(),
-            "error": type(exc).__name__,
-            "reason": exc.reason[:1000],
-            "key": m.key() or b"",
-            "raw": m.value() or b"",
-            "dlq_topic": "",
-            "dlq_partition": m.partition(),
-            "dlq_offset": m.offset(),
-            "ingest_time": now,
-        }
+    def _max_mark(self, partition: int) -> int:
+        """The highest events-topic offset of ``partition`` landed in any raw table."""
+        return self._part_marks.get(partition, -1)
+
+    def _partitions_of_commands(self) -> int:
+        if not self._command_partitions:
+            topic = self.topics.commands
+            try:
+                meta = self._producer.list_topics(topic, timeout=10)
+            except KafkaException as exc:
+                raise BrokerUnavailableError(self._bootstrap, f"cannot read topic {topic}: {exc}") from exc
+            t = meta.topics.get(topic)
+            if t is None or t.error is not None or not t.partitions:
+                raise BrokerUnavailableError(
+                    self._bootstrap, f"command topic {topic} is missing: {t and t.error}"
+                )
+            self._command_partitions = len(t.partitions)
+        return self._command_partitions
+
+    def _send(self, commands: list[Send], dead: list[DeadLetter]) -> None:
+        """Send the batch's genealogy commands (batched per partition) and dead letters, and
+        wait until Kafka acknowledged all of them. Raises BrokerUnavailableError otherwise."""
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        produce = self._producer.produce
+        n_records = 0
+        try:
+            if commands:
+                t = self.topics.commands
+                for part, value, _n in batches_by_partition(commands, self._partitions_of_commands()):
+                    produce(t, value=value, partition=part, on_delivery=delivered)
+                    n_records += 1
+            for d in dead:
+                produce(
+                    self.topics.deadletter, key=d.key, value=d.value, headers=d.headers, on_delivery=delivered
+                )
+        except (KafkaException, BufferError) as exc:
+            raise BrokerUnavailableError(self._bootstrap, f"cannot send genealogy commands: {exc}") from exc
+        left = self._producer.flush(30)
+        if left or errors:
+            raise BrokerUnavailableError(
+                self._bootstrap, f"{left} commands / dead letters not acknowledged: {errors[:3]}"
+            )
+        self.stats.commands_sent += len(commands)
+        self.stats.command_records_sent += n_records
+        self.stats.dead_letters_sent += len(dead)
 
     def _commit(self, msgs: list[Message]) -> None:
         hi: dict[tuple[str, int], int] = {}

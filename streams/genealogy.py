@@ -86,7 +86,7 @@ from __future__ import annotations
 import json
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -102,10 +102,12 @@ __all__ = [
     "Touch",
     "Version",
     "apply",
+    "apply_batch",
     "command_from_dict",
     "commands_for_event",
     "event_time_ms",
     "resend",
+    "Send",
     "run",
     "uii_of",
 ]
@@ -471,6 +473,40 @@ def apply(node: Node | None, key: str, cmd: Command) -> tuple[Node, list[Send], 
         _on_root(n, cmd, sends, changes)
     # Touch: creating the node is all it does
     return n, sends, changes
+
+
+def apply_batch(
+    get: Callable[[str], Node | None], offset: int, commands: Iterable[Send]
+) -> tuple[dict[str, Node], list[Send], list[Change]]:
+    """Apply one command-batch record (Kafka offset ``offset``) in order. Pure over ``get``.
+
+    Returns the nodes to write (each changed node once, its ``offset`` set to ``offset``), the
+    commands to send and the change records. Replay after a crash: a node whose ``offset`` is
+    ``>= offset`` was already changed by a previous run of this record (or a later one), whose
+    sends may never have reached Kafka; the first time this run meets such a node it first
+    emits what the node owes in its current state (:func:`resend`), then applies the command
+    as usual (``apply`` is idempotent, so an already applied command changes nothing).
+    """
+    nodes: dict[str, Node | None] = {}
+    dirty: dict[str, Node] = {}
+    sends: list[Send] = []
+    changes: list[Change] = []
+    for key, cmd in commands:
+        if key in nodes:
+            node = nodes[key]
+        else:
+            node = nodes[key] = get(key)
+            if node is not None and node.offset >= offset:
+                s, c = resend(node)
+                sends.extend(s)
+                changes.extend(c)
+        new, s, c = apply(node, key, cmd)
+        sends.extend(s)
+        changes.extend(c)
+        if new != node:
+            new.offset = offset
+            nodes[key] = dirty[key] = new
+    return dirty, sends, changes
 
 
 # --------------------------------------------------------------------------- events

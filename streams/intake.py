@@ -1,40 +1,56 @@
-"""Intake rules (pure): decode a raw record once, or turn it into a dead letter.
+"""Intake rules (pure): judge a raw record once, route its genealogy commands in batches.
 
-A worker never dies on bad input: what has a bad framing or an unknown schema, what the
-genealogy needs but does not decode, or cannot be used by the genealogy becomes a
-:class:`DeadLetter` carrying the raw bytes and the reason, and the caller sends it to the
-dead-letter topic and counts it.
+A worker never dies on bad input: what has a bad framing, an unknown schema, a body that does
+not decode, or cannot be used by the genealogy becomes a :class:`DeadLetter` carrying the raw
+bytes and the reason; the caller sends it to the dead-letter topic and counts it.
 
-Only the event types the genealogy reads (:data:`GENEALOGY_TYPES`) are decoded here; for the
-others the framing is checked (fingerprint / schema id -> type) and the body is not decoded
-(the sink decodes every event once anyway). A record of such a type whose body does not
-decode is therefore dead-lettered by the sink (``sinks.consumer``, same reason and headers'
-content, straight into ``dead_letters``), never by both: :func:`intake_judges` is the rule
-both sides apply.
+The intake runs inside the sink's batch loop (``sinks.consumer.SinkWorker``): the sink decodes
+every event once anyway (to land it), so the same decode feeds the genealogy. That keeps the
+per-record cost of a stream processor off the hot path: the faust genealogy writer
+(``streams.app``) reads **command batches**, one Kafka record per (intake batch, partition),
+not one record per event.
+
+Command batches
+---------------
+Each command is routed to the partition that owns its target key,
+:func:`command_partition` (crc32 of the UII modulo the partition count of the command topic);
+the writer and the intake use this one function, so every command for a unit reaches the
+same partition and therefore the same faust table partition. A batch record is JSON:
+``[[key, command_dict], ...]`` (:func:`encode_command_batch` / :func:`decode_command_batch`),
+at most :data:`MAX_BATCH` commands.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import DecodeError, SchemaRegistryUnavailableError
 from schemas.serde import AvroSerde
-from streams.genealogy import Command, GenealogyInputError, commands_for_event
+from streams.genealogy import Command, GenealogyInputError, Send, command_from_dict, commands_for_event
 
 __all__ = [
     "GENEALOGY_TYPES",
+    "MAX_BATCH",
     "DeadLetter",
     "Accepted",
-    "route",
-    "intake_judges",
-    "encode_command",
+    "judge",
+    "dead_letter",
+    "command_partition",
+    "batches_by_partition",
+    "encode_command_batch",
+    "decode_command_batch",
     "dead_letter_for_change",
 ]
 
 GENEALOGY_TYPES = frozenset({"UnitAssembled", "UnitRemoved", "OperationCompleted"})
 """The event types ``streams.genealogy.commands_for_event`` turns into commands (the rest: [])."""
+
+MAX_BATCH = 5000
+"""Commands per batch record at most (a record stays well under Kafka's 1 MB default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +63,8 @@ class DeadLetter:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     type_name: str
-    record: dict[str, Any] | None  # None: a type the genealogy ignores (body not decoded)
-    commands: list[tuple[str, Command]]
+    record: dict[str, Any]
+    commands: list[Send]
 
 
 def _headers(topic: str, partition: int, offset: int, error: str, reason: str) -> list[tuple[str, bytes]]:
@@ -61,10 +77,17 @@ def _headers(topic: str, partition: int, offset: int, error: str, reason: str) -
     ]
 
 
-def route(
+def dead_letter(
+    key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, error: str, reason: str
+) -> DeadLetter:
+    return DeadLetter(key, value or b"", _headers(topic, partition, offset, error, reason))
+
+
+def judge(
     serde: AvroSerde, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
 ) -> Accepted | DeadLetter:
-    """Decode one raw record; return the genealogy commands it implies, or a dead letter.
+    """Decode one raw record (once); return it with the genealogy commands it implies, or a
+    dead letter saying why not.
 
     :class:`SchemaRegistryUnavailableError` is not the record's fault and propagates (the
     caller retries instead of dead-lettering).
@@ -72,39 +95,55 @@ def route(
     try:
         if value is None:
             raise DecodeError(b"", "record has no value (tombstone)")
-        type_name = serde.peek_type(value)
-        if type_name not in GENEALOGY_TYPES:
-            return Accepted(type_name, None, [])  # not decoded: the sink judges its body
         type_name, record = serde.decode(value)
     except SchemaRegistryUnavailableError:
         raise
     except DecodeError as exc:
-        return DeadLetter(
-            key, value or b"", _headers(topic, partition, offset, type(exc).__name__, exc.reason)
-        )
+        return dead_letter(key, value, topic, partition, offset, type(exc).__name__, exc.reason)
+    if type_name not in GENEALOGY_TYPES:
+        return Accepted(type_name, record, [])
     try:
         commands = commands_for_event(record, type_name)
     except GenealogyInputError as exc:
-        return DeadLetter(key, value, _headers(topic, partition, offset, "GenealogyInputError", str(exc)))
+        return dead_letter(key, value, topic, partition, offset, "GenealogyInputError", str(exc))
     return Accepted(type_name, record, commands)
 
 
-def intake_judges(serde: AvroSerde, value: bytes | None) -> bool:
-    """True when the intake dead-letters ``value`` if it is bad (bad framing, unknown schema,
-    or a type the genealogy decodes); False for a well-framed record of another type, whose
-    body only the sink decodes (so the sink dead-letters it when the body is bad)."""
-    if value is None:
-        return True
-    try:
-        return serde.peek_type(value) in GENEALOGY_TYPES
-    except SchemaRegistryUnavailableError:
-        raise
-    except DecodeError:
-        return True
+def command_partition(key: str, partitions: int) -> int:
+    """The command-topic partition that owns ``key`` (stable across processes and versions)."""
+    return zlib.crc32(key.encode()) % partitions
 
 
-def encode_command(cmd: Command) -> bytes:
-    return json.dumps(cmd.to_dict(), separators=(",", ":")).encode()
+def batches_by_partition(sends: Iterable[Send], partitions: int) -> Iterator[tuple[int, bytes, int]]:
+    """Group commands by owning partition: ``(partition, batch record value, commands in it)``,
+    at most :data:`MAX_BATCH` commands per record, order kept within a partition."""
+    groups: dict[int, list[list[Any]]] = {}
+    for key, cmd in sends:
+        groups.setdefault(command_partition(key, partitions), []).append([key, cmd.to_dict()])
+    for p in sorted(groups):
+        items = groups[p]
+        for i in range(0, len(items), MAX_BATCH):
+            chunk = items[i : i + MAX_BATCH]
+            yield p, encode_command_batch(chunk), len(chunk)
+
+
+def encode_command_batch(items: list[list[Any]]) -> bytes:
+    return json.dumps(items, separators=(",", ":")).encode()
+
+
+def decode_command_batch(value: bytes) -> list[tuple[str, Command]]:
+    """Inverse of :func:`encode_command_batch`. Raises ValueError / KeyError / TypeError on a
+    record our own intake did not write (the writer dead-letters it)."""
+    items = json.loads(value)
+    if not isinstance(items, list):
+        raise TypeError(f"a command batch is a JSON list, not {type(items).__name__}")
+    out: list[tuple[str, Command]] = []
+    for item in items:
+        key, d = item
+        if not isinstance(key, str):
+            raise TypeError(f"command key must be a string, not {key!r}")
+        out.append((key, command_from_dict(d)))
+    return out
 
 
 def dead_letter_for_change(change: dict[str, Any], topic: str, partition: int, offset: int) -> DeadLetter:

@@ -37,7 +37,6 @@ def config_from_settings(s: Settings, bootstrap: str) -> StreamsConfig:
         partitions=s.kafka.partitions,
         replication=s.kafka.replication,
         app_id=s.app_id,
-        registry_url=s.schema_registry.url,
     )
 
 

@@ -1,7 +1,7 @@
 """Consumer lag: how far the stream worker and the sink are behind the topics they read.
 
-The pipeline has caught up when the stream worker's group has no lag on the events and
-command topics and the sink's group has no lag on the events, changes and dead-letter
+The pipeline has caught up when the stream worker's group has no lag on the command topic
+(the intake runs in the sink) and the sink's group has no lag on the events, changes and dead-letter
 topics, for a short quiet period (a command can still be in flight between two checks).
 """
 
@@ -61,7 +61,7 @@ def group_lag(bootstrap: str, group: str, topics: Iterable[str], *, timeout: flo
 
 def pipeline_lag(bootstrap: str, topics: TopicNames, *, app_id: str, sink_group: str) -> dict[str, int]:
     return {
-        "streams": group_lag(bootstrap, app_id, [topics.events, topics.commands]),
+        "streams": group_lag(bootstrap, app_id, [topics.commands]),
         "sink": group_lag(bootstrap, sink_group, [topics.events, topics.changes, topics.deadletter]),
     }
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.consumer import SinkWorker
 from sinks.store import Store
@@ -155,6 +156,7 @@ class Server:
                 group_id=s.sink_group,
                 batch_size=o.sink_batch_size,
                 batch_seconds=o.sink_batch_seconds,
+                serde=AvroSerde(registry_url=s.schema_registry.url, topic=self.topics.events),
             )
             t = threading.Thread(target=self._run_sink, name="sink", daemon=True)
             t.start()
