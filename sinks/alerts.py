@@ -75,6 +75,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RULE_TYPES = frozenset(
+    {"NonconformanceRaised", "LotStatusChanged", "OperationCompleted", "UnitTested", "UnitShipped"}
+)
+"""The event types ``AlertEvaluator.evaluate`` (and the state it keeps) reads; the engine checks
+only the framing of the others (``AvroSerde.peek_type``) and does not decode their bodies."""
+
 _NTS = "Nullable(DateTime64(3, 'UTC'))"
 Landed = Callable[[], Mapping[tuple[str, int], int]]  # (topic, partition) -> next offset landed
 
@@ -546,8 +552,12 @@ class AlertEngine:
             if not self._wait_landed(need):
                 return 0  # stopping: nothing committed
             for m in msgs:
+                value = m.value() or b""
                 try:
-                    type_name, rec = self.serde.decode(m.value() or b"")
+                    if self.serde.peek_type(value) not in RULE_TYPES:
+                        self.stats.events += 1  # no rule reads it: not decoded
+                        continue
+                    type_name, rec = self.serde.decode(value)
                 except DecodeError:
                     self.stats.undecodable_skipped += 1  # the sink dead-letters it
                     continue

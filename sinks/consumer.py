@@ -59,7 +59,7 @@ from sinks.rows import (
     rows_for_batch,
 )
 from sinks.store import Store, StoreError
-from streams.genealogy import Send
+from streams.genealogy import Send, Touch
 from streams.intake import DeadLetter, batches_by_partition, judge
 
 __all__ = ["SinkWorker", "SinkStats", "consumer_config", "message_position"]
@@ -286,6 +286,7 @@ class SinkWorker:
         dead: list[dict[str, Any]] = []
         alerts: list[tuple[Any, int, int, datetime]] = []
         commands: list[Send] = []
+        touched: set[str] = set()
         dead_out: list[DeadLetter] = []
         ranges: dict[tuple[str, int], list[int]] = {}
         new_ids: list[str] = []
@@ -318,7 +319,12 @@ class SinkWorker:
                 batch_ids.add(eid)
                 new_ids.append(eid)
                 events.append(SinkRecord(type_name, rec, topic, part, off, now))
-                commands.extend(judged.commands)
+                for target, cmd in judged.commands:
+                    if isinstance(cmd, Touch):  # idempotent: once per unit and batch is enough
+                        if target in touched:
+                            continue
+                        touched.add(target)
+                    commands.append((target, cmd))
                 et = rec["event_time"]
                 if last_time is None or et > last_time:
                     last_time = et

@@ -301,3 +301,43 @@ def test_signature() -> None:
     body = b'{"a":1}'
     assert sign(body, "k").startswith("sha256=") and verify(body, "k", sign(body, "k"))
     assert not verify(body, "other", sign(body, "k"))
+
+
+class _RecordingStore:
+    """Answers every read with nothing and remembers that it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.calls.append(sql)
+        return []
+
+    def query_rows(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+        self.calls.append(sql)
+        return [], []
+
+
+def test_the_engine_may_skip_decoding_every_type_outside_rule_types() -> None:
+    """The engine decodes only RULE_TYPES; every other type must be a no-op for the rules,
+    even while lots are held and NCs are open (when shipments, for one, do query)."""
+    import copy
+
+    from schemas.samples import sample_events
+    from schemas.serde import AvroSerde
+    from sinks.alerts import RULE_TYPES, AlertEvaluator
+
+    serde = AvroSerde()
+    decoded = {e.type: serde.decode(serde.encode_event(e))[1] for e in sample_events()}
+    assert RULE_TYPES < decoded.keys()
+    store = _RecordingStore()
+    ev = AlertEvaluator(store, AlertRules(nc_refresh_seconds=0))  # type: ignore[arg-type]
+    for t in ("LotStatusChanged", "NonconformanceRaised"):
+        ev.evaluate(t, decoded[t])
+    before = copy.deepcopy(ev.state)
+    store.calls.clear()
+    for t, rec in decoded.items():
+        if t not in RULE_TYPES:
+            assert ev.evaluate(t, rec) == [], t
+    assert store.calls == []
+    assert repr(ev.state) == repr(before)
