@@ -293,7 +293,11 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         wall = samples[-1][0] - samples[0][0] if len(samples) > 1 else 0.0
         machine_cores = (m1[0] - m0[0] - (m1[1] - m0[1])) / max(1.0, m1[0] - m0[0]) * CPU_COUNT
         in_ch = _raw_count(stack)
+        n_batches = sum(1 for b in batches if samples and samples[0][0] < b[0] <= samples[-1][0])
+        landed_in_window = samples[-1][1] - samples[0][1] if samples else 0
         res.update(
+            sink_batches=n_batches,
+            sink_mean_batch=round(landed_in_window / n_batches) if n_batches else 0,
             events_per_s_median=round(statistics.median(rates)) if rates else 0,
             events_per_s_p10=round(_pct(rates, 10)) if rates else 0,
             events_per_s_p90=round(_pct(rates, 90)) if rates else 0,
@@ -328,6 +332,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
                 f"{res['streams_lag_start']:,} -> {res['streams_lag_end']:,} records",
             ),
             ("rows in ClickHouse after / landed in window", f"{in_ch:,} / {res['events_landed']:,}"),
+            ("sink batches in window (mean events per batch)", f"{n_batches:,} ({res['sink_mean_batch']:,})"),
             ("machine busy (all processes)", f"{res['machine_busy_cores']} of {CPU_COUNT} cores"),
         ]
         for k, v in procs["cpu_cores"].items():

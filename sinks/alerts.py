@@ -425,7 +425,11 @@ class AlertEngine:
         self._committed_at = 0.0
         self._admin: Any = None
         self._last_refresh = time.monotonic()
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
+        # the engine waits for the sink to land a batch before it evaluates it (no poll while it
+        # waits): under a large backlog that wait is minutes, which must not count as a dead
+        # consumer (librdkafka's default 5 min would make it leave the group and re-read)
+        conf = {"max.poll.interval.ms": 3_600_000, **(consumer_overrides or {})}
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **conf))
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,

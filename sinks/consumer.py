@@ -32,7 +32,6 @@ Kafka unreachable in step 2: back off and retry the batch, like ClickHouse unava
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from producers.publisher import producer_config
@@ -183,6 +183,7 @@ class SinkWorker:
     def close(self) -> None:
         self._consumer.close()
         self._producer.flush(5)
+        self._producer.close()
 
     def run(self) -> None:
         try:
@@ -329,7 +330,7 @@ class SinkWorker:
                 if last_time is None or et > last_time:
                     last_time = et
             elif topic == t_changes:
-                got = json.loads(value)  # the writer sends a list per record
+                got = pydantic_core.from_json(value)  # the writer sends a list per record
                 if isinstance(got, list):
                     changes.extend(got)
                 else:

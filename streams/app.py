@@ -29,13 +29,13 @@ No ClickHouse I/O happens here; the sink consumes the changes and dead-letter to
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+import pydantic_core
 
 from schemas.topics import TopicNames
 from streams.genealogy import Node, apply_batch
@@ -159,7 +159,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                         counters.cycles += 1
                         await send_dead(dead_letter_for_change(change, msg.topic, msg.partition, msg.offset))
                 for i in range(0, len(out), 2000):
-                    value = json.dumps(out[i : i + 2000], separators=(",", ":")).encode()
+                    value = pydantic_core.to_json(out[i : i + 2000])
                     await app.producer.send(changes_topic, None, value, msg.partition, None, None)
 
     @app.timer(10.0)

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
+
 from schemas.errors import DecodeError, SchemaRegistryUnavailableError
 from schemas.serde import AvroSerde
 from streams.genealogy import Command, GenealogyInputError, Send, command_from_dict, commands_for_event
@@ -128,13 +130,13 @@ def batches_by_partition(sends: Iterable[Send], partitions: int) -> Iterator[tup
 
 
 def encode_command_batch(items: list[list[Any]]) -> bytes:
-    return json.dumps(items, separators=(",", ":")).encode()
+    return pydantic_core.to_json(items)
 
 
 def decode_command_batch(value: bytes) -> list[tuple[str, Command]]:
     """Inverse of :func:`encode_command_batch`. Raises ValueError / KeyError / TypeError on a
     record our own intake did not write (the writer dead-letters it)."""
-    items = json.loads(value)
+    items = pydantic_core.from_json(value)
     if not isinstance(items, list):
         raise TypeError(f"a command batch is a JSON list, not {type(items).__name__}")
     out: list[tuple[str, Command]] = []
