@@ -159,11 +159,14 @@ class Store:
         return store
 
     def close(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            finally:
-                self.client = None
+        # under the lock: a thread still inside a query (an alert engine that did not stop
+        # within its join timeout) finishes it first; the client is never closed under a query
+        with self._lock:
+            if self.client is not None:
+                try:
+                    self.client.close()
+                finally:
+                    self.client = None
 
     def __enter__(self) -> Store:
         return self
