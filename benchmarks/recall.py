@@ -23,7 +23,10 @@ consumed them directly (contiguous production ranges):
 
 Genealogy as the stream processor writes it: one ``unit_genealogy`` / ``root_members`` row per
 root change (a board is under its module, then its LRU, then its system), so
-``root_members`` keeps stale rows under old roots. One board in 250 was reworked: it sat in
+``root_members`` keeps stale rows under old roots. ``lot_units`` is filled after the load by
+the product's own backfill (``sinks.ddl.lot_units_backfill``, migration 4: what a store
+upgraded to it holds; the same rows the sink and the processor leave after merges); a plant
+built before migration 4 gets it when the store is opened. One board in 250 was reworked: it sat in
 another system's module first (assembled, removed 'rework', assembled again), which gives
 "past holders". 70 % of the systems are shipped; 90 % have a final test (PASS).
 
@@ -46,12 +49,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sinks.ddl import lot_units_backfill
 from sinks.store import Store
 
 UNITS_PER_SYSTEM = 33  # 1 system + 2 LRUs + 6 modules + 24 boards
 BASE = "toDateTime64('2026-01-05 00:00:00', 3, 'UTC')"
 #: tables the recall / trace queries read (what --optimize merges)
 RECALL_TABLES = (
+    "lot_units",
     "lot_consumption",
     "lot_lineage",
     "unit_facts",
@@ -406,7 +411,7 @@ def build_plant(store: Store, serials: int, marker: Path) -> dict[str, Any]:
     if store.count("operations"):
         raise SystemExit("the store is not empty and has no benchmark marker; use another --data-dir")
     t0 = time.perf_counter()
-    steps = _plant_sql(shape)
+    steps = _plant_sql(shape) + [("lot_units (backfill)", sql) for sql in lot_units_backfill(store.database)]
     for i, (label, sql) in enumerate(steps, 1):
         t = time.perf_counter()
         store.command(sql)
@@ -425,6 +430,7 @@ def build_plant(store: Store, serials: int, marker: Path) -> dict[str, Any]:
             "material_received",
             "lot_transformed",
             "unit_consumption",
+            "lot_units",
         )
     }
     total = shape["systems"] + shape["lrus"] + shape["modules"] + shape["boards"] + shape["modules"] // 50 + 1
@@ -455,7 +461,10 @@ def _drop_caches(store: Store) -> None:
             store.command(stmt)
         except Exception as exc:  # noqa: BLE001 - not every build knows every cache
             _UNSUPPORTED_DROPS.add(stmt)
-            print(f"note: {stmt!r} not supported here ({type(exc).__name__}); cold runs skip it", file=sys.stderr)
+            print(
+                f"note: {stmt!r} not supported here ({type(exc).__name__}); cold runs skip it",
+                file=sys.stderr,
+            )
 
 
 def _pct(xs: list[float], p: float) -> float:

@@ -428,7 +428,11 @@ class SinkWorker:
                     n_records += 1
             for d in dead:
                 produce(
-                    self.topics.deadletter, key=d.key, value=d.value, headers=d.headers, on_delivery=delivered
+                    self.topics.deadletter,
+                    key=d.key,
+                    value=d.value,
+                    headers=list[Any](d.headers),
+                    on_delivery=delivered,
                 )
         except (KafkaException, BufferError) as exc:
             raise BrokerUnavailableError(self._bootstrap, f"cannot send genealogy commands: {exc}") from exc

@@ -32,6 +32,7 @@ __all__ = [
     "Column",
     "apply_ddl",
     "applied_versions",
+    "lot_units_backfill",
     "render_markdown",
     "table_columns",
 ]
@@ -446,6 +447,36 @@ TABLES: tuple[Table, ...] = (
         version_column="seq",
         kind="genealogy",
     ),
+    Table(
+        "lot_units",
+        "Recall index lot -> unit -> place in the assembly tree: one row per (consumed lot, unit) and "
+        "genealogy version; the sink writes a seq-0 row (the unit as its own root) with every "
+        "OperationCompleted, the genealogy processor one row per change record for each of the unit's "
+        "lots. Exact: the row with the highest seq per (lot_id, uii), site = min(site)",
+        (
+            Column("lot_id", "String", "Consumed lot"),
+            Column("uii", "String", "Unit that consumed the lot"),
+            Column(
+                "site",
+                LC,
+                "Site of the operation that consumed the lot (several: the smallest on rows of seq > 0)",
+            ),
+            Column("parent_uii", "Nullable(String)", "Current parent at seq; NULL when the unit is a root"),
+            Column("root_uii", "String", "Final system at seq; the unit itself when it has no parent"),
+            Column("path", "Array(String)", "Ancestors from the parent up to the root at seq (root last)"),
+            Column("seq", "UInt64", "unit_genealogy.seq of the change record (0: written by the sink)"),
+        ),
+        "(lot_id, uii)",
+        engine="ReplacingMergeTree",
+        version_column="seq",
+        kind="genealogy",
+        since=4,
+        # compact parts: read by point lookups on lot_id only (one file per part, not per column)
+        settings=(
+            ("min_bytes_for_wide_part", 10**12),
+            ("min_rows_for_wide_part", 10**12),
+        ),
+    ),
 )
 
 DEAD_LETTERS = Table(
@@ -660,7 +691,7 @@ def _create_table(t: Table, database: str, opts: EngineOptions, upto: int | None
 # A migration is (version, name, function(database, opts) -> statements). Append only; never
 # edit an applied one (its checksum is recorded and a change is logged as a warning).
 def _m1(database: str, opts: EngineOptions) -> list[str]:
-    return [_create_table(t, database, opts, upto=1) for t in TABLES]
+    return [_create_table(t, database, opts, upto=1) for t in TABLES if t.since == 1]
 
 
 def _create_view(v: View, database: str, opts: EngineOptions) -> str:
@@ -673,9 +704,7 @@ def _create_view(v: View, database: str, opts: EngineOptions) -> str:
 
 def backfill_statements(view: View, database: str) -> list[str]:
     """``INSERT ... SELECT`` that fills a view's target from what its source already holds."""
-    return [
-        f"INSERT INTO `{database}`.`{view.target}` ({_FACT_COLS}) {view.render_select(database)}"
-    ]
+    return [f"INSERT INTO `{database}`.`{view.target}` ({_FACT_COLS}) {view.render_select(database)}"]
 
 
 def _m2(database: str, opts: EngineOptions) -> list[str]:
@@ -701,10 +730,33 @@ def _m3(database: str, opts: EngineOptions) -> list[str]:
     return out
 
 
+def lot_units_backfill(database: str) -> list[str]:
+    """``INSERT ... SELECT`` that fills ``lot_units`` from what a store already holds: every
+    (lot, unit) of ``lot_consumption`` with the unit's latest ``unit_genealogy`` row (seq 0 and
+    its own root when it has none). The same rows the sink and the genealogy processor leave
+    after merges; later change records (higher seq) supersede them."""
+    db = f"`{database}`"
+    return [
+        f"INSERT INTO {db}.`lot_units` (lot_id, uii, site, parent_uii, root_uii, path, seq)"
+        " SELECT c.lot_id, c.uii, c.site, if(g.seq IS NULL, NULL, g.parent_uii),"
+        " if(g.seq IS NULL, c.uii, g.root_uii), if(g.seq IS NULL, [], g.path), ifNull(g.seq, 0)"
+        f" FROM (SELECT lot_id, uii, min(site) AS site FROM {db}.`lot_consumption` GROUP BY lot_id, uii) AS c"
+        " LEFT JOIN (SELECT uii, t.1 AS parent_uii, t.2 AS root_uii, t.3 AS path, t.4 AS seq FROM"
+        " (SELECT uii, argMax(tuple(parent_uii, root_uii, path, seq), seq) AS t"
+        f" FROM {db}.`unit_genealogy` GROUP BY uii)) AS g ON g.uii = c.uii SETTINGS join_use_nulls = 1"
+    ]
+
+
+def _m4(database: str, opts: EngineOptions) -> list[str]:
+    out = [_create_table(t, database, opts) for t in TABLES if t.since == 4]
+    return out + lot_units_backfill(database)
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
     (3, "alerts table; unit_tests.out_of_calibration", _m3),
+    (4, "lot_units recall index (lot -> unit -> root), backfilled", _m4),
 )
 
 

@@ -214,6 +214,17 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
     "root_members": pa.schema([("root_uii", _S), ("uii", _S), ("seq", pa.uint64())]),
+    "lot_units": pa.schema(
+        [
+            ("lot_id", _S),
+            ("uii", _S),
+            ("site", _S),
+            ("parent_uii", _S),
+            ("root_uii", _S),
+            ("path", pa.list_(_S)),
+            ("seq", pa.uint64()),
+        ]
+    ),
     "dead_letters": pa.schema(
         [
             ("source_topic", _S),
@@ -245,6 +256,7 @@ _EVENT_TABLES = (
     "lot_consumption",
     "lot_lineage",
     "unit_consumption",
+    "lot_units",
 )
 
 
@@ -374,6 +386,18 @@ def _operation_completed(r: Mapping[str, Any], t: dict[str, _Cols]) -> str:
         fc["station_id"].extend([st] * n)
         fc["operator_id"].extend([opr] * n)
         _fact_tail(fc, r, n)
+        f.n += n
+        # the unit as its own root (seq 0) under each lot: queryable before the genealogy
+        # processor's change records (higher seq) place it in its assembly
+        f = t["lot_units"]
+        fc = f.cols
+        fc["lot_id"].extend(lot_ids)
+        fc["uii"].extend([key] * n)
+        fc["site"].extend([r["site"]] * n)
+        fc["parent_uii"].extend([None] * n)
+        fc["root_uii"].extend([key] * n)
+        fc["path"].extend([] for _ in range(n))
+        fc["seq"].extend([0] * n)
         f.n += n
     if uiis:
         f = t["unit_consumption"]
@@ -546,21 +570,32 @@ def rows_for_batch(batch: Iterable[SinkRecord | Sequence[Any]]) -> dict[str, pa.
 
 
 def genealogy_rows(changes: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
-    """``unit_genealogy`` and ``root_members`` rows for genealogy change records.
+    """``unit_genealogy``, ``root_members`` and ``lot_units`` rows for genealogy change records.
 
     A change record: ``{"uii", "parent_uii", "root_uii", "path", "depth", "seq", "version_ms",
-    "version_event_id"}`` where ``path`` lists the ancestors from the parent up to the root.
+    "version_event_id", "lots"}`` where ``path`` lists the ancestors from the parent up to the
+    root and ``lots`` maps each lot the unit consumed to the site (``{}`` or absent: none known).
     """
     g: dict[str, list[Any]] = {name: [] for name in SCHEMAS["unit_genealogy"].names}
     rm: dict[str, list[Any]] = {name: [] for name in SCHEMAS["root_members"].names}
+    lu: dict[str, list[Any]] = {name: [] for name in SCHEMAS["lot_units"].names}
     n = 0
     for ch in changes:
         key = ch["uii"]
         root = ch["root_uii"]
         seq = ch["seq"]
         path = list(ch.get("path") or ())
+        parent = ch.get("parent_uii")
+        for lot, site in (ch.get("lots") or {}).items():
+            lu["lot_id"].append(lot)
+            lu["uii"].append(key)
+            lu["site"].append(site)
+            lu["parent_uii"].append(parent)
+            lu["root_uii"].append(root)
+            lu["path"].append(path)
+            lu["seq"].append(seq)
         g["uii"].append(key)
-        g["parent_uii"].append(ch.get("parent_uii"))
+        g["parent_uii"].append(parent)
         g["root_uii"].append(root)
         g["path"].append(path)
         depth = ch.get("depth")
@@ -587,7 +622,12 @@ def genealogy_rows(changes: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     rt = pa.Table.from_arrays(
         [pa.array(rm[f.name], f.type) for f in SCHEMAS["root_members"]], schema=SCHEMAS["root_members"]
     )
-    return {"unit_genealogy": gt, "root_members": rt}
+    out = {"unit_genealogy": gt, "root_members": rt}
+    if lu["uii"]:
+        out["lot_units"] = pa.Table.from_arrays(
+            [pa.array(lu[f.name], f.type) for f in SCHEMAS["lot_units"]], schema=SCHEMAS["lot_units"]
+        )
+    return out
 
 
 def deadletter_rows(records: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:

@@ -19,6 +19,8 @@ Rules (the same as documented in ``streams/genealogy.py``):
   root and listed in ``depth_cut``. Units on a parent cycle, or below one, have no defined
   path here (``path[uii] is None``; they are listed in ``cyclic``).
 * Past parents: every parent a unit was ever installed in (removed or not).
+* Lots of a unit: every lot named in the consumed_lots of any of its OperationCompleted
+  events, each with the smallest site among those events that consumed it.
 
 Recall (``Plant``, the forward closure a lot recall must report, stated independently of
 ``queries/recall.py``):
@@ -52,6 +54,7 @@ class Genealogy:
     past_parents: dict[str, set[str]] = field(default_factory=dict)
     depth_cut: set[str] = field(default_factory=set)
     cyclic: set[str] = field(default_factory=set)
+    lots: dict[str, dict[str, str]] = field(default_factory=dict)  # unit -> lot -> smallest site
 
     def root(self, uii: str) -> str | None:
         p = self.path[uii]
@@ -96,6 +99,10 @@ def genealogy(events: list[dict[str, Any]]) -> Genealogy:
         if kind == "OperationCompleted":
             parent = _key(ev["unit"])
             g.units.add(parent)
+            for lot in ev.get("consumed_lots") or []:
+                sites = g.lots.setdefault(parent, {})
+                lot_id = lot["lot_id"]
+                sites[lot_id] = min(sites.get(lot_id, ev["site"]), ev["site"])
             for ref in ev.get("consumed_units") or []:
                 child = _key(ref)
                 g.units.add(child)

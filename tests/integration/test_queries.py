@@ -223,8 +223,24 @@ GEN_2 = [
 ]
 
 
-@pytest.fixture(scope="module")
-def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+# The lots each unit consumed, as the processor's change records carry them (``lot_units``).
+LOTS = {
+    "PCB:1": {"L-A": "plant-a"},
+    "PCB:4": {"L-A": "plant-a"},
+    "PCB:2": {"L-M": "plant-a"},
+    "PCB:3": {"L-OTHER": "plant-a"},
+}
+
+
+def _with_lots(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "lots": LOTS[r["uii"]]} if r["uii"] in LOTS else r for r in records]
+
+
+# How far the lot_units rows of the genealogy are: "none" (only the sink's seq-0 rows, e.g. a
+# processor that has not caught up), "stale" (only GEN_1 carried lots: PCB:4's latest lot row
+# still puts it under LRU:1 / SYS:1) or "current". Every answer must be the same.
+@pytest.fixture(scope="module", params=["none", "stale", "current"])
+def plant(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Store]:
     dsn = os.environ.get("TRACELINE_CLICKHOUSE_DSN", "").strip()
     if dsn:
         db = f"traceline_test_{uuid.uuid4().hex[:10]}"
@@ -238,8 +254,13 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         recs = [SinkRecord(t, r, "traceline.events", 0, i * 1000 + k, now) for k, (t, r) in enumerate(part)]
         store.write_batch(rows_for_batch(recs), token=f"events:{i}")
         store.write_batch(rows_for_batch(recs), token=f"events:{i}")  # a replay changes nothing
-    store.write_batch(genealogy_rows(GEN_1), token="gen:1")
-    store.write_batch(genealogy_rows(GEN_2), token="gen:2")
+    gen_1 = GEN_1 if request.param == "none" else _with_lots(GEN_1)
+    gen_2 = _with_lots(GEN_2) if request.param == "current" else GEN_2
+    store.write_batch(genealogy_rows(gen_1), token="gen:1")
+    store.write_batch(genealogy_rows(gen_2), token="gen:2")
+    if request.param == "stale":  # the hint really is stale
+        rows = store.query("SELECT path FROM lot_units WHERE uii = 'PCB:4' ORDER BY seq DESC LIMIT 1")
+        assert rows[0]["path"] == ["LRU:1", "SYS:1"]
     yield store
     if dsn.startswith("http"):
         store.command(f"DROP DATABASE IF EXISTS `{db}`")
@@ -382,3 +403,27 @@ def test_backward_trace_of_a_subassembly(plant: Store) -> None:
     # a unit never assembled: just itself
     solo = backward_trace(plant, "PCB:3")
     assert solo.root_uii == "LRU:3" and [u["uii"] for u in solo.units] == ["PCB:3"]
+
+
+class _Counting:
+    """A store that counts the statements it runs."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.calls = store, 0
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.calls += 1
+        return self.store.query(sql, params)
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        self.calls += 1
+        return self.store.query_arrow(sql, params)
+
+
+def test_lot_recall_round_trips(plant: Store, request: pytest.FixtureRequest) -> None:
+    """With current lot_units rows a lot recall is two statements (lot units + lineage, then
+    the facts of the units and their ancestors); a lagging row costs one more, no more."""
+    counting = _Counting(plant)
+    units = _units(recall_impact(counting, Trigger("lot", "L-M")))  # type: ignore[arg-type]
+    assert (units["PCB:2"].root_uii, units["PCB:2"].status) == ("SYS:2", "in_stock")
+    assert counting.calls == (2 if request.node.callspec.params["plant"] == "current" else 3)

@@ -479,3 +479,47 @@ def test_breaking_a_cycle_recovers_the_exact_state() -> None:
         assembled("B:1", "S:1", 21),
     ]
     check_all_orders(events)
+
+
+# --------------------------------------------------------------------------- lots
+
+
+def test_lots_command_maps_from_operations_and_round_trips() -> None:
+    ev = operation("P:1", 10, ["C:1"], eid="e9")
+    ev["consumed_lots"] = [{"lot_id": "L2", "quantity": 1.0}, {"lot_id": "L1", "quantity": 2.0}]
+    cmds = g.commands_for_event(ev)
+    assert cmds[0] == ("P:1", g.Lots("P:1", (("L1", "plant-a"), ("L2", "plant-a"))))
+    assert cmds[1] == ("C:1", Link("C:1", "P:1", (10, "e9"), True))
+    assert g.command_from_dict(cmds[0][1].to_dict()) == cmds[0][1]
+    # an operation that neither creates the unit nor consumes anything still maps to nothing;
+    # one that only consumes lots makes the node (Lots creates it)
+    later = operation("P:1", 20, creates=False)
+    assert g.commands_for_event(later) == []
+    later["consumed_lots"] = [{"lot_id": "L3", "quantity": 1.0}]
+    assert g.commands_for_event(later) == [("P:1", g.Lots("P:1", (("L3", "plant-a"),)))]
+
+
+def test_lots_grow_only_smallest_site_and_records_carry_them() -> None:
+    n, sends, changes = apply(None, "U:1", g.Lots("U:1", (("L1", "site-b"),)))
+    assert n.lots == {"L1": "site-b"} and sends == []
+    assert [(c["seq"], c["lots"]) for c in changes] == [(0, {"L1": "site-b"})]  # in the first record
+    n, sends, changes = apply(n, "U:1", g.Lots("U:1", (("L1", "site-b"),)))
+    assert (sends, changes) == ([], [])  # a duplicate changes nothing
+    n, sends, changes = apply(n, "U:1", g.Lots("U:1", (("L1", "site-c"), ("L2", "site-c"))))
+    assert n.lots == {"L1": "site-b", "L2": "site-c"} and sends == []
+    assert [(c["seq"], c["lots"]) for c in changes] == [(1, {"L1": "site-b", "L2": "site-c"})]
+    n, _, changes = apply(n, "U:1", g.Lots("U:1", (("L2", "site-a"),)))  # a smaller site wins
+    assert [(c["seq"], c["lots"]) for c in changes] == [(2, {"L1": "site-b", "L2": "site-a"})]
+    assert Node.from_bytes(n.to_bytes()) == n
+    # a new lot does not change the view: nothing is forwarded to the children
+    p, _, _ = apply(None, "P:1", Touch("P:1"))
+    p, sends, _ = apply(p, "P:1", Edge("P:1", "C:1", True, (1, "e")))
+    assert [k for k, _ in sends] == ["C:1"]
+    p, sends, changes = apply(p, "P:1", g.Lots("P:1", (("L9", "s"),)))
+    assert sends == [] and changes[0]["path"] == [] and changes[0]["seq"] == p.seq == 1
+    # and the unit's later view changes keep carrying its lots
+    c, _, _ = apply(None, "C:1", g.Lots("C:1", (("L7", "s"),)))
+    c, _, _ = apply(c, "C:1", Link("C:1", "P:1", (1, "e"), True))
+    c, _, changes = apply(c, "C:1", Root("C:1", "P:1", "P:1", (), p.seq))
+    assert [(ch["root_uii"], ch["lots"]) for ch in changes] == [("P:1", {"L7": "s"})]
+    assert g.resend(c)[1][0]["lots"] == {"L7": "s"}

@@ -24,8 +24,32 @@ def _ref(uii: str) -> dict[str, str]:
     return {"part_number": pn, "serial_number": sn}
 
 
-def _event(kind: str, eid: str, t: int, unit: str, other: str | None) -> dict[str, Any]:
-    head = {"event_id": eid, "event_time": t, "source": "gw", "site": "plant-a", "program": "PRG"}
+def _event(
+    kind: str,
+    eid: str,
+    t: int,
+    unit: str,
+    other: str | None,
+    lots: tuple[str, ...] = (),
+    site: str = "plant-a",
+) -> dict[str, Any]:
+    head = {"event_id": eid, "event_time": t, "source": "gw", "site": site, "program": "PRG"}
+    consumed_lots = [{"lot_id": lot, "quantity": 1.0} for lot in lots]
+    if kind == "use":  # an operation on `unit` that consumes lots only (does not create it)
+        return {
+            "type": "OperationCompleted",
+            **head,
+            "unit": _ref(unit),
+            "work_order": "WO",
+            "operation": "0030",
+            "station_id": "ST",
+            "operator_id": "OP",
+            "started_at": t,
+            "finished_at": t,
+            "creates_unit": False,
+            "consumed_lots": consumed_lots,
+            "consumed_units": [],
+        }
     if kind == "produce":
         return {
             "type": "OperationCompleted",
@@ -38,7 +62,7 @@ def _event(kind: str, eid: str, t: int, unit: str, other: str | None) -> dict[st
             "started_at": t,
             "finished_at": t,
             "creates_unit": True,
-            "consumed_lots": [],
+            "consumed_lots": consumed_lots,
             "consumed_units": [],
         }
     if kind == "consume":  # `unit` is consumed by the operation on `other`
@@ -54,7 +78,7 @@ def _event(kind: str, eid: str, t: int, unit: str, other: str | None) -> dict[st
             "started_at": t,
             "finished_at": t,
             "creates_unit": False,
-            "consumed_lots": [],
+            "consumed_lots": consumed_lots,
             "consumed_units": [_ref(unit)],
         }
     assert other is not None
@@ -80,6 +104,8 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
         for u in units:
             if draw(st.booleans()):
                 specs.append(("produce", draw(st.integers(0, 12)), u, None))
+            if draw(st.integers(0, 3)) == 0:
+                specs.append(("use", draw(st.integers(0, 12)), u, None))
     for _ in range(draw(st.integers(1, 28))):
         lvl = draw(st.integers(1, n_levels - 1))
         child = draw(st.sampled_from(levels[lvl]))
@@ -89,7 +115,17 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
         kind = draw(st.sampled_from(["assemble", "assemble", "consume", "remove", "remove"]))
         specs.append((kind, draw(st.integers(0, 12)), child, parent))
     ids = draw(st.permutations(range(len(specs))))
-    return [_event(kind, f"e{ids[i]:03d}", t, unit, other) for i, (kind, t, unit, other) in enumerate(specs)]
+
+    def lots(kind: str) -> tuple[str, ...]:  # a "use" operation always consumes a lot
+        return tuple(
+            draw(st.lists(st.sampled_from(["L1", "L2", "L3", "L4"]), min_size=kind == "use", max_size=3))
+        )
+
+    sites = st.sampled_from(["plant-a", "plant-b"])
+    return [
+        _event(kind, f"e{ids[i]:03d}", t, unit, other, lots(kind), draw(sites))
+        for i, (kind, t, unit, other) in enumerate(specs)
+    ]
 
 
 def _oracle_state(events: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
@@ -133,6 +169,20 @@ def test_any_order_any_duplicates_equals_oracle(
         assert prev is None or c["seq"] > prev["seq"]
         last[c["uii"]] = c
     assert {u: (c["parent_uii"], c["root_uii"], tuple(c["path"])) for u, c in last.items()} == expected
+    # lots: every unit's last record carries exactly its lots (smallest site each), so the
+    # highest-seq lot_units row of every (lot, unit) is the unit's final view
+    lots = oracle.genealogy(events).lots
+    assert {u: n.lots for u, n in nodes.items() if n.lots} == lots
+    assert {u: c.get("lots", {}) for u, c in last.items() if c.get("lots")} == lots
+    best: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
+    for c in changes:
+        for lot in c.get("lots", {}):
+            k = (lot, c["uii"])
+            if k not in best or c["seq"] > best[k][0]:
+                best[k] = (c["seq"], (c["parent_uii"], c["root_uii"], tuple(c["path"])))
+    assert {k: v[1] for k, v in best.items()} == {
+        (lot, u): expected[u] for u, ls in lots.items() for lot in ls
+    }
     # the table value survives serialisation
     for n in nodes.values():
         assert g.Node.from_bytes(n.to_bytes()) == n

@@ -190,3 +190,50 @@ def test_ddl_renders_cluster_mode_hook() -> None:
     clustered = ddl._create_table(t, "traceline", ddl.EngineOptions(cluster="prod"))
     assert "ON CLUSTER prod" in clustered and "ReplicatedReplacingMergeTree(" in clustered
     assert "replicated_deduplication_window" in clustered
+
+
+def test_lot_units_rows_from_operations_and_change_records() -> None:
+    decoded = _decoded()
+    ops = [(t, r) for t, r in decoded if t.endswith("OperationCompleted") and r["consumed_lots"]]
+    out = rows_for_batch(_batch(ops))
+    t, r = ops[0]
+    key = f"{r['unit']['part_number']}:{r['unit']['serial_number']}"
+    lu = [x for x in out["lot_units"].to_pylist() if x["uii"] == key]
+    # the sink's row: the unit as its own root at seq 0, one per consumed lot
+    assert lu == [
+        {
+            "lot_id": lot["lot_id"],
+            "uii": key,
+            "site": r["site"],
+            "parent_uii": None,
+            "root_uii": key,
+            "path": [],
+            "seq": 0,
+        }
+        for lot in r["consumed_lots"]
+    ]
+    assert out["lot_units"].num_rows == sum(len(r["consumed_lots"]) for _t, r in ops)
+    rec = {
+        "uii": "PCB:1",
+        "parent_uii": "LRU:1",
+        "root_uii": "SYS:1",
+        "path": ["LRU:1", "SYS:1"],
+        "depth": 2,
+        "seq": 4,
+        "version_ms": 0,
+        "version_event_id": "e",
+    }
+    g = genealogy_rows([rec, {**rec, "uii": "PCB:2", "lots": {"L1": "plant-a", "L2": "plant-b"}}])
+    assert g["lot_units"].to_pylist() == [
+        {
+            "lot_id": lot,
+            "uii": "PCB:2",
+            "site": site,
+            "parent_uii": "LRU:1",
+            "root_uii": "SYS:1",
+            "path": ["LRU:1", "SYS:1"],
+            "seq": 4,
+        }
+        for lot, site in (("L1", "plant-a"), ("L2", "plant-b"))
+    ]
+    assert "lot_units" not in genealogy_rows([rec])  # a record without lots: no lot rows
