@@ -59,7 +59,7 @@ from sinks.rows import (
     rows_for_batch,
 )
 from sinks.store import Store, StoreError
-from streams.genealogy import Send, Touch
+from streams.genealogy import Lots, Send, Touch
 from streams.intake import DeadLetter, batches_by_partition, judge
 
 __all__ = ["SinkWorker", "SinkStats", "consumer_config", "message_position"]
@@ -288,6 +288,7 @@ class SinkWorker:
         alerts: list[tuple[Any, int, int, datetime]] = []
         commands: list[Send] = []
         touched: set[str] = set()
+        lots: dict[str, set[tuple[str, str]]] = {}
         dead_out: list[DeadLetter] = []
         ranges: dict[tuple[str, int], list[int]] = {}
         new_ids: list[str] = []
@@ -325,6 +326,9 @@ class SinkWorker:
                         if target in touched:
                             continue
                         touched.add(target)
+                    elif isinstance(cmd, Lots):  # grow-only sets: one merged command per unit
+                        lots.setdefault(target, set()).update(cmd.lots)
+                        continue
                     commands.append((target, cmd))
                 et = rec["event_time"]
                 if last_time is None or et > last_time:
@@ -357,6 +361,7 @@ class SinkWorker:
                         "ingest_time": now,
                     }
                 )
+        commands.extend((u, Lots(u, tuple(sorted(ls)))) for u, ls in lots.items())
         if commands or dead_out:
             self._send(commands, dead_out)  # before any insert: see the module doc
         tables: dict[str, Any] = {}
