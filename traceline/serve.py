@@ -125,7 +125,8 @@ class Server:
         self.settings = settings
         self.opts = opts
         self.topics: TopicNames = settings.topics
-        self.store: Store | None = None
+        self.store: Store | None = None  # the sink's handle (and the API's when there is no sink)
+        self._readers: list[Store] = []  # own handles of the alert engine and the API (see _reader)
         self.sink: SinkWorker | None = None
         self.alerts: Any = None  # sinks.alerts.AlertEngine
         self.notifier: Any = None  # traceline.notify.Notifier
@@ -185,7 +186,7 @@ class Server:
         self.notifier = notifier.start() if notifier.enabled else None
         self.alerts = AlertEngine(
             self.opts.bootstrap,
-            self.store,
+            self._reader(),
             topics=self.topics,
             rules=AlertRules(),
             group_id=f"{self.settings.kafka.topic_prefix}traceline-alerts",
@@ -233,6 +234,24 @@ class Server:
             json.dumps({"pid": os.getpid(), "url": url, "started_at": self.started_at.isoformat()})
         )
 
+    def _reader(self) -> Store:
+        """A store handle of its own for a reader beside the sink (alert engine, API).
+
+        Every handle serialises its own calls, so a reader sharing the sink's handle made the
+        sink wait for its slowest query: one station-wide NC impact held the sink for tens of
+        seconds in the ingest benchmark. chdb serves any number of handles on one engine in a
+        process, concurrently (an insert returned in 12 ms during a 5.7 s query); with a
+        ClickHouse server it is simply another connection. Without a sink the API shares
+        ``self.store``.
+        """
+        assert self.store is not None
+        if not self.opts.with_sink:
+            return self.store
+        s = self.settings
+        reader = Store.open(s.clickhouse_dsn, s.clickhouse.database)
+        self._readers.append(reader)
+        return reader
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -248,6 +267,8 @@ class Server:
             self.notifier.stop()
         if self.worker is not None:
             self.worker.stop()
+        for r in self._readers:
+            r.close()
         if self.store is not None:
             self.store.close()
         try:
@@ -261,14 +282,15 @@ class Server:
         self.write_state(url)
         try:
             if self.opts.with_api and self.store is not None:
+                reader = self._reader()
                 import uvicorn
 
                 from traceline.api import create_api
 
-                api = create_api(self.store, health=self.health, lag=self.lag)
+                api = create_api(reader, health=self.health, lag=self.lag)
                 from traceline.cli_alerts import add_alert_routes
 
-                add_alert_routes(api, self.store)
+                add_alert_routes(api, reader)
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
