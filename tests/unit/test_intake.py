@@ -31,8 +31,7 @@ from streams.intake import (
     decode_command_batch,
     judge,
 )
-from tests import oracle
-from tests.unit.test_genealogy_property import histories
+from tests.unit.test_genealogy_property import _oracle_state, histories
 
 SERDE = AvroSerde()
 ENCODED = {e.type: SERDE.encode_event(e) for e in sample_events()}
@@ -185,8 +184,7 @@ def test_batched_writer_with_crashes_equals_oracle(
     batch_events: int,
     dup_count: int,
 ) -> None:
-    o = oracle.genealogy(events)
-    expected = {u: (o.parent[u], o.root(u), o.path[u]) for u in o.units}
+    expected = _oracle_state(events)
     rng = random.Random(seed)
     delivered = list(events) + [rng.choice(events) for _ in range(dup_count)]
     rng.shuffle(delivered)
