@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--keep", action="store_true", help="keep the data dir (and the broker's data)")
         sp.add_argument("--no-alerts", action="store_true", help="run the server without the alert engine")
         sp.add_argument("--sink-batch-size", type=int, default=20_000)
-        sp.add_argument("--sink-batch-seconds", type=float, default=0.5)
+        sp.add_argument("--sink-batch-seconds", type=float, default=0.25)
 
     si = sub.add_parser("ingest", help="sustained end-to-end ingest (events/s, CPU, RSS)")
     common(si)

@@ -143,7 +143,7 @@ class SinkWorker:
         group_id: str = "traceline-sink",
         serde: AvroSerde | None = None,
         batch_size: int = 20_000,
-        batch_seconds: float = 0.5,
+        batch_seconds: float = 0.25,
         recent_ids: int = 1_000_000,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
