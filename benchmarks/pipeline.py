@@ -224,17 +224,22 @@ def _raw_count(stack: Stack) -> int:
     return sum(int(store.query_rows(f"SELECT count() FROM {t}")[1][0][0]) for t in RAW_TABLES)  # noqa: S608
 
 
-# ----------------------------------------------------------------------------- ingest
-
-
-def cmd_ingest(a: argparse.Namespace) -> int:
-    stack = Stack(
+def _stack_for(a: argparse.Namespace) -> Stack:
+    """The stack every command runs on, from the common options."""
+    return Stack(
         partitions=a.partitions,
         data_dir=a.data_dir,
         alerts=not a.no_alerts,
         sink_batch_size=a.sink_batch_size,
         sink_batch_seconds=a.sink_batch_seconds,
     )
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def cmd_ingest(a: argparse.Namespace) -> int:
+    stack = _stack_for(a)
     try:
         stack.up_broker()
         cache = _stack.row_cache(a.events, a.seed)
@@ -373,13 +378,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
             rate = 2000
             log(f"no ingest figure in {last}: rate {rate:,} events/s")
     n = int(rate * (a.duration + a.warmup + 5))
-    stack = Stack(
-        partitions=a.partitions,
-        data_dir=a.data_dir,
-        alerts=not a.no_alerts,
-        sink_batch_size=a.sink_batch_size,
-        sink_batch_seconds=a.sink_batch_seconds,
-    )
+    stack = _stack_for(a)
     try:
         stack.up_broker()
         cache = _stack.row_cache(max(n, a.events), a.seed)
@@ -449,13 +448,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
 def cmd_backlog(a: argparse.Namespace) -> int:
     from traceline.lag import wait_caught_up
 
-    stack = Stack(
-        partitions=a.partitions,
-        data_dir=a.data_dir,
-        alerts=not a.no_alerts,
-        sink_batch_size=a.sink_batch_size,
-        sink_batch_seconds=a.sink_batch_seconds,
-    )
+    stack = _stack_for(a)
     try:
         stack.up_broker()
         cache = _stack.row_cache(a.events, a.seed)

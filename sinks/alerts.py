@@ -278,14 +278,7 @@ class AlertEvaluator:
             out.append(st.admit(self._nc_alert(rec, now)))
         elif type_name == "LotStatusChanged":
             if rec["status"] in HELD_STATUSES:
-                hold = LotState(
-                    rec["status"],
-                    rec["event_time"],
-                    rec["event_id"],
-                    rec.get("reason") or "",
-                    rec.get("site") or "",
-                    rec.get("program") or "",
-                )
+                hold = LotState.from_event(rec)
                 out.append(st.admit(self._lot_held(rec["lot_id"], hold, now)))
         elif type_name == "OperationCompleted":
             alerts, recheck = held_lot_used(rec, st, now)

@@ -164,6 +164,18 @@ class LotState:
     site: str = ""
     program: str = ""
 
+    @classmethod
+    def from_event(cls, rec: Mapping[str, Any]) -> LotState:
+        """The state a decoded ``LotStatusChanged`` event puts its lot in."""
+        return cls(
+            rec["status"],
+            rec["event_time"],
+            rec["event_id"],
+            rec.get("reason") or "",
+            rec.get("site") or "",
+            rec.get("program") or "",
+        )
+
 
 @dataclass(frozen=True)
 class NcState:
@@ -198,15 +210,7 @@ class AlertState:
     def apply(self, type_name: str, rec: Mapping[str, Any]) -> None:
         """Fold one event into the state (idempotent for lots and NCs; last writer by time)."""
         if type_name == "LotStatusChanged":
-            new = LotState(
-                rec["status"],
-                rec["event_time"],
-                rec["event_id"],
-                rec.get("reason") or "",
-                rec.get("site") or "",
-                rec.get("program") or "",
-            )
-            self.set_lot(rec["lot_id"], new)
+            self.set_lot(rec["lot_id"], LotState.from_event(rec))
         elif type_name == "NonconformanceRaised":
             self.set_nc(
                 NcState(
