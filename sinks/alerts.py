@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -82,6 +82,8 @@ RULE_TYPES = frozenset(
 only the framing of the others (``AvroSerde.peek_type``) and does not decode their bodies."""
 
 _NTS = "Nullable(DateTime64(3, 'UTC'))"
+# measurement columns of unit_tests a yield alert lists (read as m_<name>)
+_MEASURED = ("name", "value", "unit", "low_limit", "high_limit", "passed")
 Landed = Callable[[], Mapping[tuple[str, int], int]]  # (topic, partition) -> next offset landed
 
 
@@ -162,6 +164,34 @@ def list_alerts(
 # ----------------------------------------------------------------------------- evaluation
 
 
+@dataclass
+class _Yields:
+    """Tests in (start, end] of the units made from some lots (``AlertEvaluator._yields``)."""
+
+    start: datetime
+    end: datetime
+    consumers: dict[tuple[str, str], set[str]]  # (lot, part) -> units of the part made from the lot
+    tests: dict[str, list[dict[str, Any]]]  # uii -> its tests, by (finished_at, event_id)
+
+    def lot_yield(self, lot_id: str, part: str, start: datetime, end: datetime) -> LotYield:
+        tested: set[str] = set()
+        failing: dict[str, dict[str, Any]] = {}
+        for uii in sorted(self.consumers[(lot_id, part)]):
+            for r in self.tests.get(uii, ()):
+                if not start < r["finished_at"] <= end:
+                    continue
+                tested.add(uii)
+                if r["verdict"] != "FAIL":
+                    continue
+                failed = [
+                    {"name": n, "value": v, "unit": u, "low_limit": lo, "high_limit": hi}
+                    for n, v, u, lo, hi, ok in zip(*(r[f"m_{c}"] for c in _MEASURED), strict=True)
+                    if not ok
+                ]
+                failing[uii] = {"uii": uii, "finished_at": r["finished_at"], "measurements": failed}
+        return LotYield(len(tested), list(failing.values()))
+
+
 class AlertEvaluator:
     """Rules + the ClickHouse reads they need. No Kafka: tests drive it directly."""
 
@@ -178,6 +208,9 @@ class AlertEvaluator:
         self.clock = clock
         self.refresh_done = True
         self._refresh_after = ""  # ncr_id the last refresh slice stopped after
+        # context read for a whole batch (``evaluate_batch``), None outside one
+        self._batch_lots: dict[str, list[str]] | None = None
+        self._batch_yields: _Yields | None = None
 
     def reload(self) -> None:
         self.state = load_state(self.store)
@@ -207,38 +240,48 @@ class AlertEvaluator:
         return LotUsage(self.impact(Trigger("lot", lot_id)), used)
 
     def lots_of(self, uii: str) -> list[str]:
+        if self._batch_lots is not None and uii in self._batch_lots:
+            return self._batch_lots[uii]
+        return self._lots_of([uii]).get(uii, [])
+
+    def _lots_of(self, uiis: Sequence[str]) -> dict[str, list[str]]:
+        """Lots each unit consumed, sorted (one statement for all of them)."""
         rows = self.store.query(
-            "SELECT DISTINCT arrayJoin(consumed_lot_ids) AS lot_id FROM operations WHERE uii = {u:String}"
-            " ORDER BY lot_id",
-            {"u": uii},
+            "SELECT uii, arraySort(groupUniqArray(lot_id)) AS lots FROM operations"
+            " ARRAY JOIN consumed_lot_ids AS lot_id WHERE uii IN {u:Array(String)} GROUP BY uii",
+            {"u": sorted(set(uiis))},
         )
-        return [r["lot_id"] for r in rows]
+        return {r["uii"]: list(r["lots"]) for r in rows}
 
     def lot_yield(self, lot_id: str, part: str, start: datetime, end: datetime) -> LotYield:
+        """Units of ``part`` made from ``lot_id`` tested in (start, end], and the failing ones."""
+        y = self._batch_yields
+        if y is None or (lot_id, part) not in y.consumers or start < y.start or end > y.end:
+            y = self._yields([lot_id], [part], start, end)
+        return y.lot_yield(lot_id, part, start, end)
+
+    def _yields(self, lots: Sequence[str], parts: Sequence[str], start: datetime, end: datetime) -> _Yields:
+        """The tests in (start, end] of every unit of ``parts`` made from ``lots``: two statements
+        for any number of lots, parts and failed tests (see ``evaluate_batch``)."""
+        params = {"l": sorted(set(lots)), "p": sorted(set(parts)), "s": start, "e": end}
+        made = "lot_id IN {l:Array(String)} AND part_number IN {p:Array(String)}"
+        consumers: dict[tuple[str, str], set[str]] = {(lot, p): set() for lot in lots for p in parts}
+        made_sql = f"SELECT DISTINCT lot_id, part_number, uii FROM lot_consumption WHERE {made}"
+        for r in self.store.query(made_sql, params):
+            consumers[(r["lot_id"], r["part_number"])].add(r["uii"])
+        # the measurements are only read for failed tests (the rules list what failed)
         rows = self.store.query(
-            "SELECT uii, verdict, finished_at, `measurements.name` AS n, `measurements.value` AS v,"
-            " `measurements.unit` AS un, `measurements.low_limit` AS lo, `measurements.high_limit` AS hi,"
-            " `measurements.passed` AS ok FROM unit_tests"
-            " WHERE uii IN (SELECT uii FROM lot_consumption WHERE lot_id = {l:String}"
-            " AND part_number = {p:String}) AND finished_at > {s:DateTime64(3, 'UTC')}"
-            " AND finished_at <= {e:DateTime64(3, 'UTC')}"
+            "SELECT uii, verdict, finished_at, "
+            + ", ".join(f"if(verdict = 'FAIL', `measurements.{c}`, []) AS m_{c}" for c in _MEASURED)
+            + f" FROM unit_tests WHERE uii IN (SELECT uii FROM lot_consumption WHERE {made})"
+            " AND finished_at > {s:DateTime64(3, 'UTC')} AND finished_at <= {e:DateTime64(3, 'UTC')}"
             " ORDER BY uii, finished_at, event_id LIMIT 1 BY event_id",
-            {"l": lot_id, "p": part, "s": start, "e": end},
+            params,
         )
-        tested = {r["uii"] for r in rows}
-        failing: dict[str, dict[str, Any]] = {}
+        tests: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            if r["verdict"] != "FAIL":
-                continue
-            failed = [
-                {"name": n, "value": v, "unit": u, "low_limit": lo, "high_limit": hi}
-                for n, v, u, lo, hi, ok in zip(
-                    r["n"], r["v"], r["un"], r["lo"], r["hi"], r["ok"], strict=True
-                )
-                if not ok
-            ]
-            failing[r["uii"]] = {"uii": r["uii"], "finished_at": r["finished_at"], "measurements": failed}
-        return LotYield(len(tested), list(failing.values()))
+            tests.setdefault(r["uii"], []).append(r)
+        return _Yields(start, end, consumers, tests)
 
     def bench_tests(self, bench: str, calibration_id: str) -> BenchTests:
         r = self.store.query(
@@ -269,6 +312,34 @@ class AlertEvaluator:
         )
 
     # -- rules --------------------------------------------------------------------------
+    def evaluate_batch(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Alert]:
+        """Alerts for the events of one landed batch, in order (``evaluate`` each).
+
+        The context reads of the failed tests do not depend on the rule state, only on the
+        store, which holds the whole batch already: they are made once for the batch before
+        the rules run (the lots of every failed unit, then the tests of every unit made from
+        those lots in the union of the windows: three statements instead of one plus one per
+        lot per failed test). Everything else is read per event as in ``evaluate``."""
+        failed = [
+            (f"{r['unit']['part_number']}:{r['unit']['serial_number']}", r["unit"]["part_number"], r)
+            for t, r in events
+            if t == "UnitTested" and r["verdict"] == "FAIL"
+        ]
+        if failed:
+            self._batch_lots = self._lots_of([u for u, _p, _r in failed])
+            lots = sorted({lot for u, _p, _r in failed for lot in self._batch_lots.get(u, [])})
+            if lots:
+                self._batch_yields = self._yields(
+                    lots,
+                    sorted({p for _u, p, _r in failed}),
+                    min(window_start(r, self.rules) for _u, _p, r in failed),
+                    max(r["finished_at"] for _u, _p, r in failed),
+                )
+        try:
+            return [a for t, r in events for a in self.evaluate(t, r)]
+        finally:
+            self._batch_lots = self._batch_yields = None
+
     def evaluate(self, type_name: str, rec: Mapping[str, Any]) -> list[Alert]:
         """Alerts (admitted: new or changed) for one landed event."""
         st, cfg, now = self.state, self.rules, self.clock()
@@ -548,6 +619,7 @@ class AlertEngine:
                 need[(t, p)] = max(need.get((t, p), 0), o + 1)
             if not self._wait_landed(need):
                 return 0  # stopping: nothing committed
+            batch: list[tuple[str, Mapping[str, Any]]] = []
             for m in msgs:
                 value = m.value() or b""
                 try:
@@ -559,7 +631,8 @@ class AlertEngine:
                     self.stats.undecodable_skipped += 1  # the sink dead-letters it
                     continue
                 self.stats.events += 1
-                alerts += self.evaluator.evaluate(type_name, rec)
+                batch.append((type_name, rec))
+            alerts += self.evaluator.evaluate_batch(batch)
         if (
             self.rules.nc_refresh_seconds > 0
             and time.monotonic() - self._last_refresh > self.rules.nc_refresh_seconds

@@ -27,7 +27,7 @@ from schemas.topics import TopicNames
 from sinks.alerts import AlertEngine, AlertEvaluator, list_alerts, load_state, sink_positions
 from sinks.rows import SinkRecord, alert_rows, genealogy_rows, rows_for_batch
 from sinks.store import Store
-from streams.alerts import AlertRules
+from streams.alerts import AlertRules, window_start
 from tests import oracle
 
 pytestmark = pytest.mark.integration
@@ -313,6 +313,55 @@ def test_suspect_lot_and_out_of_calibration_on_the_store(store: Store) -> None:
         {"b": bench},
     )
     assert {r["uii"]: r["out_of_calibration"] for r in flags} == {base[0]: False, base[1]: True}
+
+
+def test_batched_yield_reads_equal_the_per_event_reads(store: Store) -> None:
+    """``evaluate_batch`` reads the failed tests' lots and yields once per batch: the alerts and
+    every LotYield equal the per-event reads (overlapping lots, two parts, windows that cut
+    some failures off, a duplicated test event)."""
+    l1, l2, good = _p("BL"), _p("BL"), _p("BG")
+    amp = [f"AMP:{_p('ba')}" for _ in range(6)]
+    psu = [f"PSU:{_p('bp')}" for _ in range(4)]
+    base = [f"AMP:{_p('bb')}" for _ in range(20)]
+    h = lambda n: T0 + timedelta(hours=n)  # noqa: E731
+    events = [operation(u, [l1] if i < 3 else [l1, l2], h(0)) for i, u in enumerate(amp)]
+    events += [operation(u, [l1], h(0)) for u in psu]
+    events += [operation(u, [good], h(0)) for u in base]
+    events += [unit_tested(u, "PASS", h(1)) for u in base]
+    tests = [
+        unit_tested(amp[0], "PASS", h(1)),
+        unit_tested(amp[1], "FAIL", h(1)),
+        unit_tested(amp[2], "FAIL", h(2)),
+        unit_tested(amp[3], "FAIL", h(3)),
+        unit_tested(psu[3], "PASS", h(1)),
+        *(unit_tested(u, "FAIL", h(2)) for u in psu[:3]),
+        unit_tested(amp[4], "FAIL", h(40)),  # 24 h window: amp[1..3] are out of it
+        unit_tested(amp[5], "FAIL", h(41)),
+    ]
+    tests.append(tests[3])  # a re-sent event
+    events += tests
+    land(store, events)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    one, batched = (AlertEvaluator(store, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for _ in "ab")
+    per_event = [a for t, r in events for a in one.evaluate(t, r)]
+    in_batch = batched.evaluate_batch(events)
+    key = [(a.alert_id, a.version, a.units, a.details) for a in per_event]
+    assert key == [(a.alert_id, a.version, a.units, a.details) for a in in_batch]
+    assert {a.alert_id: a.units for a in per_event} == {
+        f"SUSPECT_LOT_YIELD:{l1}:AMP": sorted(amp[1:4]),
+        f"SUSPECT_LOT_YIELD:{l1}:PSU": sorted(psu[:3]),
+    }
+    # and each yield read on its own equals the batch's
+    failed = [r for _t, r in tests if r["verdict"] == "FAIL"]
+    lots = one._lots_of([f"{r['unit']['part_number']}:{r['unit']['serial_number']}" for r in failed])
+    assert lots[amp[3]] == sorted([l1, l2]) and lots[psu[0]] == [l1]
+    cfg = one.rules
+    ys = one._yields([l1, l2], ["AMP", "PSU"], h(0), h(42))
+    for r in failed:
+        uii, part = f"{r['unit']['part_number']}:{r['unit']['serial_number']}", r["unit"]["part_number"]
+        for lot in lots[uii]:
+            start, end = window_start(r, cfg), r["finished_at"]
+            assert ys.lot_yield(lot, part, start, end) == one.lot_yield(lot, part, start, end)
 
 
 # ----------------------------------------------------------------------------- property: NC impact = oracle
