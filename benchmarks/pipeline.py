@@ -367,6 +367,22 @@ def _hook_visibility(sink: Any, topic: str, seen: dict[str, float]) -> None:
     sink._land = land
 
 
+def _sink_stages(st: Any) -> dict[str, float]:
+    return {"batches": st.batches, "events": st.events_landed, **st.stage_seconds}
+
+
+def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per sink batch between two snapshots: events, and milliseconds per stage."""
+    n = after["batches"] - before["batches"]
+    if n <= 0:
+        return {}
+    out = {"events": round((after["events"] - before["events"]) / n)}
+    for k in after:
+        if k not in ("batches", "events"):
+            out[f"{k}_ms"] = round((after[k] - before.get(k, 0.0)) * 1000 / n, 1)
+    return out
+
+
 def cmd_latency(a: argparse.Namespace) -> int:
     rate = a.rate
     if not rate:
@@ -393,15 +409,18 @@ def cmd_latency(a: argparse.Namespace) -> int:
         watch = ProcWatch(_procs(stack, pub))
         t0 = time.monotonic()
         started = False
+        stages0: dict[str, float] = {}
         while pub.is_alive():
             time.sleep(1.0)
             watch.sample_rss()
             if not started and time.monotonic() - t0 >= a.warmup:
                 watch.start()
+                stages0 = _sink_stages(server.sink.stats)
                 started = True
             if time.monotonic() - t0 >= a.warmup + a.duration:
                 break
         procs = watch.stop()
+        stages = _stage_means(stages0, _sink_stages(server.sink.stats)) if started else {}
         _stop_publisher(pub)
         t_end = time.monotonic() + 30.0  # let what was published become visible
         while time.monotonic() < t_end and server.sink.stats.events_landed < pub.published.value:
@@ -424,6 +443,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
             p99_ms=round(_pct(lat, 99), 1),
             max_ms=round(max(lat), 1) if lat else None,
             loadavg_after=_stack.loadavg(),
+            sink_batch_ms=stages,
             **procs,
         )
         rows = [
@@ -433,6 +453,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
             ("publish -> queryable p99", f"{res['p99_ms']} ms"),
             ("max", f"{res['max_ms']} ms"),
             ("samples (1 in 16 events)", f"{len(lat):,} ({missing} not visible at the end)"),
+            ("sink, mean per batch", ", ".join(f"{k} {v:,}" for k, v in stages.items())),
         ]
         for k, v in procs["cpu_cores"].items():
             rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
