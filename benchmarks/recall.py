@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from queries.recall import to_jsonable
 from sinks.ddl import lot_units_backfill
 from sinks.store import Store
 
@@ -546,18 +547,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_mod = [(mname, cases_of(q)) for mname, q in mods]
     results: dict[str, Any] = {}
     sizes: dict[str, list[int]] = {}
+    checked = {"compared": 0, "differ": 0}
+
+    def check(name: str, key: str, outs: list[Any]) -> None:
+        """--check: every module's answer for ``key`` equals the first module's."""
+        if not (args.check and multi):
+            return
+        first = to_jsonable(outs[0])
+        for (m, _c), out in zip(per_mod[1:], outs[1:], strict=True):
+            checked["compared"] += 1
+            if to_jsonable(out) != first:
+                checked["differ"] += 1
+                _log(f"ANSWERS DIFFER: {name}({key}): {per_mod[0][0]} vs {m}")
+
     for name, (_fn, keys, cold_keys) in per_mod[0][1].items():
         label = {m: f"{m}:{name}" if multi else name for m, _c in per_mod}
         cold: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         for i, k in enumerate(cold_keys, 1):
+            outs = []
             for m, cases in per_mod:
                 _drop_caches(store)
-                cold[m].append(_time(lambda k=k, fn=cases[name][0]: fn(k))[0])
+                dt, out = _time(lambda k=k, fn=cases[name][0]: fn(k))
+                cold[m].append(dt)
+                outs.append(out)
+            check(name, k, outs)
             if i % 25 == 0:
                 _log(f"{name}: cold {i}/{len(cold_keys)}")
         for k in keys:  # first touch of the warm sample (not counted), then warm rounds
-            for _m, cases in per_mod:
-                cases[name][0](k)
+            check(name, k, [cases[name][0](k) for _m, cases in per_mod])
         warm: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         n_units: list[int] = []
         for r in range(args.rounds):
@@ -589,6 +606,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "units_per_call": {k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in sizes.items() if v},
         "results": results,
     }
+    if args.check and multi:
+        summary["answers"] = checked
     return summary
 
 
@@ -645,10 +664,20 @@ def main(argv: list[str] | None = None) -> int:
         "(default queries.recall); several, comma-separated, run interleaved key by key so they "
         "share the machine's load (e.g. an older copy of the module to compare)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="with several --queries modules: compare their answers (as JSON) on every key of the "
+        "cold runs and the first warm touch; differences are logged and make the exit status 1",
+    )
     args = p.parse_args(argv)
     summary = run(args)
     print(json.dumps(summary, sort_keys=True))
     print(_table(summary))
+    if "answers" in summary:
+        a = summary["answers"]
+        print(f"answers compared: {a['compared']}, differ: {a['differ']}")
+        return 1 if a["differ"] else 0
     return 0
 
 

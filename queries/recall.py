@@ -18,10 +18,17 @@ statements as possible, every read a point or IN-set lookup on a table's ORDER B
   every fact for). ``lot_units`` decides only WHICH units are fetched; their genealogy is read
   from ``unit_facts``, so a row the genealogy processor has not updated yet costs a round
   trip, never a different answer.
-* backward trace: the genealogy in one statement (root, ``root_members`` candidates, their
-  genealogy rows), everything below in a second (operations and tests of the units and of the
-  serialised units they consumed, lot_transformed and receipts of the lots consumed), then
-  one query per further upstream lot level.
+* Python over the facts: rows arrive as Arrow columns turned into plain lists (no dict per
+  row), and ``_Facts.add`` reduces them in one pass to what the answer needs per unit (latest
+  genealogy, shipment, verdict; consumers, assemblies, removals); the keys of the facts
+  statement are bound as one string the client sends as it is (``_keys_param``). A
+  2,500-board lot: ~75 -> ~25 ms of Python at 1M serials (docs/BENCHMARKS.md, 2026-11-27).
+* backward trace: the genealogy in one statement when the unit is its own root (a final
+  system: ``root_members`` under the unit, and the candidates' genealogy rows), two when it
+  sits in an assembly; then the operations of the units (and of the serialised units they
+  consumed, one read per level), ``lot_transformed`` per upstream lot level, the receipts and
+  the tests. Duplicate rows of a re-sent event are dropped in Python (``_first_per_event``)
+  rather than by ``LIMIT 1 BY event_id``, which costs ~0.3-1.2 ms per read at 10M serials.
 
 Genealogy is the ``GENEALOGY`` fact with the highest ``seq`` per uii (exact before merges).
 Units with no genealogy fact were never assembled: they are their own root.
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import gc
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,6 +62,7 @@ __all__ = [
     "RecallImpact",
     "forward_trace",
     "backward_trace",
+    "backward_traces",
     "recall_impact",
     "to_jsonable",
     "TRIGGER_KINDS",
@@ -259,107 +268,163 @@ def _key(attrs: Sequence[str | None]) -> tuple[str, ...]:  # a total order for t
     return tuple("" if a is None else a for a in attrs)
 
 
-@dataclass
+# one fact row as it comes off the wire: (uii, kind, link, path, seq, event_time ms, attrs)
+_FactRow = tuple[str, str, "str | None", list[str], int, int, list["str | None"]]
+_Ship = list["str | None"]  # [shipment_id, customer_id, destination_site, end_system]
+
+
 class _Facts:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    fetched: set[str] = field(default_factory=set)
-    missing: set[str] = field(default_factory=set)  # asked for but not fetched (this pass)
-    _by_kind: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-    _memo: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """The facts of the units fetched so far, reduced per unit and kind as they arrive (one
+    pass over the rows, no per-row objects kept): the latest genealogy (highest (seq, time),
+    the first row on a tie), the latest shipment and test (highest (time, attrs)), and the
+    consumption / assembly / removal rows. ``fetched`` is exactly the set of units it holds
+    every fact for; asking about another unit notes it in ``missing`` (see ``_resolve``)."""
+
+    __slots__ = (
+        "fetched",
+        "missing",
+        "_adj",
+        "_gen",
+        "_ship",
+        "_test",
+        "_consumed",
+        "_assembled",
+        "_removed",
+    )
+
+    def __init__(self) -> None:
+        self.fetched: set[str] = set()
+        self.missing: set[str] = set()  # asked for but not fetched (this pass)
+        self._adj: dict[str, list[str]] = {}  # uii -> every path element and link of its rows
+        self._gen: dict[str, tuple[int, int, str | None, list[str]]] = {}  # (seq, time, parent, path)
+        self._ship: dict[str, tuple[int, _Ship]] = {}  # (time, attrs)
+        self._test: dict[str, tuple[int, list[str | None]]] = {}  # (time, attrs)
+        self._consumed: dict[str, dict[str, tuple[int, str | None]]] = {}  # consumer -> (time, site)
+        self._assembled: dict[str, list[tuple[str, int]]] = {}  # (parent, time)
+        self._removed: dict[str, list[tuple[str | None, int, str | None]]] = {}  # (parent, time, reason)
+
+    @property
+    def units(self) -> list[str]:
+        """Units any row came back for."""
+        return list(self._adj)
 
     def _linked(self, keys: Iterable[str]) -> set[str]:
         out = set(keys)
+        adj = self._adj
         for k in list(out):
-            for r in self.rows.get(k, ()):
-                out.update(r["path"])
-                if r["link"] is not None:
-                    out.add(r["link"])
+            out.update(adj.get(k, ()))
         return out
 
-    def add(self, rows: Iterable[dict[str, Any]], seeds: Iterable[str]) -> None:
-        fresh: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r["uii"] not in self.fetched:
-                fresh.setdefault(r["uii"], []).append(r)
-        self.rows.update(fresh)
-        for u, rs in fresh.items():
-            for r in rs:
-                self._by_kind.setdefault((u, r["kind"]), []).append(r)
-        # exactly what _facts_sql fetched: the seeds and two links around them
+    def _forget(self, u: str) -> None:
+        for d in (self._gen, self._ship, self._test, self._consumed, self._assembled, self._removed):
+            d.pop(u, None)
+
+    def add(self, rows: Iterable[_FactRow], seeds: Iterable[str]) -> None:
+        """Take the rows of units not fetched yet (a unit's rows replace what an earlier
+        statement returned for it), then mark the seeds and two links around them fetched:
+        exactly what ``_facts_sql`` fetched."""
+        fetched, adj, gen, ship, test = self.fetched, self._adj, self._gen, self._ship, self._test
+        batch: set[str] = set()
+        prev: str | None = None
+        skip = True
+        a: list[str] = []
+        for u, kind, link, path, seq, t, attrs in rows:
+            if u != prev:  # rows come grouped by uii; the checks below hold for any order
+                prev = u
+                skip = u in fetched
+                if skip:
+                    continue
+                if u in batch:
+                    a = adj[u]
+                else:
+                    batch.add(u)
+                    if u in adj:
+                        self._forget(u)
+                    a = adj[u] = []
+            elif skip:
+                continue
+            if path:
+                a.extend(path)
+            if link is not None:
+                a.append(link)
+            if kind == "GENEALOGY":  # highest (seq, time), then the smallest parent (NULL last)
+                g = gen.get(u)
+                if (
+                    g is None
+                    or seq > g[0]
+                    or (
+                        seq == g[0]
+                        and (t > g[1] or (t == g[1] and link is not None and (g[2] is None or link < g[2])))
+                    )
+                ):
+                    gen[u] = (seq, t, link, path)
+            elif kind == "TESTED":  # highest (time, attrs); the first row on a tie
+                v = test.get(u)
+                if v is None or t > v[0] or (t == v[0] and _key(attrs) > _key(v[1])):
+                    test[u] = (t, attrs)
+            elif kind == "ASSEMBLED":
+                self._assembled.setdefault(u, []).append((link, t))  # type: ignore[arg-type]
+            elif kind == "SHIPPED":
+                sh = ship.get(u)
+                if sh is None or t > sh[0] or (t == sh[0] and _key(attrs) > _key(sh[1])):
+                    ship[u] = (t, attrs)
+            elif kind == "CONSUMED_BY":  # per consumer: the latest row
+                c = self._consumed.setdefault(u, {})
+                if link not in c or t > c[link][0]:
+                    c[link] = (t, attrs[0])  # type: ignore[index]
+            elif kind == "REMOVED":
+                self._removed.setdefault(u, []).append((link, t, attrs[0] if attrs else None))
         self.fetched |= self._linked(self._linked(seeds))
 
     def need(self, keys: Iterable[str]) -> None:
         """Note the keys not fetched yet; the pass's result is discarded and rerun after a fetch."""
         self.missing.update(k for k in keys if k not in self.fetched)
 
-    def of(self, uii: str, kind: str) -> list[dict[str, Any]]:
+    def genealogy(self, uii: str) -> tuple[str | None, str, list[str]]:
+        """Current (parent, root, path); a unit never assembled is its own root."""
         if uii not in self.fetched:
             self.missing.add(uii)
-            return []
-        return self._by_kind.get((uii, kind), [])
+            return None, uii, []
+        g = self._gen.get(uii)
+        if g is None:
+            return None, uii, []
+        path = g[3]  # root last; a unit without ancestors is its own root
+        return g[2], path[-1] if path else uii, path
 
-    def _memoized(self, what: str, uii: str, fn: Any) -> Any:
-        key = (what, uii)
-        if key in self._memo:
-            return self._memo[key]
-        out = fn(uii)
-        if uii in self.fetched:  # facts of a fetched unit never change
-            self._memo[key] = out
-        return out
-
-    def genealogy(self, uii: str) -> tuple[str | None, str, list[str]]:
-        return self._memoized("g", uii, self._genealogy)
-
-    def shipment(self, uii: str) -> dict[str, Any] | None:
-        return self._memoized("s", uii, self._shipment)
+    def shipment(self, uii: str) -> _Ship | None:
+        """[shipment_id, customer_id, destination_site, end_system] of the latest shipment."""
+        if uii not in self.fetched:
+            self.missing.add(uii)
+            return None
+        s = self._ship.get(uii)
+        return s[1] if s is not None else None
 
     def verdict(self, uii: str) -> str | None:
-        return self._memoized("v", uii, self._verdict)
-
-    def _genealogy(self, uii: str) -> tuple[str | None, str, list[str]]:
-        """Current (parent, root, path); a unit never assembled is its own root."""
-        g = self.of(uii, "GENEALOGY")
-        if not g:
-            return None, uii, []
-        r = max(g, key=lambda r: (r["seq"], r["event_time"]))
-        path = list(r["path"])  # root last; a unit without ancestors is its own root
-        return r["link"], path[-1] if path else uii, path
-
-    def _shipment(self, uii: str) -> dict[str, Any] | None:
-        s = self.of(uii, "SHIPPED")
-        if not s:
+        if uii not in self.fetched:
+            self.missing.add(uii)
             return None
-        r = max(s, key=lambda r: (r["event_time"], _key(r["attrs"])))
-        shipment_id, customer_id, destination_site, end_system = r["attrs"]
-        return {
-            "uii": uii,
-            "shipment_id": shipment_id,
-            "customer_id": customer_id,
-            "destination_site": destination_site,
-            "end_system": end_system,
-            "shipped_at": _ms(r["event_time"]),
-        }
+        v = self._test.get(uii)
+        return v[1][0] if v is not None else None
 
-    def _verdict(self, uii: str) -> str | None:
-        t = self.of(uii, "TESTED")
-        return max(t, key=lambda r: (r["event_time"], _key(r["attrs"])))["attrs"][0] if t else None
+    def consumers(self, uii: str) -> dict[str, tuple[int, str | None]]:
+        """Consuming unit -> (time, site of the consuming operation) of its latest row."""
+        if uii not in self.fetched:
+            self.missing.add(uii)
+            return {}
+        return self._consumed.get(uii, {})
 
 
 def _fetch(store: _Store, facts: _Facts, keys: Iterable[str]) -> None:
     seeds = sorted(set(keys) - facts.fetched)
     if seeds:
-        facts.add(_rows(store, _facts_sql("{seeds:Array(String)}"), {"seeds": seeds}), seeds)
+        facts.add(_fact_rows(store, _facts_sql("{seeds:Array(String)}"), {"seeds": seeds}), seeds)
 
 
 def _fetch_exact(store: _Store, facts: _Facts, keys: Iterable[str]) -> None:
     """Every fact of exactly ``keys`` (no links around them)."""
     want = sorted(set(keys) - facts.fetched)
     if want:
-        if any("\n" in k for k in want):  # not a plausible UII, but then bind it as an array
-            rows = _rows(store, _EXACT_FACTS_ARRAY_SQL, {"keys": want})
-        else:
-            rows = _rows(store, _EXACT_FACTS_SQL, {"keys": "\n".join(want)})
-        facts.add(rows, [])
+        facts.add(_fact_rows(store, *_keys_param(want)), [])
         facts.fetched.update(want)
 
 
@@ -383,24 +448,61 @@ _LOT_UNITS_SQL = (
     " UNION ALL SELECT DISTINCT 'E', input_lot_id, output_lot_id, toString(transformation),"
     " CAST([], 'Array(String)'), toUInt64(0) FROM lot_lineage WHERE input_lot_id IN {lots:Array(String)}"
 )
-# every fact of exactly the given units (the latest row per uii, kind, link). The keys go in
-# as one newline-separated string: binding a long Array(String) costs ~4 us per element in the
-# client (13 ms for the 3,400 units of a 2,500-board lot); the IN set still uses the index.
+_LOT_UNITS_COLS = ("k", "a", "b", "c", "path", "seq")
+# every fact of exactly the given units (the latest row per uii, kind, link; returning every row
+# unsorted and reducing in Python was measured at 10M serials: -0.7 ms for a 200-board lot, +3 ms
+# for a 2,500-board one, whose units carry ~2.6 genealogy versions each). The keys go in as one
+# string, separated by _SEP: binding a long Array(String) costs ~4 us per element in the client
+# (13 ms for the 3,400 units of a 2,500-board lot); the IN set still uses the index.
+_SEP = "\x1f"  # ASCII unit separator
 _EXACT_FACTS_SQL = (
-    f"SELECT * FROM ({_F_SELECT} WHERE uii IN splitByChar('\\n', {{keys:String}})"
+    f"SELECT * FROM ({_F_SELECT} WHERE uii IN splitByChar('\\x1F', {{keys:String}})"
     " ORDER BY uii, kind, link, seq DESC, event_time DESC LIMIT 1 BY uii, kind, link)"
 )
-_EXACT_FACTS_ARRAY_SQL = _EXACT_FACTS_SQL.replace("splitByChar('\\n', {keys:String})", "{keys:Array(String)}")
+_EXACT_FACTS_ARRAY_SQL = _EXACT_FACTS_SQL.replace(
+    "splitByChar('\\x1F', {keys:String})", "{keys:Array(String)}"
+)
+# what clickhouse-connect escapes in a bound String (binding.must_escape)
+_ESCAPED = frozenset("\\'`\t\n")
 
 
-def _rows(store: _Store, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows as dicts, moved as Arrow columns when the store can (much cheaper per row than the
-    row-wise path; the recall statements return no datetimes, so nothing needs converting)."""
+class _Verbatim:
+    """A bound ``String`` parameter whose text holds no character the client escapes, so its
+    ``str()`` is exactly what the client would send for the plain string; the client formats
+    objects it does not know with ``str()``. Its per-character escaping loop otherwise costs
+    ~0.3 us per character (7 ms for the 42,000 characters of a 2,500-board lot's keys)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _keys_param(keys: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The exact-facts statement and its parameters for ``keys``: one separator-joined string
+    when no key holds a character the client escapes (or the separator), else an array."""
+    text = _SEP.join(keys)
+    if _ESCAPED.isdisjoint(text) and text.count(_SEP) == len(keys) - 1:
+        return _EXACT_FACTS_SQL, {"keys": _Verbatim(text)}
+    return _EXACT_FACTS_ARRAY_SQL, {"keys": list(keys)}
+
+
+def _columns(store: _Store, sql: str, params: dict[str, Any], names: Sequence[str]) -> list[list[Any]]:
+    """The result's columns ``names``, each as a list, moved as Arrow columns when the store can
+    (no per-row dict; the recall statements return no datetimes, so nothing needs converting)."""
     query_arrow = getattr(store, "query_arrow", None)
     if query_arrow is None:
-        return store.query(sql, params)
-    rows: list[dict[str, Any]] = query_arrow(sql, params).to_pylist()
-    return rows
+        rows = store.query(sql, params)
+        return [[r[n] for r in rows] for n in names]
+    tbl = query_arrow(sql, params)
+    return [tbl.column(n).to_pylist() for n in names]
+
+
+def _fact_rows(store: _Store, sql: str, params: dict[str, Any]) -> Iterable[_FactRow]:
+    return zip(*_columns(store, sql, params, _FACT_COLS), strict=True)
 
 
 def _seed_from_lots(
@@ -418,27 +520,37 @@ def _seed_from_lots(
     hops: dict[str, LotHop] = {s: LotHop(s, None, 0) for s in lot_ids}
     if not hops:
         return hops, {}
-    rows = _rows(store, _LOT_UNITS_SQL, {"lots": sorted(hops)})
-    if any(r["k"] == "E" and r["b"] not in hops for r in rows):
+    cols = _columns(store, _LOT_UNITS_SQL, {"lots": sorted(hops)}, _LOT_UNITS_COLS)
+    if any(k == "E" and b not in hops for k, b in zip(cols[0], cols[2], strict=True)):
         hops = _lot_closure(store, lot_ids)
-        rows = _rows(store, _LOT_UNITS_SQL, {"lots": sorted(hops)})
+        cols = _columns(store, _LOT_UNITS_SQL, {"lots": sorted(hops)}, _LOT_UNITS_COLS)
     latest: dict[tuple[str, str], tuple[int, list[str]]] = {}  # (lot, uii) -> (seq, path)
     site: dict[tuple[str, str], str] = {}  # (lot, uii) -> smallest site
-    for r in rows:
-        if r["k"] != "U":
+    for k, lot, u, c, path, seq in zip(*cols, strict=True):
+        if k != "U":
             continue
-        key = (r["a"], r["b"])
-        if key not in latest or r["seq"] > latest[key][0]:
-            latest[key] = (r["seq"], r["path"])
-        if key not in site or r["c"] < site[key]:
-            site[key] = r["c"]
+        key = (lot, u)
+        old = latest.get(key)
+        if old is None:
+            latest[key] = (seq, path)
+            site[key] = c
+            continue
+        if seq > old[0]:
+            latest[key] = (seq, path)
+        if c < site[key]:
+            site[key] = c
     hits: Hits = {}
     keys: set[str] = set()
+    traces: dict[str, list[str]] = {}
     for lot, u in sorted(latest):
+        key = (lot, u)
         keys.add(u)
-        keys.update(latest[(lot, u)][1])
+        keys.update(latest[key][1])
         if u not in hits:
-            hits[u] = ([*prefix, *_lot_trace(hops, lot), f"uii:{u}"], site[(lot, u)])
+            trace = traces.get(lot)
+            if trace is None:
+                trace = traces[lot] = [*prefix, *_lot_trace(hops, lot)]
+            hits[u] = ([*trace, f"uii:{u}"], site[key])
     _fetch_exact(store, facts, keys)
     return hops, hits
 
@@ -452,23 +564,28 @@ def _unit_closure(facts: _Facts, seeds: Hits) -> Hits:
         hops += 1
         nxt = []
         for consumed in frontier:
-            rows = sorted(facts.of(consumed, "CONSUMED_BY"), key=lambda r: (r["link"], r["event_time"]))
-            for r in rows:
-                c = r["link"]
+            rows = facts.consumers(consumed)
+            if not rows:
+                continue
+            for c in sorted(rows):
                 if c not in found:
+                    c_site = rows[c][1]
                     trace, _site = found[consumed]
-                    found[c] = ([*trace, f"uii:{c}"], r["attrs"][0])
+                    found[c] = ([*trace, f"uii:{c}"], c_site)
                     nxt.append(c)
         frontier = sorted(nxt)
     return found
 
 
 def _status(
-    chain: list[str], root: str, ships: dict[str, dict[str, Any]], verdicts: dict[str, str]
-) -> tuple[str, dict[str, Any] | None, str | None]:
-    for u in chain:  # the unit first, then its ancestors up to the root
-        if u in ships:
-            return "shipped", ships[u], u
+    u: str, path: list[str], root: str, ships: dict[str, _Ship], verdicts: dict[str, str]
+) -> tuple[str, _Ship | None, str | None]:
+    """The unit first, then its ancestors up to the root: the closest shipment wins."""
+    if u in ships:
+        return "shipped", ships[u], u
+    for a in path:
+        if a in ships:
+            return "shipped", ships[a], a
     if verdicts.get(root) == "PASS":
         return "in_stock", None, None
     return "in_work", None, None
@@ -476,19 +593,26 @@ def _status(
 
 def _state(
     facts: _Facts, nodes: Iterable[str]
-) -> tuple[dict[str, tuple[str | None, str, list[str]]], dict[str, dict[str, Any]], dict[str, str]]:
+) -> tuple[dict[str, tuple[str | None, str, list[str]]], dict[str, _Ship], dict[str, str]]:
     """Genealogy of ``nodes``, shipments of them and their ancestors, verdicts of their roots."""
-    gen = {u: facts.genealogy(u) for u in nodes}
-    ships: dict[str, dict[str, Any]] = {}
+    genealogy, shipment, verdict = facts.genealogy, facts.shipment, facts.verdict
+    gen = {u: genealogy(u) for u in nodes}
+    ships: dict[str, _Ship] = {}
     verdicts: dict[str, str] = {}
+    asked: set[str] = set()
+    roots: set[str] = set()
     for u, (_parent, root, path) in gen.items():
         for n in (u, *path):
-            s = facts.shipment(n)
-            if s is not None:
-                ships[n] = s
-        v = facts.verdict(root)
-        if v is not None:
-            verdicts[root] = v
+            if n not in asked:
+                asked.add(n)
+                s = shipment(n)
+                if s is not None:
+                    ships[n] = s
+        if root not in roots:
+            roots.add(root)
+            v = verdict(root)
+            if v is not None:
+                verdicts[root] = v
     return gen, ships, verdicts
 
 
@@ -498,7 +622,11 @@ def _build_units(facts: _Facts, hits: Hits) -> list[AffectedUnit]:
     for u in sorted(hits):
         trace, site = hits[u]
         parent, root, path = gen[u]
-        status, ship, shipped_uii = _status([u, *path], root, ships, verdicts)
+        status, ship, shipped_uii = _status(u, path, root, ships, verdicts)
+        if ship is None:
+            shipment_id = customer_id = destination_site = end_system = None
+        else:
+            shipment_id, customer_id, destination_site, end_system = ship
         units.append(
             AffectedUnit(
                 uii=u,
@@ -510,10 +638,10 @@ def _build_units(facts: _Facts, hits: Hits) -> list[AffectedUnit]:
                 status=status,
                 site=site,
                 shipped_uii=shipped_uii,
-                shipment_id=ship["shipment_id"] if ship else None,
-                customer_id=ship["customer_id"] if ship else None,
-                destination_site=ship["destination_site"] if ship else None,
-                end_system=ship["end_system"] if ship else None,
+                shipment_id=shipment_id,
+                customer_id=customer_id,
+                destination_site=destination_site,
+                end_system=end_system,
             )
         )
     return units
@@ -521,42 +649,45 @@ def _build_units(facts: _Facts, hits: Hits) -> list[AffectedUnit]:
 
 def _past_holders(facts: _Facts, units: list[AffectedUnit]) -> list[PastHolder]:
     """Parents that once held an affected unit, or one of its current ancestors, but do not now."""
-    # every node on an affected chain -> (the last chain it was seen on, its index there): its
-    # current ancestors are that chain above it; the set is only built for nodes with assemblies
-    seen: dict[str, tuple[list[str], int]] = {}
+    # every node on an affected chain -> (the path of the last affected unit it was seen on, its
+    # index there: its current ancestors are the path after it) and the affected unit it leads
+    # to (the first one)
+    where: dict[str, tuple[list[str], int]] = {}
     leads_to: dict[str, str] = {}
     for au in units:
-        chain = [au.uii, *au.path]
-        for i, node in enumerate(chain):
-            seen[node] = (chain, i)
-            leads_to.setdefault(node, au.uii)
+        u, path = au.uii, au.path
+        where[u] = (path, -1)
+        if u not in leads_to:
+            leads_to[u] = u
+        for i, node in enumerate(path):
+            where[node] = (path, i)
+            if node not in leads_to:
+                leads_to[node] = u
+    facts.need(where)
+    assembled_of, removed_of = facts._assembled, facts._removed
     assembled: dict[tuple[str, str], int] = {}
-    removed: dict[tuple[str, str], tuple[int, str | None]] = {}
-    facts.need(seen)
-    by_kind = facts._by_kind
-    for node in sorted(seen):
-        for r in by_kind.get((node, "ASSEMBLED"), ()):
-            key = (node, r["link"])
-            if key not in assembled or r["event_time"] > assembled[key]:
-                assembled[key] = r["event_time"]
-        for r in by_kind.get((node, "REMOVED"), ()):
-            key = (node, r["link"])
-            if key not in removed or r["event_time"] > removed[key][0]:
-                removed[key] = (r["event_time"], r["attrs"][0])
-
-    def above(c: str) -> list[str]:
-        chain, i = seen[c]
-        return chain[i + 1 :]
-
+    removed: dict[tuple[str, str | None], tuple[int, str | None]] = {}
+    above: dict[str, list[str]] = {}
+    for node in sorted(where.keys() & assembled_of.keys()):
+        path, i = where[node]
+        above[node] = path[i + 1 :]
+        for p, t in assembled_of[node]:
+            key = (node, p)
+            if key not in assembled or t > assembled[key]:
+                assembled[key] = t
+        for rp, rt, reason in removed_of.get(node, ()):
+            rkey = (node, rp)
+            if rkey not in removed or rt > removed[rkey][0]:
+                removed[rkey] = (rt, reason)
     # a past parent is one the child was assembled into and is not (directly or higher up) in now
-    past = [(c, p) for (c, p) in assembled if p not in above(c)]
+    past = [(c, p) for (c, p) in assembled if p not in above[c]]
     if not past:
         return []
     gen, ships, verdicts = _state(facts, {p for _c, p in past})
     out = []
     for c, p in sorted(past):
         _parent, root, path = gen[p]
-        status, ship, _su = _status([p, *path], root, ships, verdicts)
+        status, ship, _su = _status(p, path, root, ships, verdicts)
         rm = removed.get((c, p))
         out.append(
             PastHolder(
@@ -565,7 +696,7 @@ def _past_holders(facts: _Facts, units: list[AffectedUnit]) -> list[PastHolder]:
                 affected_uii=leads_to[c],
                 root_uii=root,
                 status=status,
-                customer_id=ship["customer_id"] if ship else None,
+                customer_id=ship[1] if ship else None,
                 removed_at=_ms(rm[0]) if rm else None,
                 removal_reason=rm[1] if rm else None,
             )
@@ -584,9 +715,9 @@ def _impact(store: _Store, facts: _Facts, seeds: Hits) -> tuple[list[AffectedUni
 def _systems(units: list[AffectedUnit]) -> list[dict[str, Any]]:
     by_root: dict[str, dict[str, Any]] = {}
     for u in units:
-        s = by_root.setdefault(
-            u.root_uii,
-            {
+        s = by_root.get(u.root_uii)
+        if s is None:
+            by_root[u.root_uii] = {
                 "root_uii": u.root_uii,
                 "part_number": _part(u.root_uii),
                 "status": u.status,
@@ -594,9 +725,9 @@ def _systems(units: list[AffectedUnit]) -> list[dict[str, Any]]:
                 "destination_site": u.destination_site,
                 "end_system": u.end_system,
                 "shipment_id": u.shipment_id,
-                "units": [],
-            },
-        )
+                "units": [u.uii],
+            }
+            continue
         s["units"].append(u.uii)
         if u.status == "shipped" and s["status"] != "shipped":  # a root-level shipment wins
             s.update(
@@ -611,11 +742,10 @@ def _systems(units: list[AffectedUnit]) -> list[dict[str, Any]]:
 
 def count_values(values: Iterable[str | None]) -> dict[str, int]:
     """How often each value occurs (None counted as "(none)"), sorted by value."""
-    out: dict[str, int] = {}
-    for v in values:
-        key = v if v is not None else "(none)"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
+    out = Counter(values)
+    if None in out:
+        out["(none)"] += out.pop(None)
+    return dict(sorted(out.items()))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- seeds per trigger
@@ -773,26 +903,73 @@ def _cols(cols: Sequence[str]) -> str:
     return ", ".join(f"`{c}`" for c in cols)
 
 
-def _members(store: _Store, uii: str) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Root of ``uii`` and its current descendants (one statement)."""
-    rows = store.query(
-        f"{_F_SELECT} WHERE kind = 'GENEALOGY' AND (uii = {{u:String}} OR uii IN ("
-        " SELECT uii FROM root_members WHERE root_uii IN ("
-        "  SELECT if(count() = 0, {u:String}, argMax(root_uii, seq)) FROM unit_facts"
-        "  WHERE uii = {u:String} AND kind = 'GENEALOGY')))",
-        {"u": uii},
-    )
-    facts = _Facts()
-    facts.add(rows, [])
-    facts.fetched = {r["uii"] for r in rows} | {uii}  # every GENEALOGY row of these units
-    root = facts.genealogy(uii)[1]
-    units: dict[str, dict[str, Any]] = {}
-    for m in sorted(facts.rows):
-        parent, m_root, path = facts.genealogy(m)
-        if m_root == root and (m == uii or uii in path):
-            units[m] = {"uii": m, "parent_uii": parent, "path": path, "consumed_by": None}
-    units.setdefault(uii, {"uii": uii, "parent_uii": None, "path": [], "consumed_by": None})
-    return root, units
+# the genealogy rows of units and of the candidates under a root (root_members), given as the
+# units themselves (``_MEMBERS_AS_ROOT_SQL``: optimistic, right for a final system) or as the
+# roots of the units' latest genealogy rows
+_MEMBERS_AS_ROOT_SQL = (
+    f"{_F_SELECT} WHERE kind = 'GENEALOGY' AND (uii IN {{u:Array(String)}} OR uii IN ("
+    " SELECT uii FROM root_members WHERE root_uii IN {u:Array(String)}))"
+)
+_MEMBERS_SQL = (
+    f"{_F_SELECT} WHERE kind = 'GENEALOGY' AND (uii IN {{u:Array(String)}} OR uii IN ("
+    " SELECT uii FROM root_members WHERE root_uii IN ("
+    "  SELECT argMax(root_uii, seq) FROM unit_facts"
+    "  WHERE uii IN {u:Array(String)} AND kind = 'GENEALOGY' GROUP BY uii)))"
+)
+
+_Units = dict[str, dict[str, Any]]  # uii -> the backward trace's row of the unit
+
+
+def _members(store: _Store, uiis: Sequence[str]) -> dict[str, tuple[str, _Units]]:
+    """Root of each unit and its current descendants: one statement when every unit is its own
+    root (final systems, or units never assembled: the usual backward trace), two otherwise.
+    The first statement reads the candidates under the units as roots, skipping the nested
+    read of their roots (~4 ms at 10M serials); for a unit whose genealogy names another root,
+    the statement that reads the candidates under that root follows."""
+    want = sorted(set(uiis))
+    out: dict[str, tuple[str, _Units]] = {}
+    sql = _MEMBERS_AS_ROOT_SQL
+    while want:
+        facts = _Facts()
+        facts.add(_fact_rows(store, sql, {"u": want}), [])
+        facts.fetched = {*facts.units, *want}  # every GENEALOGY row of these units
+        gen = {m: facts.genealogy(m) for m in sorted(facts.units)}
+        inner = []
+        for uii in want:
+            root = facts.genealogy(uii)[1]
+            if sql is _MEMBERS_AS_ROOT_SQL and root != uii:
+                inner.append(uii)  # not a root: its root's members are read next
+                continue
+            units: _Units = {}
+            for m, (parent, m_root, path) in gen.items():
+                if m_root == root and (m == uii or uii in path):
+                    units[m] = {"uii": m, "parent_uii": parent, "path": path, "consumed_by": None}
+            units.setdefault(uii, {"uii": uii, "parent_uii": None, "path": [], "consumed_by": None})
+            out[uii] = (root, units)
+        want, sql = inner, _MEMBERS_SQL
+    return out
+
+
+def _first_per_event(rows: list[dict[str, Any]], drop: bool = False) -> list[dict[str, Any]]:
+    """The first row of each ``event_id`` (a re-sent event lands twice until a merge), in row
+    order; what ``LIMIT 1 BY event_id`` returned, without its ~0.3-1.2 ms per statement at 10M
+    serials. ``drop``: remove the ``event_id`` key from the rows kept."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        e = r.pop("event_id") if drop else r["event_id"]
+        if e not in seen:
+            seen.add(e)
+            out.append(r)
+    return out
+
+
+def _grouped(rows: list[dict[str, Any]], key: str, keys: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """``rows`` by their value of ``key``, with a list (maybe empty) for each of ``keys``."""
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    for r in rows:
+        out[r[key]].append(r)
+    return out
 
 
 @_gc_paused
@@ -800,94 +977,71 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
     """A unit or system -> every current descendant, with the lots, upstream lots, material
     receipts, operations (operator, station, work order, times) and tests of each.
 
-    The genealogy in one statement; then plain point reads level by level (operations of the
-    units, of the serialised units they consumed, ...; tests; lot_transformed per upstream
-    level; receipts). Folding those into nested IN subqueries was measured slower at 10M
-    serials: the raw tables are partitioned by month and every nested read of them costs."""
-    root, units = _members(store, uii)
-    # serialised items consumed by those units (and what they consumed, ...)
-    frontier = sorted(units)
-    ops: list[dict[str, Any]] = []
+    The genealogy in one statement (two for a unit inside an assembly, see ``_members``); then
+    plain point reads level by level (operations of the units, of the serialised units they
+    consumed, ...; lot_transformed per upstream level; receipts; tests). Folding those into
+    nested IN subqueries was measured slower at 10M serials: the raw tables are partitioned by
+    month and every nested read of them costs."""
+    return backward_traces(store, [uii])[uii]
+
+
+@_gc_paused
+def backward_traces(store: _Store, uiis: Sequence[str]) -> dict[str, BackwardTrace]:
+    """``backward_trace`` of several units with the statements of one: each read is made once
+    for all of them, then every trace follows its own units and lots through what was read
+    (the alert engine's shipping gate traces all the shipments of a batch at once)."""
+    members = _members(store, uiis)
+    # operations of the units, then of the serialised units they consumed, level by level
+    ops_of: dict[str, list[dict[str, Any]]] = {}
+    frontier = sorted({m for _root, units in members.values() for m in units})
     hops = 0
     while frontier and hops < MAX_HOPS:
         hops += 1
-        rows = store.query(
-            f"SELECT {_cols(_OP_READ)} FROM operations WHERE uii IN {{u:Array(String)}} LIMIT 1 BY event_id",
-            {"u": frontier},
+        rows = _first_per_event(
+            store.query(
+                f"SELECT {_cols(_OP_READ)} FROM operations WHERE uii IN {{u:Array(String)}}", {"u": frontier}
+            )
         )
-        ops.extend(rows)
-        nxt = []
-        for r in rows:
-            for c in r["consumed_uiis"]:
-                if c not in units:
-                    units[c] = {"uii": c, "parent_uii": None, "path": [], "consumed_by": r["uii"]}
-                    nxt.append(c)
-        frontier = sorted(nxt)
-    for u in units.values():  # depth below the traced unit
-        p = u["path"]
-        u["depth"] = p.index(uii) + 1 if uii in p else 0
-        u["part_number"] = _part(u["uii"])
-    keys = sorted(units)
-    lots = [
-        {
-            "uii": o["uii"],
-            "lot_id": lot,
-            "quantity": q,
-            "work_order": o["work_order"],
-            "operation": o["operation"],
-            "station_id": o["station_id"],
-            "operator_id": o["operator_id"],
-            "event_time": o["event_time"],
-        }
-        for o in ops
-        for lot, q in zip(o["consumed_lot_ids"], o["consumed_lot_quantities"], strict=False)
-    ]
-    # upstream lot lineage (output -> inputs), keyed by lot_transformed.lot_id
-    lineage: list[dict[str, Any]] = []
-    seen = {x["lot_id"] for x in lots}
-    frontier = sorted(seen)
+        ops_of.update(_grouped(rows, "uii", frontier))
+        frontier = sorted({c for r in rows for c in r["consumed_uiis"] if c not in ops_of})
+    traces = {uii: _Trace(uii, *members[uii], ops_of) for uii in uiis}
+    # upstream lot lineage (output -> inputs), keyed by lot_transformed.lot_id, level by level
+    made_from: dict[str, list[dict[str, Any]]] = {}
+    frontier = sorted({x["lot_id"] for t in traces.values() for x in t.lots})
     hops = 0
     while frontier and hops < MAX_HOPS:
         hops += 1
-        rows = store.query(
-            "SELECT lot_id, transformation, input_lot_ids, input_quantities, station_id, event_time"
-            " FROM lot_transformed WHERE lot_id IN {l:Array(String)} LIMIT 1 BY event_id",
-            {"l": frontier},
+        rows = _first_per_event(
+            store.query(
+                "SELECT lot_id, transformation, input_lot_ids, input_quantities, station_id, event_time,"
+                " event_id FROM lot_transformed WHERE lot_id IN {l:Array(String)}",
+                {"l": frontier},
+            )
         )
-        nxt = []
-        for r in rows:
-            for inp, q in zip(r["input_lot_ids"], r["input_quantities"], strict=False):
-                lineage.append(
-                    {
-                        "lot_id": r["lot_id"],
-                        "input_lot_id": inp,
-                        "input_quantity": q,
-                        "transformation": r["transformation"],
-                        "station_id": r["station_id"],
-                        "event_time": r["event_time"],
-                    }
-                )
-                if inp not in seen:
-                    seen.add(inp)
-                    nxt.append(inp)
-        frontier = sorted(nxt)
-    materials = (
-        store.query(
-            "SELECT lot_id, part_number, supplier_id, supplier_lot, quantity, unit_of_measure, coc_reference,"
-            " inspection_result, event_time FROM material_received WHERE lot_id IN {l:Array(String)}"
-            " LIMIT 1 BY event_id",
-            {"l": sorted(seen)},
+        made_from.update(_grouped(rows, "lot_id", frontier))
+        frontier = sorted({i for r in rows for i in r["input_lot_ids"] if i not in made_from})
+    receipts = (
+        _first_per_event(
+            store.query(
+                "SELECT lot_id, part_number, supplier_id, supplier_lot, quantity, unit_of_measure,"
+                " coc_reference, inspection_result, event_time, event_id"
+                " FROM material_received WHERE lot_id IN {l:Array(String)}",
+                {"l": sorted(made_from)},
+            ),
+            drop=True,
         )
-        if seen
+        if made_from
         else []
     )
-    tests = store.query(
-        "SELECT uii, bench_id, procedure_id, procedure_version, calibration_id, calibration_due, operator_id,"
-        " started_at, finished_at, verdict, measurements.name AS m_name, measurements.value AS m_value,"
-        " measurements.unit AS m_unit, measurements.low_limit AS m_low, measurements.high_limit AS m_high,"
-        " measurements.passed AS m_passed, event_id"
-        " FROM unit_tests WHERE uii IN {u:Array(String)} LIMIT 1 BY event_id",
-        {"u": keys},
+    tests = _first_per_event(
+        store.query(
+            "SELECT uii, bench_id, procedure_id, procedure_version, calibration_id, calibration_due,"
+            " operator_id, started_at, finished_at, verdict, measurements.name AS m_name,"
+            " measurements.value AS m_value, measurements.unit AS m_unit, measurements.low_limit AS m_low,"
+            " measurements.high_limit AS m_high, measurements.passed AS m_passed, event_id"
+            " FROM unit_tests WHERE uii IN {u:Array(String)}",
+            {"u": sorted({u for t in traces.values() for u in t.units})},
+        )
     )
     for t in tests:
         t["measurements"] = [
@@ -902,15 +1056,88 @@ def backward_trace(store: _Store, uii: str) -> BackwardTrace:
                 strict=False,
             )
         ]
-    return BackwardTrace(
-        uii=uii,
-        root_uii=root,
-        units=sorted(units.values(), key=lambda u: (u["depth"], u["uii"])),
-        lots=sorted(lots, key=lambda x: (x["uii"], x["lot_id"])),
-        lot_lineage=sorted(lineage, key=lambda x: (x["lot_id"], x["input_lot_id"])),
-        materials=sorted(materials, key=lambda x: x["lot_id"]),
-        operations=sorted(
-            ({k: o[k] for k in _OP_COLS} for o in ops), key=lambda o: (o["uii"], o["started_at"])
-        ),
-        tests=sorted(tests, key=lambda x: (x["uii"], x["finished_at"])),
-    )
+    return {uii: t.result(made_from, receipts, tests) for uii, t in traces.items()}
+
+
+class _Trace:
+    """One unit's backward trace, followed through operations read for several traces."""
+
+    def __init__(self, uii: str, root: str, units: _Units, ops_of: dict[str, list[dict[str, Any]]]) -> None:
+        self.uii, self.root, self.units = uii, root, units
+        self.ops: list[dict[str, Any]] = []
+        frontier = sorted(units)
+        hops = 0
+        while frontier and hops < MAX_HOPS:  # serialised items consumed (and what they consumed)
+            hops += 1
+            nxt = []
+            for u in frontier:
+                for r in ops_of.get(u, ()):
+                    self.ops.append(r)
+                    for c in r["consumed_uiis"]:
+                        if c not in units:
+                            units[c] = {"uii": c, "parent_uii": None, "path": [], "consumed_by": r["uii"]}
+                            nxt.append(c)
+            frontier = sorted(nxt)
+        for unit in units.values():  # depth below the traced unit
+            p = unit["path"]
+            unit["depth"] = p.index(uii) + 1 if uii in p else 0
+            unit["part_number"] = _part(unit["uii"])
+        self.lots = [
+            {
+                "uii": o["uii"],
+                "lot_id": lot,
+                "quantity": q,
+                "work_order": o["work_order"],
+                "operation": o["operation"],
+                "station_id": o["station_id"],
+                "operator_id": o["operator_id"],
+                "event_time": o["event_time"],
+            }
+            for o in self.ops
+            for lot, q in zip(o["consumed_lot_ids"], o["consumed_lot_quantities"], strict=False)
+        ]
+
+    def result(
+        self,
+        made_from: dict[str, list[dict[str, Any]]],
+        receipts: list[dict[str, Any]],
+        tests: list[dict[str, Any]],
+    ) -> BackwardTrace:
+        lineage: list[dict[str, Any]] = []  # upstream lots (output -> inputs)
+        seen = {x["lot_id"] for x in self.lots}
+        frontier = sorted(seen)
+        hops = 0
+        while frontier and hops < MAX_HOPS:
+            hops += 1
+            nxt = []
+            for lot in frontier:
+                for r in made_from.get(lot, ()):
+                    for inp, q in zip(r["input_lot_ids"], r["input_quantities"], strict=False):
+                        lineage.append(
+                            {
+                                "lot_id": r["lot_id"],
+                                "input_lot_id": inp,
+                                "input_quantity": q,
+                                "transformation": r["transformation"],
+                                "station_id": r["station_id"],
+                                "event_time": r["event_time"],
+                            }
+                        )
+                        if inp not in seen:
+                            seen.add(inp)
+                            nxt.append(inp)
+            frontier = sorted(nxt)
+        return BackwardTrace(
+            uii=self.uii,
+            root_uii=self.root,
+            units=sorted(self.units.values(), key=lambda u: (u["depth"], u["uii"])),
+            lots=sorted(self.lots, key=lambda x: (x["uii"], x["lot_id"])),
+            lot_lineage=sorted(lineage, key=lambda x: (x["lot_id"], x["input_lot_id"])),
+            materials=sorted((m for m in receipts if m["lot_id"] in seen), key=lambda x: x["lot_id"]),
+            operations=sorted(
+                ({k: o[k] for k in _OP_COLS} for o in self.ops), key=lambda o: (o["uii"], o["started_at"])
+            ),
+            tests=sorted(
+                (t for t in tests if t["uii"] in self.units), key=lambda x: (x["uii"], x["finished_at"])
+            ),
+        )

@@ -404,8 +404,6 @@ def _document_number(trigger: Trigger, at: datetime, drill: bool) -> str:
     return f"{'RD' if drill else 'RR'}-{at:%Y%m%d-%H%M%S}-{h.upper()}"
 
 
-
-
 def units_from_impact(impact: Any) -> list[ReportUnit]:
     units = [
         ReportUnit(

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from queries.recall import Trigger, backward_trace, recall_impact
+from queries.recall import BackwardTrace, Trigger, backward_traces, recall_impact
 from schemas.alert import Alert, encode_alert
 from schemas.errors import DecodeError, TracelineError
 from schemas.serde import AvroSerde
@@ -62,6 +62,7 @@ from streams.alerts import (
     trigger_kind,
     window_start,
 )
+from streams.genealogy import uii_of
 
 __all__ = [
     "AlertEngine",
@@ -100,6 +101,27 @@ class AlertPublishError(TracelineError):
 
 def _utc(v: Any) -> Any:
     return v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+
+
+# event types that can hold a lot or open an NC, i.e. make a shipment later in a batch gated
+_GATE_OPENERS = frozenset({"LotStatusChanged", "NonconformanceRaised"})
+
+
+def _contents(uii: str, bt: BackwardTrace) -> UnitContents:
+    lots = {x["lot_id"] for x in bt.lots}
+    for x in bt.lot_lineage:
+        lots.add(x["lot_id"])
+        lots.add(x["input_lot_id"])
+    return UnitContents(
+        units=frozenset(u["uii"] for u in bt.units) | {uii},
+        lots=frozenset(lots),
+        operations=tuple(
+            (o["station_id"], o["operator_id"], _utc(o["started_at"]), _utc(o["finished_at"]))
+            for o in bt.operations
+        ),
+        tests=tuple((t["bench_id"], _utc(t["started_at"]), _utc(t["finished_at"])) for t in bt.tests),
+        materials=tuple((m["supplier_id"], m["supplier_lot"], _utc(m["event_time"])) for m in bt.materials),
+    )
 
 
 # ----------------------------------------------------------------------------- state from the store
@@ -211,6 +233,7 @@ class AlertEvaluator:
         # context read for a whole batch (``evaluate_batch``), None outside one
         self._batch_lots: dict[str, list[str]] | None = None
         self._batch_yields: _Yields | None = None
+        self._batch_contents: dict[str, UnitContents] | None = None
 
     def reload(self) -> None:
         self.state = load_state(self.store)
@@ -293,35 +316,28 @@ class AlertEvaluator:
         return BenchTests(int(r["n"]), list(r["units"]), int(r["u"]))
 
     def contents(self, uii: str) -> UnitContents:
-        bt = backward_trace(self.store, uii)
-        lots = {x["lot_id"] for x in bt.lots}
-        for x in bt.lot_lineage:
-            lots.add(x["lot_id"])
-            lots.add(x["input_lot_id"])
-        return UnitContents(
-            units=frozenset(u["uii"] for u in bt.units) | {uii},
-            lots=frozenset(lots),
-            operations=tuple(
-                (o["station_id"], o["operator_id"], _utc(o["started_at"]), _utc(o["finished_at"]))
-                for o in bt.operations
-            ),
-            tests=tuple((t["bench_id"], _utc(t["started_at"]), _utc(t["finished_at"])) for t in bt.tests),
-            materials=tuple(
-                (m["supplier_id"], m["supplier_lot"], _utc(m["event_time"])) for m in bt.materials
-            ),
-        )
+        if self._batch_contents is not None and uii in self._batch_contents:
+            return self._batch_contents[uii]
+        return self._contents_of([uii])[uii]
+
+    def _contents_of(self, uiis: Sequence[str]) -> dict[str, UnitContents]:
+        """What each unit holds (its backward trace; the reads made once for all of them)."""
+        return {uii: _contents(uii, bt) for uii, bt in backward_traces(self.store, uiis).items()}
 
     # -- rules --------------------------------------------------------------------------
     def evaluate_batch(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Alert]:
         """Alerts for the events of one landed batch, in order (``evaluate`` each).
 
-        The context reads of the failed tests do not depend on the rule state, only on the
-        store, which holds the whole batch already: they are made once for the batch before
-        the rules run (the lots of every failed unit, then the tests of every unit made from
-        those lots in the union of the windows: three statements instead of one plus one per
-        lot per failed test). Everything else is read per event as in ``evaluate``."""
+        The context reads of failed tests and shipments do not depend on the rule state, only
+        on the store, which holds the whole batch already: they are made once for the batch
+        before the rules run. Failed tests: the lots of every failed unit, then the tests of
+        every unit made from those lots in the union of the windows (three statements instead
+        of one plus one per lot per failed test). Shipments, while a lot is held or an NC open
+        (or the batch may hold or open one): the backward traces of all shipped units with the
+        statements of one (``queries.backward_traces``). Everything else is read per event as
+        in ``evaluate``."""
         failed = [
-            (f"{r['unit']['part_number']}:{r['unit']['serial_number']}", r["unit"]["part_number"], r)
+            (uii_of(r["unit"]), r["unit"]["part_number"], r)
             for t, r in events
             if t == "UnitTested" and r["verdict"] == "FAIL"
         ]
@@ -335,10 +351,15 @@ class AlertEvaluator:
                     min(window_start(r, self.rules) for _u, _p, r in failed),
                     max(r["finished_at"] for _u, _p, r in failed),
                 )
+        st = self.state
+        gated = st.any_held or st.open_ncs() or any(t in _GATE_OPENERS for t, _r in events)
+        shipped = [uii_of(r["unit"]) for t, r in events if t == "UnitShipped"] if gated else []
+        if shipped:
+            self._batch_contents = self._contents_of(sorted(set(shipped)))
         try:
             return [a for t, r in events for a in self.evaluate(t, r)]
         finally:
-            self._batch_lots = self._batch_yields = None
+            self._batch_lots = self._batch_yields = self._batch_contents = None
 
     def evaluate(self, type_name: str, rec: Mapping[str, Any]) -> list[Alert]:
         """Alerts (admitted: new or changed) for one landed event."""
@@ -361,8 +382,7 @@ class AlertEvaluator:
                 tests = self.bench_tests(rec["bench_id"], rec["calibration_id"])
                 out.append(st.admit(out_of_calibration(rec, tests, cfg, now)))
             if rec["verdict"] == "FAIL":
-                unit = rec["unit"]
-                uii, part = f"{unit['part_number']}:{unit['serial_number']}", unit["part_number"]
+                uii, part = uii_of(rec["unit"]), rec["unit"]["part_number"]
                 start, end = window_start(rec, cfg), rec["finished_at"]
                 base = st.part_tests.get(part, [0, 0])
                 for lot in self.lots_of(uii):
@@ -370,8 +390,7 @@ class AlertEvaluator:
                     out.append(st.admit(suspect_lot_yield(rec, lot, yld, (base[0], base[1]), cfg, now)))
         elif type_name == "UnitShipped":
             if st.any_held or st.open_ncs():
-                unit = rec["unit"]
-                contents = self.contents(f"{unit['part_number']}:{unit['serial_number']}")
+                contents = self.contents(uii_of(rec["unit"]))
                 out.append(st.admit(shipping_gate(rec, st, contents, cfg, now)))
         return [a for a in out if a is not None]
 

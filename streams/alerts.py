@@ -63,6 +63,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.alert import Alert, AlertRule, AlertSeverity
+from streams.genealogy import uii_of
 
 __all__ = [
     "AlertRules",
@@ -280,10 +281,6 @@ def _ms(t: datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
-def _uii(ref: Mapping[str, Any]) -> str:
-    return f"{ref['part_number']}:{ref['serial_number']}"
-
-
 def _iso(t: datetime | None) -> str:
     return t.astimezone(UTC).isoformat() if t is not None else ""
 
@@ -380,7 +377,7 @@ def held_lot_used(rec: Mapping[str, Any], state: AlertState, now: datetime) -> t
     (the caller re-evaluates their LOT_HELD_AFTER_USE alert: one more unit already used them)."""
     alerts: list[Alert] = []
     recheck: list[str] = []
-    uii = _uii(rec["unit"])
+    uii = uii_of(rec["unit"])
     for lq in rec.get("consumed_lots") or ():
         lot = lq["lot_id"]
         hold = state.held(lot)
@@ -521,7 +518,7 @@ def out_of_calibration(
 ) -> Alert | None:
     if not is_out_of_calibration(rec):
         return None
-    uii = _uii(rec["unit"])
+    uii = uii_of(rec["unit"])
     units = sorted(set(tests.units) | {uii})
     count = max(tests.count, 1)
     bench = rec["bench_id"]
@@ -584,7 +581,7 @@ def nc_matches(nc: NcState, c: UnitContents) -> bool:
 def shipping_gate(
     rec: Mapping[str, Any], state: AlertState, contents: UnitContents, cfg: AlertRules, now: datetime
 ) -> Alert | None:
-    uii = _uii(rec["unit"])
+    uii = uii_of(rec["unit"])
     held = {lot: state.lots[lot] for lot in sorted(contents.lots) if state.held(lot)}
     ncs = sorted((n for n in state.open_ncs() if nc_matches(n, contents)), key=lambda n: n.ncr_id)
     if not held and not ncs:

@@ -284,6 +284,57 @@ def test_nc_alert_and_shipping_gate(store: Store) -> None:
     assert _run(ev, store, [shipped(other, "CUST-X", T0 + timedelta(hours=6), "SHP-2")]) == []
 
 
+class _Counting:
+    """A store that counts the statements the evaluator runs."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.calls = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if name.startswith("query"):
+            self.calls += 1
+        return attr
+
+
+def test_batched_shipping_gate_equals_the_per_event_gate(store: Store) -> None:
+    """``evaluate_batch`` traces every shipment of the batch with the statements of one: the
+    gate alerts equal those of per-event evaluation, also when the hold or the NC that gates a
+    shipment comes in the same batch, after a shipment it must not gate."""
+    held, bad, clean = _p("GH"), _p("GN"), _p("GC")
+    systems = [f"SYS:{_p('g')}" for _ in range(5)]
+    boards = [f"PCB:{_p('g')}" for _ in systems]
+    lots = [held, bad, clean, clean, held]  # the board lot of each system
+    build = [received(x, T0) for x in (held, bad, clean)]
+    for i, (s, b, lot) in enumerate(zip(systems, boards, lots, strict=True)):
+        build += [
+            operation(b, [lot], T0 + timedelta(hours=1, minutes=i)),
+            assembled(b, s, T0 + timedelta(hours=2)),
+        ]
+    land(store, build)
+    land_genealogy(store, build)
+    batch = [
+        shipped(systems[0], "CUST-A", T0 + timedelta(hours=3), "SHP-G0"),  # before the hold: not gated
+        status(held, "HOLD", T0 + timedelta(hours=4)),
+        nc(_p("NCR-G"), "LOT", bad, T0 + timedelta(hours=4)),
+        *(shipped(s, "CUST-A", T0 + timedelta(hours=5), f"SHP-G{i}") for i, s in enumerate(systems[1:], 1)),
+        shipped(systems[4], "CUST-A", T0 + timedelta(hours=5), "SHP-G4"),  # a re-sent event
+    ]
+    land(store, batch)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reads = [_Counting(store), _Counting(store)]
+    one, batched = (AlertEvaluator(c, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for c in reads)  # type: ignore[arg-type]
+    per_event = [a for t, r in batch for a in one.evaluate(t, r)]
+    in_batch = batched.evaluate_batch(batch)
+    # the four gated shipments' traces cost the statements of one
+    assert reads[1].calls < reads[0].calls / 2
+    assert [(a.alert_id, a.version, a.details) for a in in_batch] == [
+        (a.alert_id, a.version, a.details) for a in per_event
+    ]
+    gates = sorted(a.subject_id for a in per_event if a.rule == "SHIPPING_GATE")
+    assert gates == sorted([systems[1], systems[4]])  # the held lot and the NC'd one, not the clean ones
+
+
 def test_suspect_lot_and_out_of_calibration_on_the_store(store: Store) -> None:
     lot, good = _p("YL"), _p("YG")
     ev = _evaluator(store)

@@ -1,4 +1,5 @@
-"""Pure parts of queries.recall: the lot_units step and the GC pause (no ClickHouse)."""
+"""Pure parts of queries.recall (no ClickHouse): the lot_units step, the per-unit reduction of
+the facts, the key parameter, the event dedup and the GC pause."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gc
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.binding import format_bind_value
 
 from queries import recall as r
 
@@ -22,7 +24,7 @@ class _FakeStore:
         if sql == r._LOT_UNITS_SQL:
             return [x for x in self.lot_rows if x["k"] == "E" or x["a"] in params["lots"]]
         if sql == r._EXACT_FACTS_SQL:
-            self.fact_keys.append(params["keys"].split("\n"))
+            self.fact_keys.append(str(params["keys"]).split(r._SEP))
             return []
         raise AssertionError(sql)
 
@@ -78,6 +80,79 @@ def test_lot_units_lineage_reruns_for_the_lot_closure() -> None:
     assert (hops["L2"].from_lot_id, hops["L2"].depth) == ("L1", 1)
 
 
+def test_keys_bind_as_the_client_would_send_them() -> None:
+    keys = ["LRU:00000001", "PCB:00000007", "SN with space/and:colons", "SYS:ä"]
+    sql, params = r._keys_param(keys)
+    assert sql == r._EXACT_FACTS_SQL
+    # exactly the text the client sends for the plain string (nothing left to escape)
+    plain = r._SEP.join(keys)
+    assert format_bind_value(params["keys"]) == format_bind_value(plain) == plain
+    # a key with a character the client escapes (or the separator) goes as an array instead
+    for odd in ("it's", "a\\b", "tab\there", "new\nline", "back`tick", "x" + r._SEP + "y"):
+        sql, params = r._keys_param(["PCB:1", odd])
+        assert sql == r._EXACT_FACTS_ARRAY_SQL and params == {"keys": ["PCB:1", odd]}
+
+
+def _f(
+    uii: str,
+    kind: str,
+    link: str | None = None,
+    path: list[str] | None = None,
+    seq: int = 0,
+    t: int = 0,
+    attrs: list[str | None] | None = None,
+) -> r._FactRow:
+    return (uii, kind, link, path or [], seq, t, attrs or [])
+
+
+def test_facts_reduce_per_unit_like_the_latest_row() -> None:
+    """The exact-facts statement returns every row unsorted; the reduction must give what the
+    latest row per (uii, kind, link), ordered by link, gave (the rows in any order)."""
+    rows = [
+        _f("PCB:1", "GENEALOGY", "MOD:1", ["MOD:1"], seq=1, t=10),
+        _f("PCB:1", "GENEALOGY", "MOD:3", ["MOD:3", "SYS:3"], seq=3, t=5),  # tie: the larger parent
+        _f("PCB:1", "GENEALOGY", "MOD:2", ["MOD:2", "SYS:2"], seq=3, t=5),  # highest, smallest parent
+        _f("PCB:1", "GENEALOGY", None, [], seq=3, t=5),  # tie: NULL sorts last
+        _f("PCB:1", "SHIPPED", None, [], t=7, attrs=["S1", "C1", "D1", "E1"]),
+        _f("PCB:1", "SHIPPED", None, [], t=9, attrs=["S0", "C0", "D0", "E0"]),
+        _f("PCB:1", "SHIPPED", None, [], t=9, attrs=["S2", "C2", "D2", "E2"]),  # latest, larger attrs
+        _f("SYS:2", "TESTED", None, [], t=3, attrs=["PASS"]),
+        _f("SYS:2", "TESTED", None, [], t=4, attrs=["FAIL"]),
+        _f("PCB:1", "CONSUMED_BY", "BOX:1", [], t=2, attrs=["plant-a"]),
+        _f("PCB:1", "CONSUMED_BY", "BOX:1", [], t=1, attrs=["plant-b"]),  # older row, same consumer
+    ]
+    for order in (rows, rows[::-1]):
+        facts = r._Facts()
+        facts.add(order, [])
+        facts.fetched.update(["PCB:1", "SYS:2"])
+        assert facts.genealogy("PCB:1") == ("MOD:2", "SYS:2", ["MOD:2", "SYS:2"])
+        assert facts.shipment("PCB:1") == ["S2", "C2", "D2", "E2"]
+        assert facts.verdict("SYS:2") == "FAIL" and facts.verdict("PCB:1") is None
+        assert facts.consumers("PCB:1") == {"BOX:1": (2, "plant-a")}
+        assert facts.genealogy("SYS:2") == (None, "SYS:2", [])  # never assembled: its own root
+        assert not facts.missing
+    # a unit not fetched is noted, answered as unknown, and its rows (if any) are not used
+    assert facts.genealogy("MOD:2") == (None, "MOD:2", []) and facts.missing == {"MOD:2"}
+    # rows of a fetched unit are ignored when a later statement returns them again
+    facts.add([_f("PCB:1", "GENEALOGY", "MOD:9", ["MOD:9"], seq=99)], [])
+    assert facts.genealogy("PCB:1")[0] == "MOD:2"
+
+
+def test_facts_fetched_set_is_the_seeds_and_two_links_around() -> None:
+    facts = r._Facts()
+    facts.add(
+        [
+            _f("PCB:1", "GENEALOGY", "MOD:1", ["MOD:1", "SYS:1"], seq=2),
+            _f("PCB:1", "ASSEMBLED", "MOD:0", t=1, attrs=[None]),
+            _f("MOD:0", "GENEALOGY", "LRU:0", ["LRU:0", "SYS:0"], seq=2),
+            _f("MOD:1", "GENEALOGY", "SYS:1", ["SYS:1"], seq=1),
+        ],
+        ["PCB:1"],
+    )
+    # PCB:1, its links (MOD:1, SYS:1, MOD:0) and theirs (LRU:0, SYS:0); not three links away
+    assert facts.fetched == {"PCB:1", "MOD:1", "SYS:1", "MOD:0", "LRU:0", "SYS:0"}
+
+
 def test_gc_is_paused_during_a_recall_and_restored() -> None:
     seen: list[bool] = []
 
@@ -99,3 +174,13 @@ def test_gc_is_paused_during_a_recall_and_restored() -> None:
         assert not gc.isenabled()  # it was off: left off
     finally:
         gc.enable()
+
+
+def test_first_row_per_event_in_row_order() -> None:
+    rows = [
+        {"event_id": "e2", "uii": "PCB:2"},
+        {"event_id": "e1", "uii": "PCB:1"},
+        {"event_id": "e2", "uii": "PCB:2"},  # the same event landed twice (before a merge)
+    ]
+    assert r._first_per_event([dict(x) for x in rows]) == rows[:2]
+    assert r._first_per_event([dict(x) for x in rows], drop=True) == [{"uii": "PCB:2"}, {"uii": "PCB:1"}]
