@@ -367,8 +367,12 @@ def _hook_visibility(sink: Any, topic: str, seen: dict[str, float]) -> None:
     sink._land = land
 
 
-def _sink_stages(st: Any) -> dict[str, float]:
-    return {"batches": st.batches, "events": st.events_landed, **st.stage_seconds}
+def _sink_stages(server: Any) -> dict[str, float]:
+    st = server.sink.stats
+    out = {"batches": st.batches, "events": st.events_landed, **st.stage_seconds}
+    if server.alerts is not None:  # the alert engine's busy time, as a share of the window
+        out.update(alert_eval=server.alerts.stats.evaluate_s, alert_refresh=server.alerts.stats.refresh_s)
+    return out
 
 
 def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -378,9 +382,14 @@ def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
         return {}
     out = {"events": round((after["events"] - before["events"]) / n)}
     for k in after:
-        if k not in ("batches", "events"):
+        if k not in ("batches", "events") and not k.startswith("alert_"):
             out[f"{k}_ms"] = round((after[k] - before.get(k, 0.0)) * 1000 / n, 1)
     return out
+
+
+def _alert_busy(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Share of the window the alert engine spent in its rules (and their reads) / refreshes."""
+    return {k: round((after[k] - before[k]) / seconds, 3) for k in after if k.startswith("alert_")}
 
 
 def cmd_latency(a: argparse.Namespace) -> int:
@@ -410,17 +419,21 @@ def cmd_latency(a: argparse.Namespace) -> int:
         t0 = time.monotonic()
         started = False
         stages0: dict[str, float] = {}
+        t_window = 0.0
         while pub.is_alive():
             time.sleep(1.0)
             watch.sample_rss()
             if not started and time.monotonic() - t0 >= a.warmup:
                 watch.start()
-                stages0 = _sink_stages(server.sink.stats)
+                stages0 = _sink_stages(server)
+                t_window = time.monotonic()
                 started = True
             if time.monotonic() - t0 >= a.warmup + a.duration:
                 break
         procs = watch.stop()
-        stages = _stage_means(stages0, _sink_stages(server.sink.stats)) if started else {}
+        stages1 = _sink_stages(server)
+        stages = _stage_means(stages0, stages1) if started else {}
+        busy = _alert_busy(stages0, stages1, time.monotonic() - t_window) if started else {}
         _stop_publisher(pub)
         t_end = time.monotonic() + 30.0  # let what was published become visible
         while time.monotonic() < t_end and server.sink.stats.events_landed < pub.published.value:
@@ -444,6 +457,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
             max_ms=round(max(lat), 1) if lat else None,
             loadavg_after=_stack.loadavg(),
             sink_batch_ms=stages,
+            alert_engine_busy=busy,
             **procs,
         )
         rows = [
@@ -455,6 +469,10 @@ def cmd_latency(a: argparse.Namespace) -> int:
             ("samples (1 in 16 events)", f"{len(lat):,} ({missing} not visible at the end)"),
             ("sink, mean per batch", ", ".join(f"{k} {v:,}" for k, v in stages.items())),
         ]
+        if busy:
+            rows.append(
+                ("alert engine busy (share of wall)", ", ".join(f"{k[6:]} {v}" for k, v in busy.items()))
+            )
         for k, v in procs["cpu_cores"].items():
             rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
         _emit("latency", res, rows)

@@ -13,6 +13,7 @@ from queries.recall import (
     backward_traces,
     forward_trace,
     recall_impact,
+    recall_impacts,
     to_jsonable,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "backward_traces",
     "forward_trace",
     "recall_impact",
+    "recall_impacts",
     "to_jsonable",
 ]

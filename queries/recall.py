@@ -64,6 +64,7 @@ __all__ = [
     "backward_trace",
     "backward_traces",
     "recall_impact",
+    "recall_impacts",
     "to_jsonable",
     "TRIGGER_KINDS",
 ]
@@ -866,20 +867,34 @@ def recall_impact(store: _Store, trigger: Trigger) -> RecallImpact:
     """Impact of a suspect lot / supplier lot / supplier / serial / station / operator / bench
     (window). ``units`` are where the suspect part is installed now; ``past`` lists parents that
     held it (or one of its assemblies) before a removal, flagged ``past``."""
+    return recall_impacts(store, [trigger])[0]
+
+
+@_gc_paused
+def recall_impacts(store: _Store, triggers: Sequence[Trigger]) -> list[RecallImpact]:
+    """``recall_impact`` of several triggers, in order. Each trigger's seeds are read as for one,
+    the facts of all the seeded units in one statement, and every fact read is shared: a unit's
+    facts are the same whichever trigger reached it (the alert engine evaluates all the NCs and
+    holds of a batch at once)."""
     facts = _Facts()
-    hops, hits = _seeds(store, trigger, facts)
-    _fetch(store, facts, hits)  # units that did not come with a lot statement
-    units, past = _impact(store, facts, hits)
-    return RecallImpact(
-        trigger=trigger,
-        units=units,
-        past=past,
-        systems=_systems(units),
-        by_customer=count_values(u.customer_id for u in units),
-        by_site=count_values(u.destination_site if u.status == "shipped" else u.site for u in units),
-        by_status=count_values(u.status for u in units),
-        lots=sorted(hops.values(), key=lambda h: (h.depth, h.lot_id)),
-    )
+    seeded = [(t, *_seeds(store, t, facts)) for t in triggers]
+    _fetch(store, facts, {u for _t, _hops, hits in seeded for u in hits})  # units no lot statement read
+    out = []
+    for trigger, hops, hits in seeded:
+        units, past = _impact(store, facts, hits)
+        out.append(
+            RecallImpact(
+                trigger=trigger,
+                units=units,
+                past=past,
+                systems=_systems(units),
+                by_customer=count_values(u.customer_id for u in units),
+                by_site=count_values(u.destination_site if u.status == "shipped" else u.site for u in units),
+                by_status=count_values(u.status for u in units),
+                lots=sorted(hops.values(), key=lambda h: (h.depth, h.lot_id)),
+            )
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- backward trace

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from queries.recall import BackwardTrace, Trigger, backward_traces, recall_impact
+from queries.recall import BackwardTrace, Trigger, backward_traces, recall_impacts
 from schemas.alert import Alert, encode_alert
 from schemas.errors import DecodeError, TracelineError
 from schemas.serde import AvroSerde
@@ -105,6 +105,16 @@ def _utc(v: Any) -> Any:
 
 # event types that can hold a lot or open an NC, i.e. make a shipment later in a batch gated
 _GATE_OPENERS = frozenset({"LotStatusChanged", "NonconformanceRaised"})
+
+
+def _nc_trigger(rec: Mapping[str, Any]) -> Trigger:
+    """The recall trigger of a NonconformanceRaised record."""
+    kind = trigger_kind(rec["target_kind"])
+    return Trigger(kind, rec["target_id"], rec.get("window_start"), rec.get("window_end"))
+
+
+def _trigger_key(t: Trigger) -> tuple[Any, ...]:
+    return (t.kind, t.id, t.window_start, t.window_end)
 
 
 def _contents(uii: str, bt: BackwardTrace) -> UnitContents:
@@ -234,21 +244,31 @@ class AlertEvaluator:
         self._batch_lots: dict[str, list[str]] | None = None
         self._batch_yields: _Yields | None = None
         self._batch_contents: dict[str, UnitContents] | None = None
+        self._batch_impacts: dict[tuple[Any, ...], Impact] | None = None
 
     def reload(self) -> None:
         self.state = load_state(self.store)
 
     # -- context reads ----------------------------------------------------------------
     def impact(self, trigger: Trigger) -> Impact:
-        ri = recall_impact(self.store, trigger)
-        return Impact(
-            unit_count=len(ri.units),
-            units=[u.uii for u in ri.units],
-            by_status=dict(ri.by_status),
-            by_customer=dict(ri.by_customer),
-            by_site=dict(ri.by_site),
-            reference=recall_reference(trigger.kind, trigger.id, trigger.window_start, trigger.window_end),
-        )
+        key = _trigger_key(trigger)
+        if self._batch_impacts is not None and key in self._batch_impacts:
+            return self._batch_impacts[key]
+        return self._impacts([trigger])[key]
+
+    def _impacts(self, triggers: Sequence[Trigger]) -> dict[tuple[Any, ...], Impact]:
+        """The recall impact of each trigger (the facts read once for all of them)."""
+        return {
+            _trigger_key(t): Impact(
+                unit_count=len(ri.units),
+                units=[u.uii for u in ri.units],
+                by_status=dict(ri.by_status),
+                by_customer=dict(ri.by_customer),
+                by_site=dict(ri.by_site),
+                reference=recall_reference(t.kind, t.id, t.window_start, t.window_end),
+            )
+            for t, ri in zip(triggers, recall_impacts(self.store, triggers), strict=True)
+        }
 
     def lot_usage(self, lot_id: str, held_from: datetime, until: datetime | None) -> LotUsage:
         rows = self.store.query(
@@ -332,10 +352,11 @@ class AlertEvaluator:
         on the store, which holds the whole batch already: they are made once for the batch
         before the rules run. Failed tests: the lots of every failed unit, then the tests of
         every unit made from those lots in the union of the windows (three statements instead
-        of one plus one per lot per failed test). Shipments, while a lot is held or an NC open
-        (or the batch may hold or open one): the backward traces of all shipped units with the
-        statements of one (``queries.backward_traces``). Everything else is read per event as
-        in ``evaluate``."""
+        of one plus one per lot per failed test). NCs raised and lots put on hold: their recall
+        impacts, the facts of all their units read once (``queries.recall_impacts``).
+        Shipments, while a lot is held or an NC open (or the batch may hold or open one): the
+        backward traces of all shipped units with the statements of one
+        (``queries.backward_traces``). Everything else is read per event as in ``evaluate``."""
         failed = [
             (uii_of(r["unit"]), r["unit"]["part_number"], r)
             for t, r in events
@@ -351,6 +372,18 @@ class AlertEvaluator:
                     min(window_start(r, self.rules) for _u, _p, r in failed),
                     max(r["finished_at"] for _u, _p, r in failed),
                 )
+        # NCs raised and lots held: their recall impacts, the facts read once for all of them
+        triggers: dict[tuple[Any, ...], Trigger] = {}
+        for t, r in events:
+            if t == "NonconformanceRaised" and r["disposition"] != "USE_AS_IS":
+                trig = _nc_trigger(r)
+            elif t == "LotStatusChanged" and r["status"] in HELD_STATUSES:
+                trig = Trigger("lot", r["lot_id"])
+            else:
+                continue
+            triggers.setdefault(_trigger_key(trig), trig)
+        if triggers:
+            self._batch_impacts = self._impacts(list(triggers.values()))
         st = self.state
         gated = st.any_held or st.open_ncs() or any(t in _GATE_OPENERS for t, _r in events)
         shipped = [uii_of(r["unit"]) for t, r in events if t == "UnitShipped"] if gated else []
@@ -359,7 +392,7 @@ class AlertEvaluator:
         try:
             return [a for t, r in events for a in self.evaluate(t, r)]
         finally:
-            self._batch_lots = self._batch_yields = self._batch_contents = None
+            self._batch_lots = self._batch_yields = self._batch_contents = self._batch_impacts = None
 
     def evaluate(self, type_name: str, rec: Mapping[str, Any]) -> list[Alert]:
         """Alerts (admitted: new or changed) for one landed event."""
@@ -397,10 +430,7 @@ class AlertEvaluator:
     def _nc_alert(self, rec: Mapping[str, Any], now: datetime) -> Alert | None:
         if rec["disposition"] == "USE_AS_IS":
             return None
-        trig = Trigger(
-            trigger_kind(rec["target_kind"]), rec["target_id"], rec.get("window_start"), rec.get("window_end")
-        )
-        return nc_raised(rec, self.impact(trig), self.rules, now)
+        return nc_raised(rec, self.impact(_nc_trigger(rec)), self.rules, now)
 
     def _lot_held(self, lot_id: str, hold: LotState, now: datetime) -> Alert | None:
         cur = self.state.lots.get(lot_id)
@@ -465,6 +495,8 @@ class AlertEngineStats:
     alerts_published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     waits_for_sink_s: float = 0.0
+    evaluate_s: float = 0.0  # wall seconds in the rules and their reads (evaluate_batch)
+    refresh_s: float = 0.0  # wall seconds re-evaluating open NCs
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -651,13 +683,17 @@ class AlertEngine:
                     continue
                 self.stats.events += 1
                 batch.append((type_name, rec))
+            t0 = time.monotonic()
             alerts += self.evaluator.evaluate_batch(batch)
+            self.stats.evaluate_s += time.monotonic() - t0
         if (
             self.rules.nc_refresh_seconds > 0
             and time.monotonic() - self._last_refresh > self.rules.nc_refresh_seconds
         ):
             # a slice per loop (bounded time), a new pass only after the last one finished
+            t0 = time.monotonic()
             alerts += self.evaluator.refresh_open_ncs(budget_s=0.1)
+            self.stats.refresh_s += time.monotonic() - t0
             if self.evaluator.refresh_done:
                 self._last_refresh = time.monotonic()
         if alerts:

@@ -335,6 +335,39 @@ def test_batched_shipping_gate_equals_the_per_event_gate(store: Store) -> None:
     assert gates == sorted([systems[1], systems[4]])  # the held lot and the NC'd one, not the clean ones
 
 
+def test_batched_impacts_equal_the_per_event_impacts(store: Store) -> None:
+    """``evaluate_batch`` computes the recall impacts of a batch's NCs and holds together (one
+    facts read for all their units): the alerts equal per-event evaluation."""
+    lots = [_p("IL") for _ in range(3)]
+    boards = [f"PCB:{_p('i')}" for _ in range(6)]
+    systems = [f"SYS:{_p('i')}" for _ in range(3)]
+    build = [received(x, T0) for x in lots]
+    for i, b in enumerate(boards):
+        build += [operation(b, [lots[i % 3]], T0 + timedelta(hours=1, minutes=i))]
+        build += [assembled(b, systems[i % 3], T0 + timedelta(hours=2))]
+    land(store, build)
+    land_genealogy(store, build)
+    batch = [
+        nc(_p("NCR-I"), "LOT", lots[0], T0 + timedelta(hours=3)),
+        nc(_p("NCR-I"), "SERIAL", boards[1], T0 + timedelta(hours=3)),
+        nc(_p("NCR-I"), "SERIAL", systems[2], T0 + timedelta(hours=3)),
+        nc(_p("NCR-I"), "LOT", lots[1], T0 + timedelta(hours=3), disposition="USE_AS_IS"),  # no impact
+        status(lots[2], "HOLD", T0 + timedelta(hours=3)),  # after its use: LOT_HELD_AFTER_USE
+    ]
+    batch.append(batch[0])  # a re-sent event
+    land(store, batch)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reads = [_Counting(store), _Counting(store)]
+    one, batched = (AlertEvaluator(c, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for c in reads)  # type: ignore[arg-type]
+    per_event = [a for t, r in batch for a in one.evaluate(t, r)]
+    in_batch = batched.evaluate_batch(batch)
+    key = [(a.alert_id, a.version, a.units, a.by_status, a.details) for a in per_event]
+    assert key == [(a.alert_id, a.version, a.units, a.by_status, a.details) for a in in_batch]
+    assert [a.rule for a in per_event] == ["NC_RAISED", "NC_RAISED", "NC_RAISED", "LOT_HELD_AFTER_USE"]
+    assert per_event[0].units == sorted(boards[0::3]) and per_event[3].units == sorted(boards[2::3])
+    assert reads[1].calls < reads[0].calls
+
+
 def test_suspect_lot_and_out_of_calibration_on_the_store(store: Store) -> None:
     lot, good = _p("YL"), _p("YG")
     ev = _evaluator(store)

@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from queries import Trigger, backward_trace, backward_traces, forward_trace, recall_impact, to_jsonable
+from queries import (
+    Trigger,
+    backward_trace,
+    backward_traces,
+    forward_trace,
+    recall_impact,
+    recall_impacts,
+    to_jsonable,
+)
 from sinks.rows import SinkRecord, genealogy_rows, rows_for_batch
 from sinks.store import Store
 
@@ -364,6 +372,33 @@ def test_recall_impact_operator_bench_serial(plant: Store) -> None:
     assert set(_units(serial)) == {"DIE:9", "MOD:1"}
     with pytest.raises(ValueError):
         Trigger("planet", "x")
+
+
+def test_recall_impacts_of_several_triggers_equal_one_by_one(plant: Store) -> None:
+    day2 = (D1 + timedelta(days=1), D1 + timedelta(days=2))
+    triggers = [
+        Trigger("serial", "DIE:9"),
+        Trigger("lot", "L-RAW"),
+        Trigger("supplier_lot", "SUP-A:SA-1"),
+        Trigger("station", "SMT-1"),
+        Trigger("operator", "OP-2"),
+        Trigger("bench", "BENCH-1", *day2),
+        Trigger("serial", "PCB:2"),
+        Trigger("serial", "NOPE:404"),
+        Trigger("lot", "L-M"),
+    ]
+    one = [to_jsonable(recall_impact(plant, t)) for t in triggers]
+    counting = _Counting(plant)
+    many = recall_impacts(counting, triggers)  # type: ignore[arg-type]
+    assert [to_jsonable(r) for r in many] == one
+    assert set(_units(many[0])) == {"DIE:9", "MOD:1"} and many[7].units[0].uii == "NOPE:404"
+    # the units seeded by the triggers share one facts read (and every later one)
+    singly = 0
+    for t in triggers:
+        c = _Counting(plant)
+        recall_impact(c, t)  # type: ignore[arg-type]
+        singly += c.calls
+    assert counting.calls < singly
 
 
 def test_backward_trace_of_a_system(plant: Store) -> None:
