@@ -40,6 +40,7 @@ bench: install ## benchmarks, quick versions (figures, not pass/fail); see docs/
 	$(BIN)/python -m benchmarks.pipeline ingest --duration 30 --warmup 15 --events 600000
 	$(BIN)/python -m benchmarks.pipeline latency --duration 20 --warmup 10
 	$(BIN)/python -m benchmarks.pipeline backlog --events 50000 --genealogy-timeout 180
+	$(BIN)/python -m benchmarks.inserts --events 1000 --batches 6
 
 stack-up: install ## start the local Kafka broker (assembled from Maven Central on first use)
 	$(BIN)/traceline stack up --data-dir $(DATA_DIR)
