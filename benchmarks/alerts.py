@@ -23,10 +23,11 @@
    ``produce()`` of the trigger -> the alert decoded by that consumer.
 
 The split (all wall clock in this process): the sink's ``_land`` and the engine's
-``_wait_landed`` / ``evaluator.impact`` / ``_publish`` are wrapped (timing only) so each
+``_wait_landed`` / ``evaluator._impacts`` / ``_publish`` are wrapped (timing only) so each
 trigger's latency is cut into: publish -> engine has the batch (Kafka + the engine's 50 ms
 batch window); engine waits for the sink (the sink's batch window, then its ClickHouse
-write); impact query (``queries.recall_impact``); produce + flush of the alert (acks=all);
+write); impact query (``queries.recall_impacts``, for all the NCs of the engine's batch at
+once); produce + flush of the alert (acks=all);
 alert -> our consumer; rest (decode, rules, alerts computed for other events of the batch).
 The engine's periodic re-evaluation of open NCs (``nc_refresh_seconds``) runs in the same
 loop, so a trigger arriving during a pass waits for it. It is off during the phases unless
@@ -193,6 +194,8 @@ class Probe:
     """Timing-only wrappers around the running sink and engine (instance attributes)."""
 
     def __init__(self, server: Any, events_topic: str) -> None:
+        from sinks.alerts import _trigger_key  # the key the engine files a trigger's impact under
+
         self.sink_lands: list[tuple[float, float, set[tuple[int, int]]]] = []
         self.waits: list[tuple[float, float]] = []
         self.evals: dict[str, float] = {}  # ncr_id -> evaluate() entered
@@ -202,7 +205,7 @@ class Probe:
         self.refresh_started: list[float] = []
         sink, eng = server.sink, server.alerts
         ev = eng.evaluator
-        land, wait, impact, evaluate = sink._land, eng._wait_landed, ev.impact, ev.evaluate
+        land, wait, impacts, evaluate = sink._land, eng._wait_landed, ev._impacts, ev.evaluate
         publish, refresh = eng._publish, ev.refresh_open_ncs
 
         def _land(msgs: list[Any]) -> Any:
@@ -225,10 +228,12 @@ class Probe:
                 self.evals[rec["ncr_id"]] = time.time()
             return evaluate(type_name, rec)
 
-        def _impact(trigger: Any) -> Any:
+        def _impacts(triggers: Any) -> Any:  # per trigger or for a batch's triggers at once
             t = time.time()
-            out = impact(trigger)
-            self.impacts[trigger.id] = (t, time.time(), out.unit_count)
+            out = impacts(triggers)
+            t_out = time.time()
+            for trig in triggers:
+                self.impacts[trig.id] = (t, t_out, out[_trigger_key(trig)].unit_count)
             return out
 
         def _publish(alerts: list[Any]) -> None:
@@ -244,7 +249,7 @@ class Probe:
             self.refreshes.append((t, time.time(), n))
             return out
 
-        sink._land, eng._wait_landed, ev.evaluate, ev.impact = _land, _wait, _evaluate, _impact
+        sink._land, eng._wait_landed, ev.evaluate, ev._impacts = _land, _wait, _evaluate, _impacts
         eng._publish, ev.refresh_open_ncs = _publish, _refresh
 
 

@@ -297,6 +297,18 @@ class _Counting:
         return attr
 
 
+def _per_event_and_batched(
+    store: Store, events: list[tuple[str, dict]]
+) -> tuple[list[Alert], list[Alert], tuple[_Counting, _Counting]]:
+    """The alerts of ``events`` evaluated one by one and as one batch, by two fresh evaluators
+    (same clock), and the statements each ran."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reads = (_Counting(store), _Counting(store))
+    one, batched = (AlertEvaluator(c, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for c in reads)  # type: ignore[arg-type]
+    per_event = [a for t, r in events for a in one.evaluate(t, r)]
+    return per_event, batched.evaluate_batch(events), reads
+
+
 def test_batched_shipping_gate_equals_the_per_event_gate(store: Store) -> None:
     """``evaluate_batch`` traces every shipment of the batch with the statements of one: the
     gate alerts equal those of per-event evaluation, also when the hold or the NC that gates a
@@ -321,11 +333,7 @@ def test_batched_shipping_gate_equals_the_per_event_gate(store: Store) -> None:
         shipped(systems[4], "CUST-A", T0 + timedelta(hours=5), "SHP-G4"),  # a re-sent event
     ]
     land(store, batch)
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    reads = [_Counting(store), _Counting(store)]
-    one, batched = (AlertEvaluator(c, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for c in reads)  # type: ignore[arg-type]
-    per_event = [a for t, r in batch for a in one.evaluate(t, r)]
-    in_batch = batched.evaluate_batch(batch)
+    per_event, in_batch, reads = _per_event_and_batched(store, batch)
     # the four gated shipments' traces cost the statements of one
     assert reads[1].calls < reads[0].calls / 2
     assert [(a.alert_id, a.version, a.details) for a in in_batch] == [
@@ -356,11 +364,7 @@ def test_batched_impacts_equal_the_per_event_impacts(store: Store) -> None:
     ]
     batch.append(batch[0])  # a re-sent event
     land(store, batch)
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    reads = [_Counting(store), _Counting(store)]
-    one, batched = (AlertEvaluator(c, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for c in reads)  # type: ignore[arg-type]
-    per_event = [a for t, r in batch for a in one.evaluate(t, r)]
-    in_batch = batched.evaluate_batch(batch)
+    per_event, in_batch, reads = _per_event_and_batched(store, batch)
     key = [(a.alert_id, a.version, a.units, a.by_status, a.details) for a in per_event]
     assert key == [(a.alert_id, a.version, a.units, a.by_status, a.details) for a in in_batch]
     assert [a.rule for a in per_event] == ["NC_RAISED", "NC_RAISED", "NC_RAISED", "LOT_HELD_AFTER_USE"]
@@ -425,10 +429,8 @@ def test_batched_yield_reads_equal_the_per_event_reads(store: Store) -> None:
     tests.append(tests[3])  # a re-sent event
     events += tests
     land(store, events)
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    one, batched = (AlertEvaluator(store, AlertRules(nc_refresh_seconds=0), clock=lambda: now) for _ in "ab")
-    per_event = [a for t, r in events for a in one.evaluate(t, r)]
-    in_batch = batched.evaluate_batch(events)
+    per_event, in_batch, _reads = _per_event_and_batched(store, events)
+    one = AlertEvaluator(store, AlertRules(nc_refresh_seconds=0))
     key = [(a.alert_id, a.version, a.units, a.details) for a in per_event]
     assert key == [(a.alert_id, a.version, a.units, a.details) for a in in_batch]
     assert {a.alert_id: a.units for a in per_event} == {
