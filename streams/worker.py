@@ -55,4 +55,7 @@ def _app():  # noqa: ANN202
 app = _app()
 
 if __name__ == "__main__":
+    from traceline.orphans import exit_with_parent_from_env
+
+    exit_with_parent_from_env()  # started by `traceline serve`: stop when the server is gone
     app.main()

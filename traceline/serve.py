@@ -26,6 +26,7 @@ from schemas.topics import TopicNames
 from sinks.consumer import SinkWorker
 from sinks.store import Store
 from streams.topics import ensure_topics
+from traceline.orphans import PARENT_PID_ENV
 from traceline.settings import Settings
 
 __all__ = ["Server", "ServeOptions", "serve_state", "worker_env"]
@@ -92,7 +93,9 @@ class WorkerProcess:
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.worker", "worker", "-l", "info", "--without-web"],
-            env=self.env,
+            # its own session (a terminal's Ctrl-C reaches only the server, which stops it);
+            # it stops by itself if this process dies without stopping it (traceline.orphans)
+            env={**self.env, PARENT_PID_ENV: str(os.getpid())},
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
