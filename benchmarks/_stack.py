@@ -209,6 +209,26 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(parts[11]) + int(parts[12])) / _TICK  # utime + stime
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread *name* of a process (``/proc/<pid>/task/*``; digits stripped, so
+    ClickHouse's pools such as ``MergeMutate`` or ``QueryPipelineEx`` add up; Python threads are
+    named after the process)."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            head, tail = (t / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        name = head.split("(", 1)[1].rstrip("0123456789:-_ ") or "?"
+        parts = tail.split()
+        out[name] = out.get(name, 0.0) + (int(parts[11]) + int(parts[12])) / _TICK
+    return out
+
+
 def mem_kib(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -228,11 +248,13 @@ class ProcWatch:
         self.pids = {k: v for k, v in pids.items() if v}
         self._t0 = 0.0
         self._cpu0: dict[str, float] = {}
+        self._threads0: dict[str, dict[str, float]] = {}
         self.peak_rss_mib: dict[str, float] = {}
 
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._cpu0 = {k: cpu_seconds(p) or 0.0 for k, p in self.pids.items()}
+        self._threads0 = {k: thread_cpu(p) for k, p in self.pids.items()}
 
     def sample_rss(self) -> None:
         for k, p in self.pids.items():
@@ -245,13 +267,19 @@ class ProcWatch:
         wall = time.monotonic() - self._t0
         self.sample_rss()
         cpu = {}
+        threads: dict[str, dict[str, float]] = {}
         for k, p in self.pids.items():
             c = cpu_seconds(p)
             if c is not None:
                 cpu[k] = round((c - self._cpu0.get(k, 0.0)) / wall, 3)  # cores (1.0 = one core)
+            # threads that ended inside the window are missing here (their time counts in cpu_cores)
+            t0 = self._threads0.get(k, {})
+            per = {n: round((v - t0.get(n, 0.0)) / wall, 3) for n, v in thread_cpu(p).items()}
+            threads[k] = dict(sorted(((n, v) for n, v in per.items() if v >= 0.005), key=lambda x: -x[1]))
         return {
             "window_s": round(wall, 1),
             "cpu_cores": cpu,
+            "thread_cores": threads,
             "peak_rss_mib": {k: round(v) for k, v in self.peak_rss_mib.items()},
         }
 

@@ -98,6 +98,17 @@ def _emit(cmd: str, result: dict[str, Any], rows: list[tuple[str, str]]) -> None
         print(f"  {k:<{w}}  {v}")
 
 
+def _cpu_rows(procs: dict[str, Any], top: int = 6) -> list[tuple[str, str]]:
+    """Per process: cores and peak RSS, then its busiest threads by name."""
+    rows = []
+    for k, v in procs["cpu_cores"].items():
+        rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        threads = list(procs.get("thread_cores", {}).get(k, {}).items())[:top]
+        if threads:
+            rows.append((f"  threads of {k}", ", ".join(f"{n} {c:.2f}" for n, c in threads)))
+    return rows
+
+
 def _procs(stack: Stack, pub: Any = None) -> dict[str, int | None]:
     return {
         "serve(sink+alerts)": os.getpid(),
@@ -340,8 +351,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             ("sink batches in window (mean events per batch)", f"{n_batches:,} ({res['sink_mean_batch']:,})"),
             ("machine busy (all processes)", f"{res['machine_busy_cores']} of {CPU_COUNT} cores"),
         ]
-        for k, v in procs["cpu_cores"].items():
-            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        rows += _cpu_rows(procs)
         _emit("ingest", res, rows)
         return 0
     finally:
@@ -473,8 +483,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
             rows.append(
                 ("alert engine busy (share of wall)", ", ".join(f"{k[6:]} {v}" for k, v in busy.items()))
             )
-        for k, v in procs["cpu_cores"].items():
-            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        rows += _cpu_rows(procs)
         _emit("latency", res, rows)
         return 0
     finally:
@@ -562,8 +571,7 @@ def cmd_backlog(a: argparse.Namespace) -> int:
             ),
             ("rows in ClickHouse", f"{in_ch:,}"),
         ]
-        for k, v in procs["cpu_cores"].items():
-            rows.append((f"cpu {k}", f"{v:.2f} cores, peak RSS {procs['peak_rss_mib'].get(k, 0):,} MiB"))
+        rows += _cpu_rows(procs)
         _emit("backlog", res, rows)
         return 0
     finally:
