@@ -9,7 +9,10 @@
 2. Runs ``queries.recall.recall_impact`` / ``forward_trace`` for random lots and
    ``backward_trace`` for random systems, cold (ClickHouse caches dropped before each call,
    each lot touched for the first time) and warm (repeated), and prints p50/p99 as one JSON
-   line plus a table.
+   line plus a table, with the statements each call ran and the engine's floor timed between
+   the warm calls (``SELECT 1`` and a one-key read of ``lot_units``): on chdb every statement
+   costs that floor before it reads anything, and the floor moves with the box's load (the
+   same plant measured 2-3x apart on different days), so read the latencies against it.
 
 Plant shape (per final system): 2 LRUs, 3 modules per LRU, 4 boards per module = 33 serials;
 every 50th module also consumes a serialised sensor. Serial numbers are fixed-width and
@@ -483,6 +486,30 @@ def _stats(xs: list[float]) -> dict[str, float]:
     }
 
 
+class _Counting:
+    """The store as the query functions see it, counting the statements they run."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.statements = 0
+
+    def query(self, sql: str, params: Any = None) -> Any:
+        self.statements += 1
+        return self._store.query(sql, params)
+
+    def query_arrow(self, sql: str, params: Any = None) -> Any:
+        self.statements += 1
+        return self._store.query_arrow(sql, params)
+
+
+#: the engine's floor, timed between the calls of the warm rounds (same box, same moment): a
+#: statement that reads no table, and the cheapest read of a product table (one key of lot_units)
+FLOOR_STATEMENTS = {
+    "select_1": "SELECT 1 AS x",
+    "point_read": "SELECT count() AS n FROM lot_units WHERE lot_id = {l:String}",
+}
+
+
 def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
     t = time.perf_counter()
     out = fn()
@@ -536,17 +563,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def cases_of(q: Any) -> dict[str, tuple[Callable[[str], Any], list[str], list[str]]]:
         return {
             "recall_impact(lot)": (
-                lambda k: q.recall_impact(store, q.Trigger("lot", k)),
+                lambda k: q.recall_impact(counted, q.Trigger("lot", k)),
                 lot_sample,
                 cold_lots,
             ),
-            "forward_trace(lot)": (lambda k: q.forward_trace(store, k), lot_sample, cold_lots),
-            "backward_trace(system)": (lambda k: q.backward_trace(store, k), sys_sample, cold_sys),
+            "forward_trace(lot)": (lambda k: q.forward_trace(counted, k), lot_sample, cold_lots),
+            "backward_trace(system)": (lambda k: q.backward_trace(counted, k), sys_sample, cold_sys),
         }
 
+    counted = _Counting(store)
     per_mod = [(mname, cases_of(q)) for mname, q in mods]
     results: dict[str, Any] = {}
     sizes: dict[str, list[int]] = {}
+    stmts: dict[str, list[int]] = {}
+    floor: dict[str, list[float]] = {k: [] for k in FLOOR_STATEMENTS}
     checked = {"compared": 0, "differ": 0}
 
     def check(name: str, key: str, outs: list[Any]) -> None:
@@ -577,17 +607,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             check(name, k, [cases[name][0](k) for _m, cases in per_mod])
         warm: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         n_units: list[int] = []
+        n_stmts: dict[str, list[int]] = {m: [] for m, _c in per_mod}
         for r in range(args.rounds):
             for k in keys:
                 for m, cases in per_mod:
+                    counted.statements = 0
                     dt, out = _time(lambda k=k, fn=cases[name][0]: fn(k))
                     warm[m].append(dt)
-                    if r == 0 and m == per_mod[0][0]:
-                        n_units.append(len(out.units))
+                    if r == 0:
+                        n_stmts[m].append(counted.statements)
+                        if m == per_mod[0][0]:
+                            n_units.append(len(out.units))
+                for f, sql in FLOOR_STATEMENTS.items():
+                    floor[f].append(_time(lambda sql=sql: store.query_arrow(sql, {"l": lot_sample[0]}))[0])
             _log(f"{name}: warm round {r + 1}/{args.rounds}")
         for m, _c in per_mod:
             results[label[m]] = {"warm": _stats(warm[m]), "cold": _stats(cold[m]) if cold[m] else None}
             sizes[label[m]] = n_units
+            stmts[label[m]] = n_stmts[m]
     store.close()
     summary = {
         "benchmark": "recall",
@@ -604,6 +641,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "units_per_call": {k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in sizes.items() if v},
+        "statements_per_call": {k: {"p50": int(_pct(v, 50)), "max": max(v)} for k, v in stmts.items() if v},
+        "floor": {k: _stats(v) for k, v in floor.items() if v},
         "results": results,
     }
     if args.check and multi:
@@ -615,14 +654,23 @@ def _table(summary: dict[str, Any]) -> str:
     w = max(24, *(len(n) for n in summary["results"]))
     lines = [
         f"recall benchmark: {summary['serials']:,} serials ({summary['dsn']}), load avg {summary['load_avg']}",
-        f"{'query':<{w}} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}",
+        f"{'query':<{w}} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}"
+        f" {'stmts p50/max':>14}",
     ]
     for name, r in summary["results"].items():
         c = r["cold"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
         u = summary["units_per_call"].get(name, {"p50": 0, "max": 0})
+        n = summary["statements_per_call"].get(name, {"p50": 0, "max": 0})
         lines.append(
             f"{name:<{w}} {r['warm']['p50_ms']:>7.2f}ms {r['warm']['p99_ms']:>7.2f}ms"
             f" {c['p50_ms']:>7.2f}ms {c['p99_ms']:>7.2f}ms {u['p50']:>7}/{u['max']:<6}"
+            f" {n['p50']:>7}/{n['max']:<6}"
+        )
+    fl = summary.get("floor", {})
+    if fl:
+        lines.append(
+            "engine floor, timed between the warm calls: "
+            + ", ".join(f"{k} p50 {v['p50_ms']:.2f}ms p99 {v['p99_ms']:.2f}ms" for k, v in fl.items())
         )
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ collapses at merge time (exact queries: FINAL / LIMIT 1 BY event_id / DISTINCT).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +58,22 @@ _TRANSIENT_CODES = {
 }
 
 INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
+
+#: embedded engine (chdb): size of ClickHouse's uncompressed-block cache, which chdb leaves at 0
+#: (env TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB, 0 turns it off). Warm recall / trace reads
+#: decompress the same blocks again and again; with the cache on, interleaved A/B at 10M
+#: serials: recall_impact p50 82 -> 72 ms, backward_trace p50 85 -> 70 ms (docs/BENCHMARKS.md).
+CHDB_UNCOMPRESSED_CACHE_MB = 1024
+
+
+def _chdb_client_args() -> dict[str, Any]:
+    mb = int(os.environ.get("TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB", CHDB_UNCOMPRESSED_CACHE_MB))
+    if mb <= 0:
+        return {}
+    return {
+        "chdb_options": {"uncompressed_cache_size": mb * 1024 * 1024},
+        "settings": {"use_uncompressed_cache": 1},
+    }
 
 
 class StoreError(TracelineError):
@@ -144,7 +161,8 @@ class Store:
         import clickhouse_connect
 
         def connect() -> Any:
-            return clickhouse_connect.get_client(dsn=dsn)
+            extra = _chdb_client_args() if dsn.startswith("chdb:") else {}
+            return clickhouse_connect.get_client(dsn=dsn, **extra)
 
         probe = cls(None, database, dsn=dsn, retries=retries, backoff_s=backoff_s)
         client = probe._retry("connect", connect)
