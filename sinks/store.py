@@ -67,7 +67,14 @@ CHDB_UNCOMPRESSED_CACHE_MB = 1024
 
 
 def _chdb_client_args() -> dict[str, Any]:
-    mb = int(os.environ.get("TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB", CHDB_UNCOMPRESSED_CACHE_MB))
+    raw = os.environ.get("TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB", str(CHDB_UNCOMPRESSED_CACHE_MB))
+    try:
+        mb = int(raw)
+    except ValueError:
+        raise StoreError(
+            f"TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB must be a whole number of MiB (0 = off), got {raw!r}",
+            operation="connect",
+        ) from None
     if mb <= 0:
         return {}
     return {
