@@ -326,7 +326,7 @@ class Stack:
         return self.bootstrap
 
     def ensure_topics(self) -> None:
-        from streams.topics import ensure_topics
+        from schemas.kafka import ensure_topics
 
         s = self.settings
         k = s.kafka
@@ -346,7 +346,7 @@ class Stack:
         return w.proc.pid if w is not None and w.proc is not None else None
 
     def lag(self) -> dict[str, int]:
-        from traceline.lag import pipeline_lag
+        from schemas.kafka import pipeline_lag
 
         s = self.settings
         return pipeline_lag(self.bootstrap, s.topics, app_id=s.app_id, sink_group=s.sink_group)

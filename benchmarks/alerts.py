@@ -6,7 +6,7 @@
    Avro-encoded (``benchmarks._stack.fast_encoder``, byte-checked against the pydantic
    encoder) and decoded with ``schemas.serde.AvroSerde`` exactly as the sink decodes them,
    turned into rows by the sink's own ``sinks.rows.rows_for_batch`` and written with
-   ``Store.write_batch``; the genealogy from ``streams.genealogy.run`` over the same events
+   ``Store.write_batch``; the genealogy from ``tests.support.run_genealogy`` over the same events
    (every change record, as the stream processor emits them) through ``genealogy_rows``.
    The bulk rows carry the topic name ``bulk.events``, so the live sink's watermarks (per
    live topic) do not see them. The store (chdb under ``--data-dir``) is reused when a plant
@@ -69,7 +69,7 @@ def build_plant(dsn: str, serials: int, seed: int, marker: Path) -> dict[str, An
     from schemas.serde import AvroSerde
     from sinks.rows import SinkRecord, genealogy_rows, rows_for_batch
     from sinks.store import Store
-    from streams import genealogy
+    from tests.support import run_genealogy
 
     if marker.exists():
         meta = json.loads(marker.read_text())
@@ -127,7 +127,7 @@ def build_plant(dsn: str, serials: int, seed: int, marker: Path) -> dict[str, An
         log(f"  raw + fact rows: {n:,} events in {time.perf_counter() - t0:.0f}s (inserts {t_write:.0f}s)")
         t1 = time.perf_counter()
         changes: list[dict[str, Any]] = []
-        genealogy.run(gen_events, changes=changes)
+        run_genealogy(gen_events, changes=changes)
         for i in range(0, len(changes), 50_000):
             store.write_batch(genealogy_rows(changes[i : i + 50_000]), token=f"bulk-gen:{seed}:{i}")
         log(f"  genealogy: {len(changes):,} change records in {time.perf_counter() - t1:.0f}s")
@@ -194,7 +194,7 @@ class Probe:
     """Timing-only wrappers around the running sink and engine (instance attributes)."""
 
     def __init__(self, server: Any, events_topic: str) -> None:
-        from sinks.alerts import _trigger_key  # the key the engine files a trigger's impact under
+        from queries.alerts import _trigger_key  # the key the engine files a trigger's impact under
 
         self.sink_lands: list[tuple[float, float, set[tuple[int, int]]]] = []
         self.waits: list[tuple[float, float]] = []
@@ -308,7 +308,7 @@ def topics_ready(bootstrap: str, s: Any, timeout: float = 60.0) -> None:
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from streams.topics import ensure_topics
+    from schemas.kafka import ensure_topics
 
     ensure_topics(bootstrap, s.topics, partitions=s.kafka.partitions, replication=s.kafka.replication)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-probe-{uuid.uuid4().hex}"})
@@ -335,8 +335,8 @@ def refresh_estimate(dsn: str, sample: int, seed: int) -> dict[str, Any]:
     every ``nc_refresh_seconds``): the open NCs of the store (as ``load_state`` rebuilds them),
     the impact of a sample of them timed (stratified by target kind: their costs differ by
     orders of magnitude), times their count per kind."""
-    from queries.recall import Trigger
-    from sinks.alerts import AlertEvaluator
+    from queries.alerts import AlertEvaluator
+    from queries.results import Trigger
     from sinks.store import Store
     from streams.alerts import AlertRules, trigger_kind
 
@@ -445,7 +445,7 @@ def run_phase(
     targets = pick_targets(dsn, args.warmup + args.triggers, args.seed * 100 + idx)
     load_before = loadavg()
     topics_ready(bootstrap, s)
-    os.environ["TRACELINE_ALERTS_NC_REFRESH_SECONDS"] = str(args.nc_refresh_seconds)  # Server's AlertRules()
+    s.alert_rules.nc_refresh_seconds = args.nc_refresh_seconds
     server = Server(
         s,
         ServeOptions(

@@ -28,7 +28,7 @@ The load generator is a separate process running a real :class:`producers.publis
   the sink's ClickHouse insert of the raw row returned (the row is queryable from then on).
 * backlog: ``--events`` are published into Kafka first (nothing consuming), then the server
   starts; times until ClickHouse holds every event and until the genealogy caught up
-  (``traceline.lag.wait_caught_up``, minus its quiet period).
+  (``tests.support.wait_caught_up``, minus its quiet period).
 """
 
 from __future__ import annotations
@@ -494,7 +494,7 @@ def cmd_latency(a: argparse.Namespace) -> int:
 
 
 def cmd_backlog(a: argparse.Namespace) -> int:
-    from traceline.lag import wait_caught_up
+    from tests.support import wait_caught_up
 
     stack = _stack_for(a)
     try:

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from queries.recall import to_jsonable
+from queries.results import to_jsonable
 from sinks.ddl import lot_units_backfill
 from sinks.store import Store
 
@@ -707,9 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--queries",
-        default="queries.recall",
+        default="queries",
         help="module providing Trigger / recall_impact / forward_trace / backward_trace "
-        "(default queries.recall); several, comma-separated, run interleaved key by key so they "
+        "(default queries); several, comma-separated, run interleaved key by key so they "
         "share the machine's load (e.g. an older copy of the module to compare)",
     )
     p.add_argument(

@@ -23,33 +23,15 @@ from confluent_kafka import KafkaError, Producer
 
 from producers.outbox import Outbox
 from schemas.errors import BrokerUnavailableError
+from schemas.kafka import producer_config
 from schemas.models import EventBase
 from schemas.serde import AvroSerde
 
-__all__ = ["Publisher", "DEFAULT_TOPIC", "producer_config"]
+__all__ = ["Publisher", "DEFAULT_TOPIC"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "traceline.events"
-
-
-def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
-    """The producer settings traceline relies on (idempotent, acks=all, murmur2_random)."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-        "compression.type": "lz4",
-        "linger.ms": 20,
-        "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 200_000,
-        "message.timeout.ms": 60_000,
-        "socket.connection.setup.timeout.ms": 10_000,
-        "reconnect.backoff.max.ms": 2_000,
-    }
-    conf.update(overrides)
-    return conf
 
 
 class Publisher:

@@ -2,21 +2,14 @@
 
 ``simulate(units, seed)`` streams the events of a defense electronics plant in the JSON form
 of ``schemas/README.md`` (plain dicts: ``"type"``, the common header, ISO-8601 timestamps with
-millisecond precision and ``Z``, ``UnitRef`` as ``{"part_number", "serial_number"}``).
+millisecond precision and ``Z``, ``UnitRef`` as ``{"part_number", "serial_number"}``);
+``write_jsonl`` writes them to a file. The plant itself (programmes, parts, BOMs, materials,
+sites, stations, benches, customers) is ``producers.plant``; ids, timestamps, the run's
+counters and the file writer are ``producers.output``.
 
 What the plant does
 -------------------
-Three programmes (an AESA radar, an EW self-protection suite, a mission-computer suite), each
-with its own part numbers at five levels:
-
-* level 0 ``<PRG>-D....`` GaN dies (radar only), consumed as serialised units by a board;
-* level 1 ``<PRG>-P....`` circuit boards: SMT placement (creates the unit; consumes bare-board,
-  solder-paste, IC-kit and passive-kit lots), reflow, AOI, conformal coating (mixed coating lot),
-  in-circuit test;
-* level 2 ``<PRG>-M....`` modules, level 3 ``<PRG>-L....`` LRUs, level 4 ``<PRG>-S4000`` systems:
-  a creating operation, ``UnitAssembled`` of the children at reference designators / slots,
-  further operations and an acceptance test each.
-
+Every batch builds systems of one programme, level by level, from the dies and boards up.
 Material arrives as supplier lots (``MaterialReceived`` with CoC and incoming inspection; a
 few are rejected or accepted conditionally); IC reels are split into kits, solder paste is
 conditioned (``PROCESS``), two-part coating is mixed (``MERGE``). Some lots go on hold or
@@ -42,295 +35,47 @@ comes from one ``random.Random(seed)``: the same arguments give a byte-identical
 
 from __future__ import annotations
 
-import gzip
 import heapq
-import json
-import os
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from producers.output import SimulationStats, time_formatter, to_ms, uuid4_str, write_jsonl
+from producers.plant import (
+    ASSY_GROUP,
+    CUSTOMERS,
+    DAY,
+    DEFAULT_SITES,
+    DEFAULT_START,
+    HOLD_REASONS,
+    HOUR,
+    MEAS,
+    MIN,
+    NC_FAIL_TEXT,
+    OPS,
+    P_REWORK,
+    REJECT_REASONS,
+    SPARES_CUSTOMERS,
+    STAGE,
+    STATION_COUNT,
+    SUPPLIERS,
+    TESTS,
+    Mat,
+    Part,
+    Program,
+    build_benches,
+    build_catalogue,
+)
 
 __all__ = [
-    "DEFAULT_SITES",
-    "DEFAULT_START",
-    "PROGRAMMES",
     "Simulation",
-    "SimulationStats",
     "simulate",
-    "write_jsonl",
+    "write_jsonl",  # producers.output's, importable from here as before
 ]
 
-SEC = 1_000
-MIN = 60_000
-HOUR = 3_600_000
-DAY = 86_400_000
-
-DEFAULT_START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
-DEFAULT_SITES: tuple[str, ...] = ("plant-a", "plant-b", "plant-c")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_STAGE = 4 * HOUR  # plant time between the start of one level's work and the next level's
-
-# ---------------------------------------------------------------------------------------------
-# Catalogue
-# ---------------------------------------------------------------------------------------------
-
-# supplier id -> prefix of its own lot numbers
-SUPPLIERS: dict[str, str] = {
-    "SUP-NORDPCB": "NP",
-    "SUP-ALPHACHEM": "AC",
-    "SUP-INDICHEM": "IC",
-    "SUP-COATECH": "CT",
-    "SUP-SEMIDIST": "SD",
-    "SUP-AEROCOMP": "AE",
-    "SUP-GANFAB": "GF",
-    "SUP-MILCONN": "MC",
-    "SUP-CHASSISWORKS": "CW",
-    "SUP-CABLETEC": "CB",
-    "SUP-THERMIX": "TX",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Mat:
-    """A material part number and how its lots come about."""
-
-    part_number: str
-    kind: str  # "recv" (use received lots) | "split" | "process" | "merge"
-    uom: str
-    receipt_qty: int  # size of a received lot
-    sub_qty: int = 0  # size of a kit / conditioned batch (split, process)
-    suppliers: tuple[str, ...] = ()
-    inputs: tuple[tuple[_Mat, int], ...] = ()  # merge: (input material, quantity per batch)
-    station: str = "KIT"  # station group of the transformation
-
-
-def _m(pn: str, kind: str, uom: str, qty: int, sub: int, *suppliers: str, station: str = "KIT") -> _Mat:
-    return _Mat(pn, kind, uom, qty, sub, tuple(suppliers), station=station)
-
-
-SOLDER_PASTE = _m("MAT-SP-SAC305", "process", "g", 5000, 500, "SUP-ALPHACHEM", "SUP-INDICHEM",
-                  station="PASTE")
-CC_BASE = _m("MAT-CC-BASE", "recv", "mL", 8000, 0, "SUP-COATECH")
-CC_HARDENER = _m("MAT-CC-HARDENER", "recv", "mL", 2000, 0, "SUP-COATECH")
-CC_MIX = _Mat("MAT-CC-MIX", "merge", "mL", 0, 0, (), ((CC_BASE, 800), (CC_HARDENER, 200)), "CCMIX")
-PASSIVES = _m("CMP-PASSIVE-KIT", "split", "pcs", 20000, 1000, "SUP-AEROCOMP", "SUP-SEMIDIST")
-GAN_WAFER = _m("WFR-GAN-025", "split", "pcs", 400, 50, "SUP-GANFAB")
-CONNECTOR = _m("CON-M83513-25", "recv", "pcs", 400, 0, "SUP-MILCONN")
-FASTENERS = _m("HW-NAS1352-KIT", "recv", "pcs", 2000, 0, "SUP-MILCONN", "SUP-AEROCOMP")
-GAP_PAD = _m("MAT-GAPPAD-5W", "recv", "cm2", 10000, 0, "SUP-THERMIX")
-
-
-def _ic(pn: str) -> _Mat:
-    return _m(pn, "split", "pcs", 500, 25, "SUP-SEMIDIST", "SUP-AEROCOMP")
-
-
-@dataclass(slots=True)
-class _Part:
-    program: _Program
-    code: str
-    level: int
-    name: str
-    children: list[tuple[_Part, tuple[str, ...]]] = field(default_factory=list)
-    dies: list[_Part] = field(default_factory=list)
-    bom: list[tuple[_Mat, int]] = field(default_factory=list)  # consumed by the creating op
-    coat: list[tuple[_Mat, int]] = field(default_factory=list)  # consumed by conformal coating
-    part_number: str = ""
-    procedure_id: str = ""
-    procedure_version: str = ""
-    next_serial: int = 1
-
-
-@dataclass(slots=True)
-class _Program:
-    idx: int
-    program: str
-    code: str
-    name: str
-    weight: float
-    platform: str
-    customers: tuple[str, ...]
-    parts: dict[str, _Part] = field(default_factory=dict)
-    system: _Part | None = None
-    lrus: list[_Part] = field(default_factory=list)
-    site_for_level: tuple[int, ...] = ()
-    per_level: tuple[float, ...] = ()  # units per system at each level
-
-
-# (programme id, code, name, weight, platform prefix, customers, ICs, structure)
-# structure: part code -> (name, [(child code, positions)], [die codes])
-PROGRAMMES: tuple[tuple[Any, ...], ...] = (
-    ("PRG-AESA", "RDR", "AESA fire-control radar", 0.45, "FGT",
-     ("CUST-UK-MOD", "CUST-DE-BAAINBW", "CUST-PRIME-AIRFRAME", "CUST-NSPA-DEPOT"),
-     ("IC-FPGA-XCKU060", "IC-ADC-AD9208", "IC-PLL-LMX2594", "IC-LDO-LT3045"),
-     {
-         "S4000": ("Radar system", [("L3100", ("LRU1",)), ("L3200", ("LRU2",)), ("L3300", ("LRU3",))], []),
-         "L3100": ("Receiver/exciter", [("M2100", ("A1", "A2")), ("M2110", ("A3",))], []),
-         "L3200": ("Radar signal processor", [("M2200", ("A1", "A2"))], []),
-         "L3300": ("Power supply unit", [("M2300", ("A1",))], []),
-         "M2100": ("T/R channel module", [("P1100", ("J1", "J2"))], []),
-         "M2110": ("Frequency synthesiser", [("P1110", ("J1",))], []),
-         "M2200": ("Processor module", [("P1200", ("J1",)), ("P1210", ("J2",))], []),
-         "M2300": ("Power conversion module", [("P1300", ("J1",))], []),
-         "P1100": ("T/R board", [], ["D0100"]),
-         "P1110": ("Synthesiser board", [], []),
-         "P1200": ("FPGA processing board", [], []),
-         "P1210": ("I/O board", [], []),
-         "P1300": ("Power board", [], []),
-         "D0100": ("GaN HPA die", [], []),
-     }),
-    ("PRG-EWSP", "EWS", "EW self-protection suite", 0.35, "HEL",
-     ("CUST-DE-BAAINBW", "CUST-FR-DGA", "CUST-NSPA-DEPOT"),
-     ("IC-FPGA-XCVU9P", "IC-ADC-AD9213", "IC-DAC-AD9176", "IC-LDO-LT3045"),
-     {
-         "S4000": ("EW suite", [("L3100", ("LRU1", "LRU2")), ("L3200", ("LRU3",)), ("L3300", ("LRU4",))],
-                   []),
-         "L3100": ("Radar warning receiver", [("M2100", ("A1", "A2")), ("M2120", ("A3",))], []),
-         "L3200": ("Techniques generator", [("M2200", ("A1",)), ("M2120", ("A2",))], []),
-         "L3300": ("Countermeasure dispenser controller", [("M2300", ("A1",))], []),
-         "M2100": ("Wideband receiver module", [("P1100", ("J1",))], []),
-         "M2120": ("Digitiser module", [("P1120", ("J1",)), ("P1130", ("J2",))], []),
-         "M2200": ("DRFM module", [("P1200", ("J1", "J2"))], []),
-         "M2300": ("Controller module", [("P1300", ("J1",))], []),
-         "P1100": ("RF downconverter board", [], []),
-         "P1120": ("ADC board", [], []),
-         "P1130": ("FPGA board", [], []),
-         "P1200": ("DRFM board", [], []),
-         "P1300": ("Controller board", [], []),
-     }),
-    ("PRG-MSNC", "AVN", "Mission computer suite", 0.20, "MPA",
-     ("CUST-UK-MOD", "CUST-FR-DGA", "CUST-PRIME-AIRFRAME"),
-     ("IC-CPU-T2080", "IC-DDR4-MT40A", "IC-FPGA-A7", "IC-LDO-LT3045"),
-     {
-         "S4000": ("Mission system rack", [("L3100", ("LRU1", "LRU2")), ("L3200", ("LRU3",))], []),
-         "L3100": ("Mission computer", [("M2100", ("A1", "A2")), ("M2110", ("A3",)), ("M2120", ("A4",))],
-                   []),
-         "L3200": ("Display processor", [("M2200", ("A1",)), ("M2120", ("A2",))], []),
-         "M2100": ("CPU module", [("P1100", ("J1",))], []),
-         "M2110": ("MIL-STD-1553 I/O module", [("P1110", ("J1",))], []),
-         "M2120": ("Power supply module", [("P1120", ("J1",))], []),
-         "M2200": ("Graphics module", [("P1200", ("J1",)), ("P1210", ("J2",))], []),
-         "P1100": ("CPU board", [], []),
-         "P1110": ("1553 interface board", [], []),
-         "P1120": ("PSU board", [], []),
-         "P1200": ("GPU board", [], []),
-         "P1210": ("Video I/O board", [], []),
-     }),
-)
-
-_LEVEL_OF = {"D": 0, "P": 1, "M": 2, "L": 3, "S": 4}
-
-# customer -> (short code, destination sites)
-CUSTOMERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "CUST-UK-MOD": ("UK", ("RAF-CONINGSBY", "RAF-LOSSIEMOUTH", "HMNB-PORTSMOUTH")),
-    "CUST-DE-BAAINBW": ("DE", ("FLB-NEUBURG", "FLB-LAAGE", "HSG-FASSBERG")),
-    "CUST-FR-DGA": ("FR", ("BA-118-MONT-DE-MARSAN", "BAN-LANDIVISIAU")),
-    "CUST-PRIME-AIRFRAME": ("PA", ("PRIME-FAL-SEVILLE", "PRIME-FAL-WARTON")),
-    "CUST-NSPA-DEPOT": ("NS", ("NSPA-CAPELLEN",)),
-}
-_SPARES_CUSTOMERS = ("CUST-NSPA-DEPOT", "CUST-UK-MOD")
-
-# per level: operations (name, station group, min minutes, max minutes); the first one creates the unit
-_OPS: dict[int, tuple[tuple[str, str, float, float], ...]] = {
-    0: (("0010 Die singulation and attach", "DIE", 4, 9),),
-    1: (("0010 SMT placement", "SMT", 4, 9), ("0020 Reflow soldering", "RFL", 6, 10),
-        ("0030 AOI", "AOI", 2, 4), ("0040 Conformal coating", "CC", 8, 15)),
-    2: (("0010 Module build", "MOD", 15, 30), ("0020 Torque and inspection", "MOD", 5, 10)),
-    3: (("0010 LRU integration", "INT", 30, 60), ("0020 Environmental stress screening", "ESS", 50, 80)),
-    4: (("0010 System integration", "SYS", 45, 90), ("0020 Final inspection", "SYS", 10, 20)),
-}
-_STATION_COUNT = {"DIE": 1, "SMT": 3, "RFL": 3, "AOI": 3, "CC": 2, "MOD": 4, "INT": 3, "ESS": 2, "SYS": 2}
-_ASSY_GROUP = {2: "MOD", 3: "INT", 4: "SYS"}
-
-# per level: test bench prefix, number of benches, min/max minutes, fail probability
-_TESTS: dict[int, tuple[str, int, float, float, float]] = {
-    0: ("PRB", 1, 1, 3, 0.02),
-    1: ("ICT", 3, 3, 8, 0.025),
-    2: ("FCT", 3, 10, 20, 0.04),
-    3: ("ATE", 2, 30, 60, 0.07),
-    4: ("SAT", 1, 60, 120, 0.06),
-}
-_PROC_PREFIX = {0: "TP-PRB", 1: "TP-ICT", 2: "TP-FCT", 3: "ATP", 4: "SAT"}
-# probability that a failing parent is reworked by swapping a child (else adjusted and retested)
-_P_REWORK = {2: 0.4, 3: 0.7, 4: 0.7}
-
-# (name, unit, nominal, spread, low limit, high limit)
-_MEAS: dict[int, tuple[tuple[str, str, float, float, float | None, float | None], ...]] = {
-    0: (("IDQ", "mA", 120.0, 6.0, 100.0, 140.0), ("GAIN", "dB", 13.5, 0.3, 12.5, 14.5)),
-    1: (("V_3V3", "V", 3.3, 0.03, 3.2, 3.4), ("V_1V0", "V", 1.0, 0.008, 0.97, 1.03),
-        ("I_IDLE", "A", 0.85, 0.05, None, 1.0), ("R_ISO", "MOhm", 500.0, 60.0, 100.0, None)),
-    2: (("GAIN", "dB", 25.0, 0.5, 23.5, 26.5), ("NOISE_FIGURE", "dB", 2.4, 0.2, None, 3.0),
-        ("P_OUT", "dBm", 33.0, 0.4, 31.5, None), ("I_SUPPLY", "A", 2.1, 0.1, None, 2.5)),
-    3: (("TX_POWER", "W", 250.0, 5.0, 235.0, None), ("RX_SENSITIVITY", "dBm", -102.0, 1.0, None, -98.0),
-        ("BIT_FAULTS", "count", 0.0, 0.0, 0.0, 0.0), ("TEMP_RISE", "degC", 18.0, 2.0, None, 25.0)),
-    4: (("BIT_FAULTS", "count", 0.0, 0.0, 0.0, 0.0), ("DETECT_RANGE", "km", 185.0, 4.0, 170.0, None),
-        ("POWER_IN", "kW", 3.2, 0.08, None, 3.6), ("BOOT_TIME", "s", 42.0, 3.0, None, 60.0)),
-}
-
-_HOLD_REASONS = (
-    "Supplier advisory: possible counterfeit date codes",
-    "Solderability test failure on sample",
-    "Shelf life exceeded at point of use",
-    "Moisture sensitivity: dry-pack breached",
-    "Supplier CoC does not match drawing revision",
-    "Customer source inspection pending",
-)
-_REJECT_REASONS = (
-    "Incoming inspection rejected: dimensions out of tolerance",
-    "Incoming inspection rejected: damaged packaging / ESD bag breached",
-    "Incoming inspection rejected: CoC missing",
-    "Incoming inspection rejected: wrong part marking",
-)
-_NC_FAIL_TEXT = {
-    0: "Die probe parametric failure",
-    1: "ICT failure: solder short / open",
-    2: "Module functional test failure",
-    3: "LRU acceptance test failure",
-    4: "System acceptance test failure",
-}
-
 _INF = 1 << 62
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def _uuid4_str(n: int) -> str:
-    """``str(uuid.UUID(int=n, version=4))`` without building a UUID object."""
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-def _time_formatter() -> Callable[[int], str]:
-    """Epoch milliseconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ``, with a bounded per-minute cache."""
-    cache: dict[int, str] = {}
-    get = cache.get
-
-    def fmt(ms: int) -> str:
-        m, r = divmod(ms, MIN)
-        p = get(m)
-        if p is None:
-            if len(cache) >= 8192:
-                cache.clear()
-            p = cache[m] = (_EPOCH + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:")
-        s, ms_ = divmod(r, SEC)
-        return f"{p}{s:02d}.{ms_:03d}Z"
-
-    return fmt
-
-
-def _to_ms(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
 class _Lot:
@@ -350,101 +95,21 @@ class _MatState:
         self.sources: list[_Lot | None] = [None] * n
 
 
-class _Bench:
-    """A test bench whose calibration history is a pure function of time (consistent even when
-    tests are generated out of time order): calibration k is valid from ``t0 + k * period``;
-    at a few boundaries the recalibration is late by ``overrun`` and tests keep the old id."""
-
-    __slots__ = ("bench_id", "t0", "period", "overrun", "salt", "reported")
-
-    def __init__(self, bench_id: str, t0: int, period: int, overrun: int, salt: int) -> None:
-        self.bench_id = bench_id
-        self.t0 = t0
-        self.period = period
-        self.overrun = overrun
-        self.salt = salt
-        self.reported = -1  # last calibration index whose overrun was raised as an NCR
-
-    def late(self, k: int) -> bool:
-        return k >= 1 and (self.salt + 7 * k) % 6 == 0
-
-    def calibration(self, t: int) -> tuple[int, int]:
-        """(calibration index, due date) in force for a test at ``t``."""
-        k = (t - self.t0) // self.period
-        if self.late(k) and t - (self.t0 + k * self.period) < self.overrun:
-            k -= 1
-        return k, self.t0 + (k + 1) * self.period
-
-
-@dataclass
-class SimulationStats:
-    """What a run produced. Event counts are of events yielded so far; the other counters are
-    updated as the plant generates work (they match once the iteration is complete)."""
-
-    seed: int
-    units_target: int
-    events_by_type: Counter[str] = field(default_factory=Counter)
-    units: int = 0
-    units_by_level: Counter[int] = field(default_factory=Counter)
-    units_by_part: Counter[str] = field(default_factory=Counter)
-    batches: int = 0
-    systems: int = 0
-    systems_shipped: int = 0
-    systems_in_stock: int = 0
-    systems_in_work: int = 0
-    spares_shipped: int = 0
-    lots_received: int = 0
-    lots_rejected: int = 0
-    lots_conditional: int = 0
-    lots_transformed: int = 0
-    lot_holds: int = 0
-    tests: int = 0
-    tests_failed: int = 0
-    tests_past_calibration: int = 0
-    reworks: int = 0
-    rework_reinstalls: int = 0
-    nonconformances: int = 0
-    first_event_time: str | None = None
-    last_event_time: str | None = None
-    programs: tuple[str, ...] = ()
-    sites: tuple[str, ...] = ()
-
-    @property
-    def events(self) -> int:
-        """Events yielded so far."""
-        return sum(self.events_by_type.values())
-
-    @property
-    def lots(self) -> int:
-        return self.lots_received + self.lots_transformed
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["events_by_type"] = dict(sorted(self.events_by_type.items()))
-        d["units_by_level"] = dict(sorted(self.units_by_level.items()))
-        d["units_by_part"] = dict(sorted(self.units_by_part.items()))
-        d["lots"] = self.lots
-        d["events"] = self.events
-        d["programs"] = list(self.programs)
-        d["sites"] = list(self.sites)
-        return d
-
-
 class _Batch:
     __slots__ = ("no", "start", "prog", "cursor", "step", "wos")
 
-    def __init__(self, no: int, start: int, prog: _Program, n_sys: int) -> None:
+    def __init__(self, no: int, start: int, prog: Program, n_sys: int) -> None:
         self.no = no
         self.start = start
         self.prog = prog
-        self.cursor = [start + lvl * _STAGE for lvl in range(5)]
+        self.cursor = [start + lvl * STAGE for lvl in range(5)]
         # spread the starts of each level's units over ~100 minutes of its stage
         self.step = [int(100 * MIN / max(1.0, prog.per_level[lvl] * n_sys)) for lvl in range(5)]
         self.wos: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
-# The plant
+# The simulation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -478,7 +143,7 @@ class Simulation:
         self.units_target = units
         self.seed = seed
         self.sites = tuple(sites)
-        self.start_ms = _to_ms(start or DEFAULT_START)
+        self.start_ms = to_ms(start or DEFAULT_START)
         self.takt_ms = max(MIN, int(takt / timedelta(milliseconds=1)))
         self.systems_per_batch = systems_per_batch
         self.progress = progress
@@ -486,7 +151,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self._rnd = self.rng.random
         self._bits = self.rng.getrandbits
-        self._fmt = _time_formatter()
+        self._fmt = time_formatter()
         self._heap: list[tuple[int, int, dict[str, Any]]] = []
         self._seq = 0
         self._wm = self.start_ms  # nothing may be emitted before this (already yielded up to here)
@@ -498,107 +163,23 @@ class Simulation:
         self._supplier_lot_seq: Counter[str] = Counter()
         self._end_system_seq: Counter[tuple[str, str]] = Counter()
 
-        self._programs = self._build_catalogue(programs)
+        self._programs = build_catalogue(self.rng, len(self.sites), programs)
         self._weights = [p.weight for p in self._programs]
         self._codes = [chr(ord("A") + i) if i < 26 else f"S{i}" for i in range(len(self.sites))]
         self._operators = [[f"OP-{c}{i:03d}" for i in range(1, 41)] for c in self._codes]
         self._stations = [
-            {g: [f"{c}-{g}-{i:02d}" for i in range(1, n + 1)] for g, n in _STATION_COUNT.items()}
+            {g: [f"{c}-{g}-{i:02d}" for i in range(1, n + 1)] for g, n in STATION_COUNT.items()}
             for c in self._codes
         ]
         self._sources = [
             {"erp": f"{s}-erp", "mes": f"{s}-mes", "qms": f"{s}-qms"} for s in self.sites
         ]
-        self._benches = self._build_benches()
+        self._benches = build_benches(self.rng, self._codes, self.start_ms)
         self.stats = SimulationStats(
             seed=seed, units_target=units, programs=tuple(p.program for p in self._programs),
             sites=self.sites,
         )
         self._gen = self._run()
-
-    # -- catalogue ------------------------------------------------------------------------------
-
-    def _build_catalogue(self, only: Sequence[str] | None) -> list[_Program]:
-        rng = self.rng
-        progs: list[_Program] = []
-        defs = [d for d in PROGRAMMES if only is None or d[0] in only or d[1] in only]
-        if not defs:
-            raise ValueError(f"no known programme in {only!r}")
-        n_sites = len(self.sites)
-        for idx, (pid, code, name, weight, platform, customers, ics, structure) in enumerate(defs):
-            prog = _Program(idx, pid, code, name, weight, platform, tuple(customers))
-            board_site = idx % n_sites
-            final_site = (idx + 1) % n_sites
-            prog.site_for_level = (board_site, board_site, final_site, final_site, final_site)
-            ic_mats = [_ic(pn) for pn in ics]
-            for pcode, (pname, _children, _dies) in structure.items():
-                lvl = _LEVEL_OF[pcode[0]]
-                part = _Part(prog, pcode, lvl, pname)
-                part.part_number = f"{code}-{pcode}"
-                part.procedure_id = f"{_PROC_PREFIX[lvl]}-{part.part_number}"
-                part.procedure_version = f"{rng.choice('ABC')}.{rng.randint(1, 9)}"
-                if lvl == 0:
-                    part.bom = [(GAN_WAFER, 1)]
-                elif lvl == 1:
-                    pwb = _m(f"PWB-{code}-{pcode}", "recv", "pcs", 200, 0, "SUP-NORDPCB")
-                    chosen = rng.sample(ic_mats, 2)
-                    part.bom = [(pwb, 1), (SOLDER_PASTE, rng.randint(2, 5)), (PASSIVES, rng.randint(80, 200))]
-                    part.bom += [(m, rng.randint(1, 4)) for m in chosen]
-                    part.coat = [(CC_MIX, rng.randint(15, 35))]
-                elif lvl == 2:
-                    hsg = _m(f"HSG-{code}-{pcode}", "recv", "pcs", 50, 0, "SUP-CHASSISWORKS")
-                    part.bom = [(hsg, 1), (CONNECTOR, 2), (FASTENERS, 8)]
-                elif lvl == 3:
-                    chs = _m(f"CHS-{code}-{pcode}", "recv", "pcs", 20, 0, "SUP-CHASSISWORKS")
-                    hrn = _m(f"HRN-{code}-{pcode}", "recv", "pcs", 20, 0, "SUP-CABLETEC")
-                    part.bom = [(chs, 1), (hrn, 1), (GAP_PAD, 40), (FASTENERS, 12)]
-                else:
-                    cbl = _m(f"CBL-{code}-{pcode}", "recv", "pcs", 10, 0, "SUP-CABLETEC")
-                    part.bom = [(cbl, 1), (FASTENERS, 24)]
-                prog.parts[pcode] = part
-            for pcode, (_pname, children, dies) in structure.items():
-                part = prog.parts[pcode]
-                part.children = [(prog.parts[c], tuple(pos)) for c, pos in children]
-                part.dies = [prog.parts[d] for d in dies]
-                if part.level == 4:
-                    prog.system = part
-                elif part.level == 3:
-                    prog.lrus.append(part)
-            per_level = [0.0] * 5
-
-            def count(p: _Part, mult: float, per_level: list[float] = per_level) -> None:
-                per_level[p.level] += mult
-                for c, pos in p.children:
-                    count(c, mult * len(pos))
-                for d in p.dies:
-                    count(d, mult)
-
-            assert prog.system is not None
-            count(prog.system, 1.0)
-            prog.per_level = tuple(per_level)
-            progs.append(prog)
-        return progs
-
-    def _build_benches(self) -> dict[tuple[int, int], list[_Bench]]:
-        rng = self.rng
-        benches: dict[tuple[int, int], list[_Bench]] = {}
-        for si, code in enumerate(self._codes):
-            for lvl, (prefix, n, *_rest) in _TESTS.items():
-                lst = []
-                for i in range(1, n + 1):
-                    period = rng.randint(90, 180) * DAY
-                    overrun = rng.randint(4 * HOUR, 2 * DAY)
-                    salt = rng.randrange(6)
-                    # first due date somewhere in the first period
-                    t0 = self.start_ms + rng.randint(6 * HOUR, period) - period
-                    if lvl == 3 and i == 1:
-                        # the first ATE of each site is due early and recalibrated late
-                        t0 = self.start_ms + rng.randint(6 * HOUR, 20 * HOUR) - period
-                        overrun = rng.randint(6 * HOUR, 12 * HOUR)
-                        salt = (6 - 7 % 6) % 6  # late(1) is True
-                    lst.append(_Bench(f"{code}-{prefix}-{i:02d}", t0, period, overrun, salt))
-                benches[(si, lvl)] = lst
-        return benches
 
     # -- iteration ------------------------------------------------------------------------------
 
@@ -661,7 +242,7 @@ class Simulation:
         self._seq += 1
         d = {
             "type": typ,
-            "event_id": _uuid4_str(self._bits(128)),
+            "event_id": uuid4_str(self._bits(128)),
             "event_time": ts or self._fmt(t),
             "source": source,
             "site": site,
@@ -674,7 +255,7 @@ class Simulation:
         self._lot_seq += 1
         return f"L{self._codes[site_i]}{self._lot_seq:08d}"
 
-    def _ncr(self, t: int, site_i: int, prog: _Program, kind: str, target: str, severity: str,
+    def _ncr(self, t: int, site_i: int, prog: Program, kind: str, target: str, severity: str,
              disposition: str, description: str, window: tuple[int, int] | None = None) -> None:
         self.stats.nonconformances += 1
         d = self._ev("NonconformanceRaised", t, self._sources[site_i]["qms"], self.sites[site_i],
@@ -688,7 +269,7 @@ class Simulation:
         d["disposition"] = disposition
         d["description"] = description
 
-    def _status(self, t: int, site_i: int, prog: _Program, lot_id: str, status: str, reason: str) -> None:
+    def _status(self, t: int, site_i: int, prog: Program, lot_id: str, status: str, reason: str) -> None:
         d = self._ev("LotStatusChanged", t, self._sources[site_i]["qms"], self.sites[site_i], prog.program)
         d["lot_id"] = lot_id
         d["status"] = status
@@ -696,7 +277,7 @@ class Simulation:
 
     # -- material -------------------------------------------------------------------------------
 
-    def _receive(self, mat: _Mat, prog: _Program, site_i: int, t: int) -> _Lot:
+    def _receive(self, mat: Mat, prog: Program, site_i: int, t: int) -> _Lot:
         rng = self.rng
         stats = self.stats
         while True:
@@ -726,7 +307,7 @@ class Simulation:
             if result == "REJECTED":
                 stats.lots_rejected += 1
                 tq = t + rng.randint(10 * MIN, 60 * MIN)
-                reason = rng.choice(_REJECT_REASONS)
+                reason = rng.choice(REJECT_REASONS)
                 self._status(tq, site_i, prog, lot_id, "QUARANTINE", reason)
                 self._ncr(tq + MIN, site_i, prog, "SUPPLIER_LOT", f"{supplier}:{supplier_lot}", "MAJOR",
                           "RETURN_TO_SUPPLIER", f"{mat.part_number}: {reason}")
@@ -744,11 +325,11 @@ class Simulation:
                 self._hold(lot, prog, site_i, t + rng.randint(2 * HOUR, 3 * DAY))
             return lot
 
-    def _hold(self, lot: _Lot, prog: _Program, site_i: int, th: int) -> None:
+    def _hold(self, lot: _Lot, prog: Program, site_i: int, th: int) -> None:
         rng = self.rng
         self.stats.lot_holds += 1
         status = "HOLD" if rng.random() < 0.7 else "QUARANTINE"
-        reason = rng.choice(_HOLD_REASONS)
+        reason = rng.choice(HOLD_REASONS)
         if rng.random() < 0.8:
             lot.blocked_from = th  # the floor honours the hold; the rest keep using it (alerts!)
         self._status(th, site_i, prog, lot.lot_id, status, reason)
@@ -763,7 +344,7 @@ class Simulation:
             self._status(th + rng.randint(4 * HOUR, 4 * DAY), site_i, prog, lot.lot_id, "SCRAPPED",
                          "MRB disposition: scrap")
 
-    def _source_lot(self, st: _MatState, i: int, mat: _Mat, prog: _Program, site_i: int, t: int,
+    def _source_lot(self, st: _MatState, i: int, mat: Mat, prog: Program, site_i: int, t: int,
                     t_open: int) -> _Lot:
         src = st.sources[i]
         if src is None or src.remaining <= 0 or t >= src.blocked_from:
@@ -771,7 +352,7 @@ class Simulation:
             src = st.sources[i] = self._receive(mat, prog, site_i, t_recv)
         return src
 
-    def _make_usable(self, st: _MatState, mat: _Mat, prog: _Program, site_i: int, t: int,
+    def _make_usable(self, st: _MatState, mat: Mat, prog: Program, site_i: int, t: int,
                      t_open: int) -> _Lot:
         """A new lot to consume from at ``t``; it is received / made before ``t_open`` (<= ``t``)."""
         rng = self.rng
@@ -813,7 +394,7 @@ class Simulation:
         d["station_id"] = station[0]
         return lot
 
-    def _consume(self, prog: _Program, site_i: int, lvl: int, bom: list[tuple[_Mat, int]], t: int,
+    def _consume(self, prog: Program, site_i: int, lvl: int, bom: list[tuple[Mat, int]], t: int,
                  t_open: int) -> list[dict[str, Any]]:
         """Consume ``bom`` at ``t``. Each level (production area) keeps its own open lots; lots
         opened now exist from before ``t_open``, the start of the batch's stage for that level, so
@@ -837,7 +418,7 @@ class Simulation:
 
     # -- units ----------------------------------------------------------------------------------
 
-    def _op(self, unit: tuple[str, str], prog: _Program, site_i: int, station: str, operator: str, wo: str,
+    def _op(self, unit: tuple[str, str], prog: Program, site_i: int, station: str, operator: str, wo: str,
             name: str, t0: int, t1: int, creates: bool, lots: list[dict[str, Any]],
             units: list[dict[str, str]]) -> None:
         fmt = self._fmt
@@ -855,7 +436,7 @@ class Simulation:
         d["consumed_units"] = units
 
     def _link(self, typ: str, t: int, child: tuple[str, str], parent: tuple[str, str], position: str,
-              prog: _Program, site_i: int, station: str, operator: str, wo: str) -> None:
+              prog: Program, site_i: int, station: str, operator: str, wo: str) -> None:
         d = self._ev(typ, t, station, self.sites[site_i], prog.program)
         d["unit"] = {"part_number": child[0], "serial_number": child[1]}
         d["parent"] = {"part_number": parent[0], "serial_number": parent[1]}
@@ -866,12 +447,12 @@ class Simulation:
         d["station_id"] = station
         d["operator_id"] = operator
 
-    def _test(self, unit: tuple[str, str], part: _Part, site_i: int, t: int, operator: str,
+    def _test(self, unit: tuple[str, str], part: Part, site_i: int, t: int, operator: str,
               retest: bool = False, force_pass: bool = False) -> tuple[str, int]:
         rnd = self._rnd
         stats = self.stats
         lvl = part.level
-        _prefix, _n, lo, hi, p_fail = _TESTS[lvl]
+        _prefix, _n, lo, hi, p_fail = TESTS[lvl]
         benches = self._benches[(site_i, lvl)]
         bench = benches[int(rnd() * len(benches))]
         k, due = bench.calibration(t)
@@ -897,7 +478,7 @@ class Simulation:
             verdict = "PASS"
         meas: list[dict[str, Any]] = []
         if verdict != "ABORTED":
-            specs = _MEAS[lvl]
+            specs = MEAS[lvl]
             bad = int(rnd() * len(specs)) if verdict == "FAIL" else -1
             for i, (name, u, nominal, spread, low, high) in enumerate(specs):
                 if i == bad:
@@ -933,7 +514,7 @@ class Simulation:
         d["verdict"] = verdict
         return verdict, t1
 
-    def _new_unit(self, part: _Part) -> tuple[str, str]:
+    def _new_unit(self, part: Part) -> tuple[str, str]:
         sn = f"SN{part.next_serial:06d}"
         part.next_serial += 1
         stats = self.stats
@@ -942,14 +523,14 @@ class Simulation:
         stats.units_by_part[part.part_number] += 1
         return (part.part_number, sn)
 
-    def _from_pool(self, part: _Part, t: int) -> tuple[str, str] | None:
+    def _from_pool(self, part: Part, t: int) -> tuple[str, str] | None:
         dq = self._pool.get(part.part_number)
         if dq and dq[0][0] <= t and self._rnd() < 0.7:
             self.stats.rework_reinstalls += 1
             return dq.popleft()[1]
         return None
 
-    def _to_pool(self, part: _Part, unit: tuple[str, str], t_avail: int) -> None:
+    def _to_pool(self, part: Part, unit: tuple[str, str], t_avail: int) -> None:
         dq = self._pool.setdefault(part.part_number, deque())
         if len(dq) >= self._pool_cap:
             old_t, old = dq.popleft()
@@ -958,13 +539,13 @@ class Simulation:
             # lower levels simply stay in stock
         dq.append((t_avail, unit))
 
-    def _wo(self, b: _Batch, part: _Part) -> str:
+    def _wo(self, b: _Batch, part: Part) -> str:
         wo = b.wos.get(part.code)
         if wo is None:
             wo = b.wos[part.code] = f"WO-{part.program.code}{b.no:07d}-{part.code}"
         return wo
 
-    def _build(self, part: _Part, b: _Batch, in_work: bool = False) -> tuple[tuple[str, str], int]:
+    def _build(self, part: Part, b: _Batch, in_work: bool = False) -> tuple[tuple[str, str], int]:
         """Make one unit (and, first, whatever it is made of). Returns the unit and when it is done."""
         rnd = self._rnd
         prog = b.prog
@@ -972,7 +553,7 @@ class Simulation:
         site_i = prog.site_for_level[lvl]
         t = b.cursor[lvl]
         b.cursor[lvl] = t + int(b.step[lvl] * (0.5 + rnd()))
-        kids: list[tuple[str, tuple[str, str], _Part]] = []
+        kids: list[tuple[str, tuple[str, str], Part]] = []
         ready = t
         for cpart, positions in part.children:
             for pos in positions:
@@ -989,14 +570,14 @@ class Simulation:
             if fin + 5 * MIN > ready:
                 ready = fin + 5 * MIN
         t = ready
-        stage_start = b.start + lvl * _STAGE
+        stage_start = b.start + lvl * STAGE
         unit = self._new_unit(part)
         operators = self._operators[site_i]
         operator = operators[int(rnd() * len(operators))]
         wo = self._wo(b, part)
         stations = self._stations[site_i]
         line = int(rnd() * 3)
-        for i, (name, group, lo, hi) in enumerate(_OPS[lvl]):
+        for i, (name, group, lo, hi) in enumerate(OPS[lvl]):
             st_list = stations[group]
             station = st_list[line % len(st_list)]
             t1 = t + int((lo + (hi - lo) * rnd()) * MIN)
@@ -1005,7 +586,7 @@ class Simulation:
                 self._op(unit, prog, site_i, station, operator, wo, name, t, t1, True, lots, consumed_units)
                 t = t1 + int((1 + 4 * rnd()) * MIN)
                 if kids:
-                    assy = stations[_ASSY_GROUP[lvl]][line % len(stations[_ASSY_GROUP[lvl]])]
+                    assy = stations[ASSY_GROUP[lvl]][line % len(stations[ASSY_GROUP[lvl]])]
                     for pos, u, _c in kids:
                         self._link("UnitAssembled", t, u, unit, pos, prog, site_i, assy, operator, wo)
                         t += int((2 + 4 * rnd()) * MIN)
@@ -1023,29 +604,29 @@ class Simulation:
             if verdict == "PASS":
                 return unit, t
             attempt += 1
-            if verdict == "FAIL" and kids and rnd() < _P_REWORK[lvl]:
+            if verdict == "FAIL" and kids and rnd() < P_REWORK[lvl]:
                 t = self._rework(unit, part, b, kids, t, site_i, operator)
             else:
                 if verdict == "FAIL" and lvl >= 3 and rnd() < 0.3:
                     self._ncr(t + 10 * MIN, site_i, prog, "SERIAL", f"{unit[0]}:{unit[1]}", "MINOR", "REPAIR",
-                              _NC_FAIL_TEXT[lvl])
+                              NC_FAIL_TEXT[lvl])
                 t += int((10 + 35 * rnd()) * MIN)
 
-    def _rework(self, unit: tuple[str, str], part: _Part, b: _Batch,
-                kids: list[tuple[str, tuple[str, str], _Part]], t: int, site_i: int, operator: str) -> int:
+    def _rework(self, unit: tuple[str, str], part: Part, b: _Batch,
+                kids: list[tuple[str, tuple[str, str], Part]], t: int, site_i: int, operator: str) -> int:
         rng = self.rng
         prog = b.prog
         stats = self.stats
         stats.reworks += 1
         idx = rng.randrange(len(kids))
         pos, child, cpart = kids[idx]
-        station = self._stations[site_i][_ASSY_GROUP[part.level]][0]
+        station = self._stations[site_i][ASSY_GROUP[part.level]][0]
         rwo = f"RW-{prog.code}{stats.reworks:07d}"
         t += rng.randint(20 * MIN, 60 * MIN)
         self._link("UnitRemoved", t, child, unit, pos, prog, site_i, station, operator, rwo)
         if rng.random() < 0.5:
             self._ncr(t + 5 * MIN, site_i, prog, "SERIAL", f"{child[0]}:{child[1]}", "MINOR", "REWORK",
-                      f"{_NC_FAIL_TEXT[part.level]} on {unit[0]}:{unit[1]}, traced to {pos}")
+                      f"{NC_FAIL_TEXT[part.level]} on {unit[0]}:{unit[1]}, traced to {pos}")
         # the parent gets a replacement (a repaired unit from stock, or a new one)
         t_ins = t + rng.randint(30 * MIN, 90 * MIN)
         rep = self._from_pool(cpart, t_ins)
@@ -1068,12 +649,12 @@ class Simulation:
         self._to_pool(cpart, child, t_avail + 30 * MIN)
         return t_ins + rng.randint(10 * MIN, 20 * MIN)
 
-    def _ship(self, unit: tuple[str, str], prog: _Program, t: int, spare: bool) -> None:
+    def _ship(self, unit: tuple[str, str], prog: Program, t: int, spare: bool) -> None:
         rng = self.rng
         stats = self.stats
         site_i = prog.site_for_level[4]
         if spare:
-            customer = rng.choice(_SPARES_CUSTOMERS)
+            customer = rng.choice(SPARES_CUSTOMERS)
             end_system = None
             contract = f"CTR-{CUSTOMERS[customer][0]}-{prog.code}-SPARES"
             stats.spares_shipped += 1
@@ -1119,14 +700,14 @@ class Simulation:
         board_site = prog.site_for_level[1]
         if rng.random() < 0.04:
             oven = rng.choice(self._stations[board_site]["RFL"])
-            t_found = t_batch + 2 * _STAGE
+            t_found = t_batch + 2 * STAGE
             disposition = "PENDING" if rng.random() < 0.5 else "USE_AS_IS"
             self._ncr(t_found, board_site, prog, "STATION", oven, "MAJOR", disposition,
                       "Reflow profile excursion: peak temperature above limit",
-                      (t_batch + _STAGE - 3 * HOUR, t_batch + _STAGE + 2 * HOUR))
+                      (t_batch + STAGE - 3 * HOUR, t_batch + STAGE + 2 * HOUR))
         if rng.random() < 0.02:
             op = rng.choice(self._operators[board_site])
-            t_found = t_batch + 2 * _STAGE
+            t_found = t_batch + 2 * STAGE
             self._ncr(t_found, board_site, prog, "OPERATOR", op, "MINOR", "PENDING",
                       "IPC J-STD-001 certification lapsed", (t_found - 3 * DAY, t_found))
 
@@ -1154,45 +735,3 @@ def simulate(
     return Simulation(units, seed, start=start, sites=sites, programs=programs,
                       systems_per_batch=systems_per_batch, takt=takt, progress=progress,
                       progress_every=progress_every)
-
-
-def write_jsonl(
-    events: Iterable[dict[str, Any]],
-    path_or_file: str | os.PathLike[str] | IO[str],
-    progress: Callable[[int], None] | None = None,
-    progress_every: int = 100_000,
-) -> int:
-    """Write events as JSON lines (``.gz`` paths are gzip-compressed). Returns the event count.
-
-    ``progress(events_written)`` is called every ``progress_every`` events and at the end.
-    """
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    own = isinstance(path_or_file, str | os.PathLike)
-    if own:
-        p = os.fspath(path_or_file)  # type: ignore[arg-type]  # str | PathLike here
-        f: IO[str] = (gzip.open(p, "wt", encoding="utf-8") if p.endswith(".gz")
-                      else open(p, "w", encoding="utf-8"))  # noqa: SIM115
-    else:
-        f = path_or_file  # type: ignore[assignment]
-    n = 0
-    buf: list[str] = []
-    step = max(1, progress_every)
-    try:
-        for ev in events:
-            buf.append(encode(ev))
-            n += 1
-            if len(buf) >= 2000:
-                buf.append("")
-                f.write("\n".join(buf))
-                buf.clear()
-            if progress is not None and n % step == 0:
-                progress(n)
-        if buf:
-            buf.append("")
-            f.write("\n".join(buf))
-    finally:
-        if own:
-            f.close()
-    if progress is not None:
-        progress(n)
-    return n

@@ -1,6 +1,8 @@
-"""Query side: recall queries over the documented ClickHouse tables (docs/TABLES.md)."""
+"""Reads: recall, traces, the report and the drill, the alert context and the alert list, over the
+documented ClickHouse tables (docs/TABLES.md)."""
 
-from queries.recall import (
+from queries.recall import forward_trace, recall_impact, recall_impacts
+from queries.results import (
     TRIGGER_KINDS,
     AffectedUnit,
     BackwardTrace,
@@ -9,13 +11,10 @@ from queries.recall import (
     PastHolder,
     RecallImpact,
     Trigger,
-    backward_trace,
-    backward_traces,
-    forward_trace,
-    recall_impact,
-    recall_impacts,
+    from_jsonable,
     to_jsonable,
 )
+from queries.trace import backward_trace, backward_traces
 
 __all__ = [
     "TRIGGER_KINDS",
@@ -31,5 +30,6 @@ __all__ = [
     "forward_trace",
     "recall_impact",
     "recall_impacts",
+    "from_jsonable",
     "to_jsonable",
 ]

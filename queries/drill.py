@@ -1,11 +1,13 @@
 """Recall drill: a mock recall, run as if the trigger were nonconforming, every step timed.
 
 A traceability system is only proven by a drill. ``run_drill`` runs the whole recall the way
-an analyst would (forward trace of the lot, recall impact, test histories and production
-records, lot receipts / status / nonconformances, data freshness), renders the report in each
-format, and writes the files plus ``<document>_drill.json`` (the step timings). Each report
-carries a "recall drill" banner and a timings section; a document cannot time its own
-rendering, so its own row says "this document" and the JSON summary has the final figure.
+an analyst would: the forward trace of a lot, then the report pipeline itself
+(``queries.report.build_report``: recall impact, test histories and production records, lot
+receipts / status / nonconformances, data freshness) with a clock as its step hook; it renders
+the report in each format and writes the files plus ``<document>_drill.json`` (the step
+timings). Each report carries a "recall drill" banner and a timings section; a document cannot
+time its own rendering, so its own row says "this document" and the JSON summary has the final
+figure. ``drill_report`` is one format of it, in memory, for the API.
 """
 
 from __future__ import annotations
@@ -14,23 +16,13 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from queries.recall import Trigger, forward_trace, recall_impact
-from queries.report import (
-    MEDIA_TYPES,
-    RecallReport,
-    _ts,
-    assemble_report,
-    collect_details,
-    filename,
-    measure_freshness,
-    render,
-    scope_records,
-    units_from_impact,
-)
+from queries.recall import forward_trace
+from queries.report import RecallReport, build_report
+from queries.report_render import check_format, filename, render
+from queries.results import Trigger
 
 __all__ = ["DrillResult", "run_drill", "drill_report"]
 
@@ -96,53 +88,17 @@ def _query_steps(
     lag_note: str | None,
     prepared_by: str,
 ) -> RecallReport:
-    generated_at = datetime.now(UTC)
+    # the analyst's first look at a lot: where it went (not needed to build the report)
     if trigger.kind == "lot":
         clock.run(
             "forward trace",
             lambda: forward_trace(store, trigger.id),
             lambda ft: f"{len(ft.lots)} lots, {len(ft.units)} units, {len(ft.systems)} systems",
         )
-    impact = clock.run(
-        "recall impact",
-        lambda: recall_impact(store, trigger),
-        lambda im: f"{len(im.units)} units now, {len(im.past)} past holders, {len(im.systems)} systems",
+    report = build_report(
+        store, trigger, freshness=lag, lag_note=lag_note, prepared_by=prepared_by, drill=True, step=clock.run
     )
-    units = units_from_impact(impact)
-    clock.run(
-        "test histories and production records",
-        lambda: collect_details(store, units, trigger),
-        lambda _: (
-            f"{sum(len(u.tests) for u in units)} tests, {sum(len(u.operations) for u in units)} operations"
-        ),
-    )
-    receipts, status, ncrs, upstream = clock.run(
-        "lot origin, receipts, status and nonconformances",
-        lambda: scope_records(
-            store, trigger, [h.lot_id for h in impact.lots], [h.lot_id for h in impact.lots if h.depth == 0]
-        ),
-        lambda x: (
-            f"{len(x[3])} upstream lots, {len(x[0])} receipts, {len(x[1])} status changes, {len(x[2])} NCRs"
-        ),
-    )
-    fresh = clock.run(
-        "data freshness",
-        lambda: measure_freshness(store, lag, lag_note if lag is None else None),
-        lambda f: f"latest event {_ts(f.latest_event_time) or 'none'}; consumer lag {f.lag_text}",
-    )
-    report = assemble_report(
-        impact,
-        fresh,
-        generated_at=generated_at,
-        units=units,
-        receipts=receipts,
-        lot_status=status,
-        nonconformances=ncrs,
-        upstream=upstream,
-        prepared_by=prepared_by,
-        drill=True,
-        query_seconds=sum(s for _, s, _ in clock.steps),
-    )
+    report.query_seconds = sum(s for _, s, _ in clock.steps)
     return report
 
 
@@ -168,8 +124,7 @@ def run_drill(
 ) -> DrillResult:
     """Run a mock recall for ``trigger``; write the reports and the drill summary to ``out_dir``."""
     for fmt in formats:
-        if fmt not in MEDIA_TYPES:
-            raise ValueError(f"unknown report format {fmt!r}: use html, pdf or csv")
+        check_format(fmt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
@@ -199,8 +154,7 @@ def drill_report(
     prepared_by: str = "",
 ) -> tuple[RecallReport, bytes, list[dict[str, Any]]]:
     """One format of a drill, in memory (for the API): the report, its bytes, the step timings."""
-    if fmt not in MEDIA_TYPES:
-        raise ValueError(f"unknown report format {fmt!r}: use html, pdf or csv")
+    check_format(fmt)
     clock = _Clock()
     report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
     content = _render_timed(report, clock, fmt, [])

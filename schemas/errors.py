@@ -5,15 +5,19 @@ count or report the failure (raw bytes, reason, topic/partition/offset, sizes). 
 streams and sinks subclass :class:`TracelineError` for their own failures.
 
 Bad events are data: catch :class:`EventValidationError` / :class:`DecodeError` and send the
-payload to a dead-letter topic with ``err.reason`` (and ``err.dlq_headers()``), never skip them.
+payload to a dead-letter topic with ``err.reason`` (headers: ``schemas.kafka.dead_letter_headers``),
+never skip them. Bad input from a person (an unknown trigger kind, an unknown report format, a
+setting that does not parse) is an :class:`InvalidInputError`; ``traceline.errors`` maps every
+error to one HTTP status and one CLI exit code.
 """
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 __all__ = [
     "TracelineError",
+    "InvalidInputError",
     "EventValidationError",
     "DecodeError",
     "UnknownSchemaError",
@@ -30,12 +34,18 @@ class TracelineError(Exception):
 
     reason: str = ""
 
-    def dlq_headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers describing this error, for a dead-letter record."""
-        return [
-            ("traceline.error", type(self).__name__.encode()),
-            ("traceline.reason", (self.reason or str(self)).encode("utf-8", "replace")[:1000]),
-        ]
+
+class InvalidInputError(TracelineError, ValueError):
+    """A person's input is not usable: a wrong argument, query parameter or setting.
+
+    ``field`` names the argument (``"kind"``, ``"format"``, ``"TRACELINE_CHDB_..."``) or is None.
+    A ``ValueError`` too, so callers that validate with plain ``ValueError`` handling still work.
+    """
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(reason)
 
 
 class EventValidationError(TracelineError, ValueError):
@@ -51,18 +61,11 @@ class EventValidationError(TracelineError, ValueError):
         self.raw = raw
         super().__init__(reason)
 
-    def dlq_headers(self) -> list[tuple[str, bytes]]:
-        headers = super().dlq_headers()
-        if self.field:
-            headers.append(("traceline.field", self.field.encode("utf-8", "replace")))
-        return headers
-
 
 class DecodeError(TracelineError):
     """Bytes read from Kafka (or the outbox) could not be turned into an event.
 
-    Always carries the raw bytes and a reason; the consumer fills in where it read them with
-    :meth:`at` (``raise err.at(msg.topic(), msg.partition(), msg.offset())`` or just route it).
+    Always carries the raw bytes and a reason, and where it was read when the reader knows.
     """
 
     def __init__(
@@ -80,24 +83,11 @@ class DecodeError(TracelineError):
         self.offset = offset
         super().__init__(reason)
 
-    def at(self, topic: str | None, partition: int | None, offset: int | None) -> Self:
-        """Record where the bad record was read; returns ``self`` for chaining."""
-        self.topic, self.partition, self.offset = topic, partition, offset
-        return self
-
     def __str__(self) -> str:
         where = ""
         if self.topic is not None:
             where = f" [{self.topic}/{self.partition}@{self.offset}]"
         return f"{self.reason}{where}"
-
-    def dlq_headers(self) -> list[tuple[str, bytes]]:
-        headers = super().dlq_headers()
-        if self.topic is not None:
-            headers.append(("traceline.source_topic", self.topic.encode()))
-            headers.append(("traceline.source_partition", str(self.partition).encode()))
-            headers.append(("traceline.source_offset", str(self.offset).encode()))
-        return headers
 
 
 class UnknownSchemaError(DecodeError):

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.uii import uii
+
 __all__ = [
     "InspectionResult",
     "Transformation",
@@ -197,11 +199,6 @@ def _finite(value: float) -> float:
 
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
 Quantity = Annotated[float, Field(ge=0), AfterValidator(_finite)]
-
-
-def uii(part_number: str, serial_number: str) -> str:
-    """The unit key: MIL-STD-130 style UII ``"<part_number>:<serial_number>"``."""
-    return f"{part_number}:{serial_number}"
 
 
 _CONFIG = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, strict=False)

@@ -25,7 +25,7 @@ from functools import cache
 from io import BytesIO
 from pathlib import Path
 from struct import error as StructError
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint as _fingerprint
@@ -38,9 +38,7 @@ from schemas.errors import (
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
-
-if TYPE_CHECKING:
-    from schemas.models import EventBase
+from schemas.models import EventBase
 
 __all__ = [
     "AvroSerde",
@@ -310,8 +308,6 @@ class AvroSerde:
 
     def decode_event(self, data: bytes) -> EventBase:
         """Decode into a pydantic model (edges only: not for the hot path)."""
-        from schemas.models import EventBase
-
         type_name, record = self.decode(data)
         return EventBase.from_avro(type_name, record)
 

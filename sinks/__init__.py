@@ -1,12 +1,14 @@
-"""ClickHouse side of traceline: versioned DDL, pure row building, the store handle.
+"""ClickHouse side of traceline: versioned DDL, pure row building, the store handle, the ingest sink.
 
-* ``sinks.ddl``   - table declarations, migrations, ``apply_ddl``; docs/TABLES.md is rendered from it.
-* ``sinks.rows``  - ``rows_for_batch`` / ``genealogy_rows``: events in, Arrow tables out (pure).
-* ``sinks.store`` - ``Store.open(dsn)``, ``write_batch(tables, token)`` (idempotent), ``query``.
+* ``sinks.tables`` - the table and view declarations (docs/TABLES.md is rendered from them).
+* ``sinks.ddl``    - migrations, ``apply_ddl``, ``render_markdown``.
+* ``sinks.rows``   - ``rows_for_batch`` / ``genealogy_rows``: events in, Arrow tables out (pure).
+* ``sinks.store``  - ``Store.open(dsn)``, ``write_batch(tables, token)`` (idempotent), ``query``.
+* ``sinks.ingest`` - ``SinkWorker``: Kafka batches in (running the intake), inserts, then commits.
 """
 
 from sinks.ddl import EngineOptions, apply_ddl
-from sinks.rows import RowBuildError, SinkRecord, genealogy_rows, rows_for_batch, uii
+from sinks.rows import RowBuildError, SinkRecord, genealogy_rows, rows_for_batch
 from sinks.store import Store, StoreError, StoreQueryError, StoreUnavailableError
 
 __all__ = [
@@ -16,7 +18,6 @@ __all__ = [
     "SinkRecord",
     "genealogy_rows",
     "rows_for_batch",
-    "uii",
     "Store",
     "StoreError",
     "StoreQueryError",

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from schemas.errors import TracelineError
+from schemas.uii import uii_of
 
 __all__ = [
     "SinkRecord",
@@ -24,7 +25,6 @@ __all__ = [
     "genealogy_rows",
     "deadletter_rows",
     "alert_rows",
-    "uii",
     "SCHEMAS",
     "RAW_TABLE",
     "RAW_TABLES",
@@ -52,11 +52,6 @@ class RowBuildError(TracelineError):
         self.topic = topic
         self.partition = partition
         self.offset = offset
-
-
-def uii(unit: Mapping[str, Any]) -> str:
-    """The unit key: MIL-STD-130 style '<part_number>:<serial_number>'."""
-    return f"{unit['part_number']}:{unit['serial_number']}"
 
 
 # ------------------------------------------------------------------------- arrow types
@@ -361,7 +356,7 @@ def _operation_completed(r: Mapping[str, Any], t: dict[str, _Cols]) -> str:
     units = r.get("consumed_units") or ()
     lot_ids = [x["lot_id"] for x in lots]
     lot_qty = [x["quantity"] for x in lots]
-    uiis = [f"{u['part_number']}:{u['serial_number']}" for u in units]
+    uiis = [uii_of(u) for u in units]
     wo, op, st, opr = r["work_order"], r["operation"], r["station_id"], r["operator_id"]
     c["work_order"].append(wo)
     c["operation"].append(op)
@@ -442,7 +437,7 @@ def _assembly(action: str):  # noqa: ANN202
         c["action"].append(action)
         _unit_cols(c, r["unit"])
         p = r["parent"]
-        c["parent_uii"].append(f"{p['part_number']}:{p['serial_number']}")
+        c["parent_uii"].append(uii_of(p))
         c["parent_part_number"].append(p["part_number"])
         c["parent_serial_number"].append(p["serial_number"])
         c["position"].append(r.get("position"))

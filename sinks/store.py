@@ -21,7 +21,6 @@ collapses at merge time (exact queries: FINAL / LIMIT 1 BY event_id / DISTINCT).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,21 +59,14 @@ _TRANSIENT_CODES = {
 INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
 
 #: embedded engine (chdb): size of ClickHouse's uncompressed-block cache, which chdb leaves at 0
-#: (env TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB, 0 turns it off). Warm recall / trace reads
+#: (``Store.open(uncompressed_cache_mb=)``, from TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB; 0 turns it
+#: off). Warm recall / trace reads
 #: decompress the same blocks again and again; with the cache on, interleaved A/B at 10M
 #: serials: recall_impact p50 82 -> 72 ms, backward_trace p50 85 -> 70 ms (docs/BENCHMARKS.md).
 CHDB_UNCOMPRESSED_CACHE_MB = 1024
 
 
-def _chdb_client_args() -> dict[str, Any]:
-    raw = os.environ.get("TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB", str(CHDB_UNCOMPRESSED_CACHE_MB))
-    try:
-        mb = int(raw)
-    except ValueError:
-        raise StoreError(
-            f"TRACELINE_CHDB_UNCOMPRESSED_CACHE_MB must be a whole number of MiB (0 = off), got {raw!r}",
-            operation="connect",
-        ) from None
+def _chdb_client_args(mb: int) -> dict[str, Any]:
     if mb <= 0:
         return {}
     return {
@@ -163,12 +155,16 @@ class Store:
         migrate: bool = True,
         retries: int = 5,
         backoff_s: float = 0.2,
+        uncompressed_cache_mb: int = CHDB_UNCOMPRESSED_CACHE_MB,
     ) -> Store:
-        """Connect, create the database and apply pending DDL migrations."""
+        """Connect, create the database and apply pending DDL migrations.
+
+        ``uncompressed_cache_mb`` sizes the embedded engine's uncompressed-block cache (0: off;
+        ignored for a ClickHouse server, which has its own configuration)."""
         import clickhouse_connect
 
         def connect() -> Any:
-            extra = _chdb_client_args() if dsn.startswith("chdb:") else {}
+            extra = _chdb_client_args(uncompressed_cache_mb) if dsn.startswith("chdb:") else {}
             return clickhouse_connect.get_client(dsn=dsn, **extra)
 
         probe = cls(None, database, dsn=dsn, retries=retries, backoff_s=backoff_s)

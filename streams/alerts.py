@@ -1,9 +1,10 @@
 """Alert rules (pure): (event, state, context) -> alerts. No I/O here.
 
-The wiring (``sinks/alerts.py``) consumes the raw events topic, waits until the sink has
-landed each event, reads the *context* a rule needs from ClickHouse (impact lists are never
-held in memory or in a faust table), calls the rule and publishes what :meth:`AlertState.admit`
-lets through to the alerts topic.
+The alert engine (``streams.alert_engine``) consumes the raw events topic, waits until the
+sink has landed each event, and hands the batch to the evaluator (``queries.alerts``), which
+reads the *context* a rule needs from ClickHouse (impact lists are never held in memory or in a
+faust table) and calls the rule; the engine publishes what :meth:`AlertState.admit` lets
+through to the alerts topic, and the notifier (``streams.notify``) delivers it.
 
 State is small and rebuildable from ClickHouse at start-up (:class:`AlertState`): the latest
 status of every lot that has one, the latest record of every nonconformance, per-part test
@@ -59,11 +60,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field
 
 from schemas.alert import Alert, AlertRule, AlertSeverity
-from streams.genealogy import uii_of
+from schemas.uii import uii_of
 
 __all__ = [
     "AlertRules",
@@ -76,6 +76,7 @@ __all__ = [
     "LotState",
     "NcState",
     "HELD_STATUSES",
+    "RULE_TYPES",
     "nc_raised",
     "held_lot_used",
     "lot_held_after_use",
@@ -88,6 +89,12 @@ __all__ = [
     "recall_reference",
 ]
 
+RULE_TYPES = frozenset(
+    {"NonconformanceRaised", "LotStatusChanged", "OperationCompleted", "UnitTested", "UnitShipped"}
+)
+"""The event types the rules (and the state they keep) read; the alert engine checks only the
+framing of the others (``AvroSerde.peek_type``) and does not decode their bodies."""
+
 HELD_STATUSES = frozenset({"HOLD", "QUARANTINE", "SCRAPPED"})
 _NC_SEVERITY = {
     "CRITICAL": AlertSeverity.CRITICAL,
@@ -96,10 +103,8 @@ _NC_SEVERITY = {
 }
 
 
-class AlertRules(BaseSettings):
-    """Alert thresholds (env ``TRACELINE_ALERTS_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
+class AlertRules(BaseModel):
+    """Alert thresholds (from ``TRACELINE_ALERTS_*`` through ``traceline.settings``)."""
 
     yield_min_failures: int = Field(3, description="failing units of a lot in the window, at least")
     yield_rate_factor: float = Field(2.0, description="lot failure rate >= this x the part's baseline")

@@ -2,7 +2,7 @@ r"""Faust wiring: the genealogy writer. No rules live here.
 
 Topology (batch records, not one record per event)::
 
-    events --sink intake (sinks.consumer: decode once, land, route)--> genealogy.commands
+    events --sink intake (sinks.ingest: decode once, land, route)--> genealogy.commands
     genealogy.commands --genealogy_writer(table: nodes)--> genealogy.changes --> sink
            ^---------(commands to other keys, batched per partition)----/  \--(cycles)--> deadletter
 

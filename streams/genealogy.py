@@ -1,12 +1,16 @@
 """Unit genealogy as pure message passing (child -> parent -> root system).
 
-This module holds the rules only: no Kafka, no faust, no I/O. A faust agent (one writer,
-concurrency 1, table keyed by UII, one command topic keyed by UII) wires it:
+This module holds the rules only: no Kafka, no faust, no I/O. As built, two processes wire it:
 
-    for key, cmd in commands_for_event(event, event_type):      # raw events -> commands
-        send(command_topic, key=key, value=cmd.to_dict())
-    node, sends, changes = apply(table.get(key), key, command_from_dict(value))
-    table[key] = node.to_bytes(); forward `sends` to the command topic; sink `changes`
+* the intake (``streams.intake.judge``, run by the ingest sink ``sinks.ingest`` so that each
+  event is decoded once) turns a raw event into its commands with :func:`commands_for_event`
+  and sends them, batched per partition of the command topic (keyed by UII);
+* the faust genealogy writer (``streams.app``: one agent, concurrency 1, a rocksdb table keyed
+  by UII) applies each record's commands with :func:`apply_batch`, stores the nodes, sends the
+  commands for other keys back to the command topic and the change records to the changes
+  topic, which the sink lands in ``unit_genealogy`` (``sinks.rows.genealogy_rows``).
+
+``tests.support.run_genealogy`` drives the same rules in memory for the tests and benchmarks.
 
 Every command is applied at exactly ONE key (the key it is routed to), so the agent never
 reads or writes another key's table entry.
@@ -91,14 +95,14 @@ change of the view, so the record with the highest seq per UII is the current ge
 
 from __future__ import annotations
 
-import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pydantic_core
+
+from schemas.uii import uii_of
 
 __all__ = [
     "MAX_DEPTH",
@@ -118,8 +122,6 @@ __all__ = [
     "event_time_ms",
     "resend",
     "Send",
-    "run",
-    "uii_of",
 ]
 
 MAX_DEPTH = 64
@@ -591,11 +593,6 @@ def resend(n: Node) -> tuple[list[Send], list[Change]]:
     return sends, [_record(n)]
 
 
-def uii_of(ref: Mapping[str, Any]) -> str:
-    """UII of a ``UnitRef`` dict: ``"<part_number>:<serial_number>"``."""
-    return f"{ref['part_number']}:{ref['serial_number']}"
-
-
 def event_time_ms(value: datetime | int) -> int:
     """Epoch milliseconds of an aware datetime (fastavro's timestamp-millis) or an int."""
     if isinstance(value, datetime):
@@ -663,85 +660,3 @@ def commands_for_event(event: Mapping[str, Any], event_type: str | None = None) 
     except (KeyError, TypeError) as exc:
         raise GenealogyInputError(f"{etype} event lacks genealogy fields: {exc!r}") from exc
     return [(unit, Link(unit, parent, version, etype == "UnitAssembled")), (parent, Touch(parent))]
-
-
-# --------------------------------------------------------------------------- test driver
-
-
-def run(
-    events: Iterable[Mapping[str, Any]],
-    shuffle_seed: int | None = None,
-    *,
-    duplicate_rate: float = 0.0,
-    fifo: bool = True,
-    changes: list[Change] | None = None,
-    max_steps: int = 5_000_000,
-) -> dict[str, Node]:
-    """Deterministic in-memory driver: feed the events' commands through per-key queues.
-
-    With ``shuffle_seed=None`` everything runs in one global FIFO order. With a seed, each
-    step picks a random non-empty queue (the event source counts as one queue), so keys
-    interleave like partitions do; per key the queue stays FIFO (Kafka's guarantee) unless
-    ``fifo=False``. ``duplicate_rate`` re-enqueues a processed command (at-least-once
-    redelivery). Change records are appended to ``changes`` if given. Runs to quiescence.
-    """
-    rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
-    nodes: dict[str, Node] = {}
-    source: deque[Mapping[str, Any]] = deque(events)
-
-    def step(key: str, cmd: Command) -> list[Send]:
-        node, sends, ch = apply(nodes.get(key), key, cmd)
-        nodes[key] = node
-        if changes is not None:
-            changes.extend(ch)
-        return sends
-
-    steps = 0
-    if rng is None:
-        glob: deque[Send] = deque()
-        for ev in source:
-            glob.extend(commands_for_event(ev))
-        while glob:
-            steps += 1
-            if steps > max_steps:
-                raise RuntimeError("genealogy did not quiesce")
-            key, cmd = glob.popleft()
-            glob.extend(step(key, cmd))
-        return nodes
-
-    queues: dict[str, list[Command]] = {}
-    heads: dict[str, int] = {}
-    ready: list[str] = []  # keys with a non-empty queue
-
-    def enqueue(key: str, cmd: Command) -> None:
-        q = queues.setdefault(key, [])
-        if heads.get(key, 0) >= len(q):
-            queues[key] = q = []
-            heads[key] = 0
-            ready.append(key)
-        q.append(cmd)
-
-    while source or ready:
-        steps += 1
-        if steps > max_steps:
-            raise RuntimeError("genealogy did not quiesce")
-        i = rng.randrange(len(ready) + (1 if source else 0))
-        if i == len(ready):
-            for key, cmd in commands_for_event(source.popleft()):
-                enqueue(key, cmd)
-            continue
-        key = ready[i]
-        q, h = queues[key], heads[key]
-        if not fifo:
-            j = rng.randrange(h, len(q))
-            q[h], q[j] = q[j], q[h]
-        cmd = q[h]
-        heads[key] = h + 1
-        if h + 1 >= len(q):
-            ready[i] = ready[-1]
-            ready.pop()
-        for target, out in step(key, cmd):
-            enqueue(target, out)
-        if duplicate_rate and rng.random() < duplicate_rate:
-            enqueue(key, cmd)
-    return nodes

@@ -4,7 +4,7 @@ A worker never dies on bad input: what has a bad framing, an unknown schema, a b
 not decode, or cannot be used by the genealogy becomes a :class:`DeadLetter` carrying the raw
 bytes and the reason; the caller sends it to the dead-letter topic and counts it.
 
-The intake runs inside the sink's batch loop (``sinks.consumer.SinkWorker``): the sink decodes
+The intake runs inside the sink's batch loop (``sinks.ingest.SinkWorker``): the sink decodes
 every event once anyway (to land it), so the same decode feeds the genealogy. That keeps the
 per-record cost of a stream processor off the hot path: the faust genealogy writer
 (``streams.app``) reads **command batches**, one Kafka record per (intake batch, partition),
@@ -31,6 +31,7 @@ from typing import Any
 import pydantic_core
 
 from schemas.errors import DecodeError, SchemaRegistryUnavailableError
+from schemas.kafka import dead_letter_headers
 from schemas.serde import AvroSerde
 from streams.genealogy import Command, GenealogyInputError, Send, command_from_dict, commands_for_event
 
@@ -69,20 +70,10 @@ class Accepted:
     commands: list[Send]
 
 
-def _headers(topic: str, partition: int, offset: int, error: str, reason: str) -> list[tuple[str, bytes]]:
-    return [
-        ("traceline.source_topic", topic.encode()),
-        ("traceline.source_partition", str(partition).encode()),
-        ("traceline.source_offset", str(offset).encode()),
-        ("traceline.error", error.encode()),
-        ("traceline.reason", reason.encode("utf-8", "replace")[:1000]),
-    ]
-
-
 def dead_letter(
     key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, error: str, reason: str
 ) -> DeadLetter:
-    return DeadLetter(key, value or b"", _headers(topic, partition, offset, error, reason))
+    return DeadLetter(key, value or b"", dead_letter_headers(topic, partition, offset, error, reason))
 
 
 def judge(
@@ -157,5 +148,5 @@ def dead_letter_for_change(change: dict[str, Any], topic: str, partition: int, o
     return DeadLetter(
         change["uii"].encode(),
         json.dumps(change).encode(),
-        _headers(topic, partition, offset, "GenealogyCycle", reason),
+        dead_letter_headers(topic, partition, offset, "GenealogyCycle", reason),
     )

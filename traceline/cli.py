@@ -13,33 +13,33 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from producers.outbox import Outbox
+from producers.publisher import Publisher
+from producers.simulator import simulate as run_simulation
+from producers.simulator import write_jsonl
 from schemas.errors import TracelineError
-from traceline.cli_options import (
-    BenchOpt,
+from schemas.jsonform import parse_event, parse_line
+from schemas.serde import AvroSerde
+from traceline import localstack
+from traceline.cli_alerts import alerts_app
+from traceline.cli_common import (
     BootstrapOpt,
     DataDirOpt,
-    DsnOpt,
-    FromOpt,
-    LotOpt,
-    OperatorOpt,
     RegistryOpt,
-    SerialOpt,
-    StationOpt,
-    SupplierLotOpt,
-    SupplierOpt,
-    ToOpt,
     TopicOpt,
-    as_utc,
     err,
     fail,
+    handled,
     out,
+    progress,
+    resolve_bootstrap,
     settings_for,
-    store_settings,
-    trigger_from_options,
 )
-from traceline.settings import Settings
+from traceline.cli_query import recall_app, trace_app
+from traceline.cli_report import drill_command, report_command
+from traceline.errors import EXIT_INVALID_EVENTS, EXIT_SERVICE, EXIT_USAGE, classify
+from traceline.serve import ServeOptions, Server
 
 __all__ = ["app", "main"]
 
@@ -51,40 +51,10 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local Kafka broker (KRaft, from Maven Central jars, no Docker).")
 app.add_typer(stack_app, name="stack")
 
-# shared with the command modules beside this one (cli_report, cli_alerts)
-_settings = settings_for
-_fail = fail
-
-
-def resolve_bootstrap(settings: Settings) -> str:
-    """The configured bootstrap, else the running local stack's, else a clear error."""
-    if settings.kafka.bootstrap:
-        return settings.kafka.bootstrap
-    from traceline import localstack
-
-    state = localstack.status(settings.kafka_dir)
-    if state:
-        return str(state["bootstrap"])
-    raise _fail(
-        "no Kafka broker configured and the local one is not running: "
-        "run `traceline stack up` (or `make stack-up`), or set TRACELINE_KAFKA_BOOTSTRAP / --bootstrap"
-    )
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-
 
 # -- stack ------------------------------------------------------------------------------
 @stack_app.command("up")
+@handled
 def stack_up(
     data_dir: DataDirOpt = None,
     port: Annotated[
@@ -92,37 +62,33 @@ def stack_up(
     ] = None,
 ) -> None:
     """Assemble Kafka from Maven Central (once), format KRaft storage, start the broker."""
-    from traceline import localstack
-
-    s = _settings(data_dir=data_dir)
+    s = settings_for(data_dir=data_dir)
     try:
         bootstrap = localstack.up(s.kafka_dir, port=port)
     except localstack.LocalStackError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     out.print(f"Kafka is up: bootstrap [bold]{bootstrap}[/] (logs: {s.kafka_dir / 'kafka.log'})")
     out.print(f"export TRACELINE_KAFKA_BOOTSTRAP={bootstrap}")
 
 
 @stack_app.command("down")
+@handled
 def stack_down(data_dir: DataDirOpt = None) -> None:
     """Stop the local broker (also cleans up a stale one)."""
-    from traceline import localstack
-
-    s = _settings(data_dir=data_dir)
+    s = settings_for(data_dir=data_dir)
     localstack.down(s.kafka_dir)
     out.print("Kafka is down.")
 
 
 @stack_app.command("status")
+@handled
 def stack_status(data_dir: DataDirOpt = None) -> None:
     """Say whether the local broker runs, and where."""
-    from traceline import localstack
-
-    s = _settings(data_dir=data_dir)
+    s = settings_for(data_dir=data_dir)
     state = localstack.status(s.kafka_dir)
     if not state:
         out.print("Kafka is not running.")
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_SERVICE)
     out.print(json.dumps(state))
 
 
@@ -133,11 +99,12 @@ def _open_input(file: str) -> BinaryIO:
         return sys.stdin.buffer
     p = Path(file)
     if not p.is_file():
-        raise _fail(f"no such file: {file}", code=2)
+        raise fail(f"no such file: {file}", EXIT_USAGE)
     return p.open("rb")
 
 
 @app.command()
+@handled
 def publish(
     file: Annotated[str, typer.Option("--file", "-f", help="JSON Lines file of events, or - for stdin")],
     bootstrap: BootstrapOpt = None,
@@ -153,11 +120,7 @@ def publish(
     when the broker is down: it is delivered by this or the next run. Invalid lines are
     reported with their line number and reason and do not stop the valid ones.
     """
-    from producers.publisher import Publisher
-    from schemas.jsonform import parse_line
-    from schemas.serde import AvroSerde
-
-    s = _settings(bootstrap, data_dir, topic, schema_registry)
+    s = settings_for(bootstrap, data_dir, topic, schema_registry)
     stream = _open_input(file)  # a missing file is a usage error (2), checked before Kafka
     boot = resolve_bootstrap(s)
     size = Path(file).stat().st_size if file != "-" else None
@@ -170,11 +133,11 @@ def publish(
     bad = valid = 0
     batch: list[Any] = []
     try:
-        with _progress() as progress:
-            task = progress.add_task("publishing", total=size, rate="")
+        with progress() as bar:
+            task = bar.add_task("publishing", total=size, rate="")
             for lineno, line in enumerate(stream, 1):
                 if size is not None:
-                    progress.update(task, advance=len(line), rate=f"{valid} events")
+                    bar.update(task, advance=len(line), rate=f"{valid} events")
                 if not line.strip():
                     continue
                 try:
@@ -191,7 +154,7 @@ def publish(
                     batch = []
             if batch:
                 pub.publish_many(batch)
-            pub.flush(timeout, progress=lambda n: progress.update(task, rate=f"{n} delivered"))
+            pub.flush(timeout, progress=lambda n: bar.update(task, rate=f"{n} delivered"))
     finally:
         remaining = pub.close(0)  # flushed above; stops the producer, undelivered rows stay on disk
         if stream is not sys.stdin.buffer:
@@ -200,16 +163,17 @@ def publish(
         err.print(f"... and {bad - max_errors_shown} more invalid lines")
     out.print(f"{valid} valid events stored, {pub.delivered_total} delivered to Kafka, {bad} invalid lines")
     if remaining:
-        raise _fail(
+        raise fail(
             f"{remaining} events are still in the outbox ({s.outbox_path}); Kafka at {boot} did not "
             f"acknowledge them in {timeout:.0f}s ({pub.last_error or 'no answer'}). They are safe on disk "
             "and go out with the next `traceline publish` or `traceline outbox flush`."
         )
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_INVALID_EVENTS)
 
 
 @app.command("outbox")
+@handled
 def outbox_cmd(
     action: Annotated[str, typer.Argument(help="status | flush")] = "status",
     bootstrap: BootstrapOpt = None,
@@ -217,26 +181,24 @@ def outbox_cmd(
     timeout: Annotated[float, typer.Option(help="seconds to wait for Kafka")] = 60.0,
 ) -> None:
     """Show or deliver the events waiting in the local outbox."""
-    from producers.outbox import Outbox
-    from producers.publisher import Publisher
-
-    s = _settings(bootstrap, data_dir)
+    s = settings_for(bootstrap, data_dir)
     if action == "status":
         box = Outbox(s.outbox_path)
         out.print(f"{len(box)} events pending in {s.outbox_path}")
         box.close()
         return
     if action != "flush":
-        raise _fail(f"unknown action {action!r}: use status or flush", code=2)
+        raise fail(f"unknown action {action!r}: use status or flush", EXIT_USAGE)
     pub = Publisher(resolve_bootstrap(s), s.outbox_path, topic=s.kafka.events_topic)
     remaining = pub.close(timeout)
     out.print(f"{pub.delivered_total} delivered, {remaining} still pending")
     if remaining:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_SERVICE)
 
 
 # -- simulate ---------------------------------------------------------------------------
 @app.command()
+@handled
 def simulate(
     units: Annotated[int, typer.Option("--units", "-n", min=1, help="serialised units to make (all levels)")],
     seed: Annotated[int, typer.Option(help="random seed: same seed, same plant")] = 0,
@@ -251,27 +213,21 @@ def simulate(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Simulate a defense electronics plant: lots, components, assemblies, tests, rework, shipments."""
-    from producers.simulator import simulate as run_simulation
-    from producers.simulator import write_jsonl
-
     if (out_file is None) == (not do_publish):
-        raise _fail("give exactly one of --out FILE or --publish", code=2)
-    with _progress() as progress:
-        task = progress.add_task("simulating", total=units, rate="")
+        raise fail("give exactly one of --out FILE or --publish", EXIT_USAGE)
+    with progress() as bar:
+        task = bar.add_task("simulating", total=units, rate="")
 
         def tick(done: int) -> None:
-            progress.update(task, completed=min(done, units))
+            bar.update(task, completed=min(done, units))
 
         events = run_simulation(units, seed, progress=tick)
         if out_file is not None:
             n = write_jsonl(events, sys.stdout if str(out_file) == "-" else out_file)
-            progress.update(task, completed=units)
+            bar.update(task, completed=units)
             err.print(f"{n} events written to {out_file}")
             return
-        from producers.publisher import Publisher
-        from schemas.jsonform import parse_event
-
-        s = _settings(bootstrap, data_dir, topic)
+        s = settings_for(bootstrap, data_dir, topic)
         pub = Publisher(resolve_bootstrap(s), s.outbox_path, topic=s.kafka.events_topic)
         n = 0
         batch = []
@@ -285,14 +241,15 @@ def simulate(
             pub.publish_many(batch)
             n += len(batch)
         remaining = pub.close(120)
-        progress.update(task, completed=units)
+        bar.update(task, completed=units)
     err.print(f"{n} events published, {remaining} still pending in the outbox")
     if remaining:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_SERVICE)
 
 
 # -- serve ------------------------------------------------------------------------------
 @app.command()
+@handled
 def serve(
     bootstrap: BootstrapOpt = None,
     data_dir: DataDirOpt = None,
@@ -307,9 +264,7 @@ def serve(
     no_sink: Annotated[bool, typer.Option("--no-sink", help="do not run the ClickHouse sink")] = False,
 ) -> None:
     """Run the stream processors, the ClickHouse sink and the query API (Ctrl-C stops all)."""
-    from traceline.serve import ServeOptions, Server
-
-    s = _settings(bootstrap, data_dir, topic, schema_registry)
+    s = settings_for(bootstrap, data_dir, topic, schema_registry)
     if dsn:
         s.clickhouse.dsn = dsn
     boot = resolve_bootstrap(s)
@@ -324,242 +279,23 @@ def serve(
     server.run_forever()
 
 
-# -- queries ----------------------------------------------------------------------------
-trace_app = typer.Typer(help="Forward and backward traces.")
+# -- reads (cli_query, cli_report) and alerts (cli_alerts) --------------------------------------
 app.add_typer(trace_app, name="trace")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
-CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV output (one row per affected unit)")]
-
-
-def _query(settings: Settings, path: str, params: dict[str, Any], local: Any) -> Any:
-    """Through the running server's API if there is one (it owns an embedded store), else directly."""
-    from traceline.serve import serve_state
-
-    state = serve_state(settings.data_dir)
-    if state:
-        import httpx
-
-        try:
-            r = httpx.get(
-                state["url"] + path, params={k: v for k, v in params.items() if v is not None}, timeout=60
-            )
-        except httpx.HTTPError as exc:
-            raise _fail(f"the running server at {state['url']} did not answer: {exc}") from exc
-        if r.status_code >= 400:
-            raise _fail(
-                f"{r.status_code}: {r.json().get('detail', r.text)}", code=2 if r.status_code == 422 else 3
-            )
-        return r.json()
-    from queries import to_jsonable
-    from sinks.store import Store
-
-    try:
-        store = Store.open(settings.clickhouse_dsn, settings.clickhouse.database)
-    except TracelineError as exc:
-        raise _fail(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from exc
-    try:
-        return to_jsonable(local(store))
-    except ValueError as exc:
-        raise _fail(str(exc), code=2) from exc
-    finally:
-        store.close()
-
-
-_UNIT_COLUMNS = [
-    "uii",
-    "status",
-    "root_uii",
-    "parent_uii",
-    "customer_id",
-    "destination_site",
-    "site",
-    "trace",
-]
-
-
-def _emit_units(result: dict[str, Any], as_json: bool, as_csv: bool, title: str, limit: int) -> None:
-    if as_json:
-        out.print_json(data=result)
-        return
-    units = result.get("units", [])
-    if as_csv:
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(_UNIT_COLUMNS + ["now_or_past"])
-        for u in units:
-            w.writerow([_cell(u.get(c)) for c in _UNIT_COLUMNS] + ["now"])
-        for p in result.get("past", []):
-            w.writerow(
-                [
-                    p.get("uii"),
-                    p.get("status"),
-                    p.get("root_uii"),
-                    "",
-                    p.get("customer_id"),
-                    "",
-                    "",
-                    f"held {p.get('child_uii')} until {p.get('removed_at')}",
-                    "past",
-                ]
-            )
-        return
-    from rich.table import Table
-
-    for key, label in (("by_status", "status"), ("by_customer", "customer"), ("by_site", "site")):
-        counts = result.get(key)
-        if counts:
-            t = Table(title=f"{title}: units by {label}")
-            t.add_column(label)
-            t.add_column("units", justify="right")
-            for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
-                t.add_row(str(k), str(v))
-            out.print(t)
-    t = Table(title=f"{title}: {len(units)} affected units (part installed now)")
-    for c in ("uii", "status", "final system", "customer", "path from trigger"):
-        t.add_column(c)
-    for u in units[:limit]:
-        t.add_row(
-            u["uii"],
-            u.get("status", ""),
-            u.get("root_uii", ""),
-            str(u.get("customer_id") or ""),
-            " -> ".join(u.get("trace") or []),
-        )
-    out.print(t)
-    if len(units) > limit:
-        out.print(f"... {len(units) - limit} more (use --json or --csv for all)")
-    past = result.get("past", [])
-    if past:
-        out.print(f"{len(past)} units held an affected part in the PAST (removed in rework); see --json")
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, list):
-        return " -> ".join(map(str, v))
-    return "" if v is None else str(v)
-
-
-@trace_app.command("forward")
-def trace_forward(
-    lot: Annotated[str, typer.Option("--lot", help="lot_id")],
-    as_json: JsonOpt = False,
-    as_csv: CsvOpt = False,
-    limit: Annotated[int, typer.Option(help="rows to print")] = 50,
-    data_dir: DataDirOpt = None,
-    dsn: DsnOpt = None,
-) -> None:
-    """Everything made from a lot: lots, units, assemblies, systems, customers."""
-    from queries import forward_trace
-
-    s = store_settings(data_dir, dsn)
-    result = _query(s, "/trace/forward", {"lot": lot}, lambda st: forward_trace(st, lot))
-    _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
-
-
-@trace_app.command("backward")
-def trace_backward(
-    serial: Annotated[
-        str, typer.Option("--serial", help="UII '<part_number>:<serial_number>' of a unit or system")
-    ],
-    as_json: JsonOpt = False,
-    data_dir: DataDirOpt = None,
-    dsn: DsnOpt = None,
-) -> None:
-    """Every component of a unit or system, with lots, operations and tests."""
-    from queries import backward_trace
-
-    s = store_settings(data_dir, dsn)
-    result = _query(s, "/trace/backward", {"serial": serial}, lambda st: backward_trace(st, serial))
-    if as_json:
-        out.print_json(data=result)
-        return
-    from rich.table import Table
-
-    t = Table(title=f"{serial}: {len(result['units'])} units in its tree (final system {result['root_uii']})")
-    for c in ("uii", "depth", "parent"):
-        t.add_column(c)
-    for u in result["units"]:
-        t.add_row(u["uii"], str(u.get("depth", "")), str(u.get("parent_uii") or ""))
-    out.print(t)
-    out.print(
-        f"{len(result['lots'])} lot consumptions, {len(result['operations'])} operations, "
-        f"{len(result['tests'])} tests (use --json for all)"
-    )
-
-
-recall_app = typer.Typer(
-    help="Recall impact of a trigger (`traceline recall --lot L`); `recall report` writes the audit report.",
-    invoke_without_command=True,
-)
 app.add_typer(recall_app, name="recall")
-
-
-@recall_app.callback()
-def recall(
-    ctx: typer.Context,
-    lot: LotOpt = None,
-    supplier_lot: SupplierLotOpt = None,
-    supplier: SupplierOpt = None,
-    station: StationOpt = None,
-    operator: OperatorOpt = None,
-    bench: BenchOpt = None,
-    serial: SerialOpt = None,
-    start: FromOpt = None,
-    end: ToOpt = None,
-    as_json: JsonOpt = False,
-    as_csv: CsvOpt = False,
-    limit: Annotated[int, typer.Option(help="rows to print")] = 50,
-    data_dir: DataDirOpt = None,
-    dsn: DsnOpt = None,
-) -> None:
-    """Recall impact of a trigger: affected units now and in the past, by customer and status."""
-    if ctx.invoked_subcommand is not None:
-        return  # `recall report ...`: the subcommand takes its own trigger options
-    from queries import Trigger, recall_impact
-
-    kind, ident = trigger_from_options(
-        lot=lot,
-        supplier_lot=supplier_lot,
-        supplier=supplier,
-        station=station,
-        operator=operator,
-        bench=bench,
-        serial=serial,
-    )
-    start_utc, end_utc = as_utc(start), as_utc(end)
-    s = store_settings(data_dir, dsn)
-    params = {
-        "kind": kind,
-        "id": ident,
-        "from": start_utc.isoformat() if start_utc else None,
-        "to": end_utc.isoformat() if end_utc else None,
-    }
-    result = _query(
-        s, "/recall", params, lambda st: recall_impact(st, Trigger(kind, ident, start_utc, end_utc))
-    )
-    _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
-
-
-# -- reports ----------------------------------------------------------------------------
-from traceline.cli_report import drill_command, report_command  # noqa: E402
-
 app.command("report")(report_command)
 recall_app.command("report")(report_command)  # the same command as `traceline recall report`
 app.command("drill")(drill_command)
-
-from traceline.cli_alerts import alerts_app  # noqa: E402
-
 app.add_typer(alerts_app, name="alerts")
 
 
 def main() -> None:
     try:
         app()
-    except TracelineError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        sys.exit(3)
+    except TracelineError as exc:  # an error outside a command (settings, start-up)
+        failure = classify(exc)
+        assert failure is not None
+        err.print(f"error: {failure.message}", style="bold red", markup=False, highlight=False)
+        sys.exit(failure.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,29 @@
-"""``traceline alerts``: follow the alerts topic live, or query the alerts table.
+"""``traceline alerts``: follow the alerts topic live (``tail``), or query the alerts table (``list``).
 
-Wired into the main CLI with ``app.add_typer(alerts_app, name="alerts")``. ``list`` goes through
-the running server's API when there is one (it owns an embedded store), else opens the store.
+Wired into the main CLI with ``app.add_typer(alerts_app, name="alerts")``. ``list`` asks the one
+backend (``traceline.backend``: the running server's API, else the store).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from confluent_kafka import Consumer, KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from traceline.cli_options import BootstrapOpt, DataDirOpt
+from schemas.alert import decode_alert
+from schemas.errors import DecodeError
+from schemas.kafka import consumer_config
+from traceline.backend import open_backend
+from traceline.cli_common import BootstrapOpt, DataDirOpt, handled, resolve_bootstrap, settings_for
 
-__all__ = ["alerts_app", "add_alert_routes"]
+__all__ = ["alerts_app"]
 
 alerts_app = typer.Typer(help="Alerts: follow them live (tail) or query them (list).", no_args_is_help=True)
 
@@ -47,6 +53,7 @@ def _print_alert(a: dict[str, Any]) -> None:
 
 
 @alerts_app.command("tail")
+@handled
 def tail(
     bootstrap: BootstrapOpt = None,
     data_dir: DataDirOpt = None,
@@ -58,22 +65,13 @@ def tail(
     timeout: Annotated[float, typer.Option(help="stop after this many idle seconds (0: never)")] = 0.0,
 ) -> None:
     """Follow the alerts topic live (Ctrl-C to stop)."""
-    import time
-
-    from confluent_kafka import Consumer, KafkaError
-
-    from schemas.alert import decode_alert
-    from schemas.errors import DecodeError
-    from traceline.cli import _settings, resolve_bootstrap
-
-    s = _settings(bootstrap, data_dir)
+    s = settings_for(bootstrap, data_dir)
     consumer = Consumer(
-        {
-            "bootstrap.servers": resolve_bootstrap(s),
-            "group.id": f"traceline-alerts-tail-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-        }
+        consumer_config(
+            resolve_bootstrap(s),
+            f"traceline-alerts-tail-{uuid.uuid4().hex[:8]}",
+            **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
+        )
     )
     consumer.subscribe([s.topics.alerts])
     seen, idle_since = 0, time.monotonic()
@@ -109,6 +107,7 @@ def tail(
 
 
 @alerts_app.command("list")
+@handled
 def list_cmd(
     severity: Annotated[str | None, typer.Option(help="INFO | WARNING | CRITICAL")] = None,
     rule: Annotated[str | None, typer.Option(help="e.g. NC_RAISED, HELD_LOT_USED, SHIPPING_GATE")] = None,
@@ -118,24 +117,13 @@ def list_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """The latest version of each alert, newest first."""
-    from sinks.alerts import list_alerts
-    from traceline.cli import _query, _settings
-
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    s = _settings(data_dir=data_dir)
-    params = {
-        "severity": severity,
-        "rule": rule,
-        "since": since.isoformat() if since else None,
-        "limit": limit,
-    }
-    rows = _query(
-        s,
-        "/alerts",
-        params,
-        lambda store: list_alerts(store, severity=severity, rule=rule, since=since, limit=limit),
-    )
+    backend = open_backend(settings_for(data_dir=data_dir))
+    try:
+        rows = backend.alerts(severity=severity, rule=rule, since=since, limit=limit)
+    finally:
+        backend.close()
     if as_json:
         _out.print_json(data=rows)
         return
@@ -152,20 +140,3 @@ def list_cmd(
         )
     _out.print(table)
     _out.print(f"{len(rows)} alert(s)", style="dim")
-
-
-def add_alert_routes(api: Any, store: Any) -> None:
-    """``GET /alerts`` on the server's API (the running server owns an embedded store)."""
-    from fastapi import Query
-
-    from queries import to_jsonable
-    from sinks.alerts import list_alerts
-
-    @api.get("/alerts", summary="Alerts (latest version of each), newest first")
-    def get_alerts(
-        severity: str | None = Query(None),
-        rule: str | None = Query(None),
-        since: datetime | None = Query(None),
-        limit: int = Query(100, ge=1, le=10_000),
-    ) -> Any:
-        return to_jsonable(list_alerts(store, severity=severity, rule=rule, since=since, limit=limit))

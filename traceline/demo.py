@@ -26,7 +26,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from producers.publisher import Publisher
+from producers.simulator import simulate
+from queries import Trigger, recall_impact
 from schemas.errors import TracelineError
+from schemas.jsonform import parse_event
+from schemas.kafka import pipeline_lag
+from schemas.models import NonconformanceRaised
+from traceline import localstack
+from traceline.serve import ServeOptions, Server
+from traceline.settings import load_settings
 
 console = Console(width=max(Console().width, 140))
 
@@ -62,16 +71,6 @@ def _pick_lot(store) -> tuple[str, str, str]:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    from producers.publisher import Publisher
-    from producers.simulator import simulate
-    from queries import Trigger, recall_impact, to_jsonable
-    from schemas.jsonform import parse_event
-    from schemas.models import NonconformanceRaised
-    from traceline import localstack
-    from traceline.lag import pipeline_lag
-    from traceline.serve import ServeOptions, Server
-    from traceline.settings import load_settings
-
     s = load_settings(data_dir=args.data_dir)
     console.rule("[bold]traceline demo")
     console.print("1/6 starting the local Kafka broker (first run downloads Kafka's jars from Maven Central)")
@@ -159,33 +158,29 @@ def main(argv: list[str] | None = None) -> int:
 
         console.print("6/6 recall impact")
         t2 = time.perf_counter()
-        impact = to_jsonable(
-            recall_impact(server.store, Trigger("supplier_lot", f"{supplier}:{supplier_lot}"))
-        )
+        impact = recall_impact(server.store, Trigger("supplier_lot", f"{supplier}:{supplier_lot}"))
         ms = (time.perf_counter() - t2) * 1000
-        units = impact["units"]
+        units = impact.units
         console.print(
-            f"    {len(units):,} units hold a part from this lot now, in {len(impact['systems']):,} final "
-            f"systems; {len(impact['past'])} held one in the past (rework). Query took {ms:.0f} ms."
+            f"    {len(units):,} units hold a part from this lot now, in {len(impact.systems):,} final "
+            f"systems; {len(impact.past)} held one in the past (rework). Query took {ms:.0f} ms."
         )
-        for key, label in (("by_customer", "customer"), ("by_status", "status")):
+        for counts, label in ((impact.by_customer, "customer"), (impact.by_status, "status")):
             t = Table(title=f"affected units by {label}")
             t.add_column(label)
             t.add_column("units", justify="right")
-            for k, v in sorted(impact[key].items(), key=lambda kv: -kv[1]):
+            for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
                 t.add_row(str(k), f"{v:,}")
             console.print(t)
         t = Table(title="first affected units")
         for c in ("unit", "status", "final system", "customer", "path from the lot"):
             t.add_column(c, overflow="fold")
         for u in units[:15]:
-            t.add_row(
-                u["uii"], u["status"], u["root_uii"], str(u.get("customer_id") or ""), " -> ".join(u["trace"])
-            )
+            t.add_row(u.uii, u.status, u.root_uii, str(u.customer_id or ""), " -> ".join(u.trace))
         console.print(t)
         console.rule("query further")
         dd = f" --data-dir {args.data_dir}" if args.data_dir else ""
-        system = units[0]["root_uii"] if units else "PN:SN"
+        system = units[0].root_uii if units else "PN:SN"
         console.print(
             f"  .venv/bin/traceline recall --supplier-lot {supplier}:{supplier_lot}{dd}\n"
             f"  .venv/bin/traceline trace forward --lot {lot}{dd} --csv > recall.csv\n"

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import TracelineError
+from traceline.settings import LocalStackSettings, child_env
 
 __all__ = [
     "DEFAULT_STARTUP_TIMEOUT",
@@ -105,8 +106,8 @@ class MissingToolError(LocalStackError):
 
 def _deploy_dir() -> Path:
     """deploy/local: env TRACELINE_DEPLOY_LOCAL, else <repo root>/deploy/local."""
-    env = os.environ.get("TRACELINE_DEPLOY_LOCAL")
-    candidates = [Path(env)] if env else []
+    given = LocalStackSettings().deploy_local
+    candidates = [given] if given else []
     candidates.append(Path(__file__).resolve().parents[1] / "deploy" / "local")
     for cand in candidates:
         if (cand / "pom.xml").is_file():
@@ -119,15 +120,15 @@ def _deploy_dir() -> Path:
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("TRACELINE_KAFKA_CACHE")
-    return Path(env) if env else _deploy_dir() / "cache"
+    given = LocalStackSettings().kafka_cache
+    return given if given else _deploy_dir() / "cache"
 
 
 def default_data_dir() -> Path:
     """env TRACELINE_KAFKA_DATA_DIR, else <repo root>/var/kafka."""
-    env = os.environ.get("TRACELINE_KAFKA_DATA_DIR")
-    if env:
-        return Path(env)
+    given = LocalStackSettings().kafka_data_dir
+    if given:
+        return given
     return Path(__file__).resolve().parents[1] / "var" / "kafka"
 
 
@@ -396,8 +397,9 @@ def _is_formatted(data_dir: Path) -> bool:
 
 
 def _java_cmd(java: str, libs: Path, *extra: str) -> list[str]:
-    heap = os.environ.get("TRACELINE_KAFKA_HEAP_OPTS", _DEFAULT_HEAP).split()
-    opts = os.environ.get("TRACELINE_KAFKA_JVM_OPTS", _DEFAULT_JVM_OPTS).split()
+    given = LocalStackSettings()
+    heap = (given.kafka_heap_opts or _DEFAULT_HEAP).split()
+    opts = (given.kafka_jvm_opts or _DEFAULT_JVM_OPTS).split()
     log4j = _deploy_dir() / "log4j2.xml"
     return [java, *heap, *opts, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*", *extra]
 
@@ -500,7 +502,7 @@ def _start(data_dir: Path, port: int | None, controller_port: int | None, timeou
             stderr=subprocess.STDOUT,
             cwd=data_dir,
             start_new_session=True,
-            env={**os.environ, "LOG_DIR": str(data_dir)},
+            env=child_env(LOG_DIR=str(data_dir)),
         )
     _children[proc.pid] = proc
     (data_dir / _PID_FILE).write_text(f"{proc.pid}\n")

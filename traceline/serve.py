@@ -1,35 +1,50 @@
-"""``traceline serve``: stream processors, the sink and the query API, together.
+"""``traceline serve``: the composition root. What runs, in this order (``Server.start``):
 
-In embedded mode (``chdb://``) one process owns the store, so this process holds it: the
-sink consumer runs in a thread and the API in the main thread, both on one store handle
-behind a lock. The faust worker (which never touches ClickHouse) runs as a supervised child
-process, so it uses the second core and a crash of it is restarted, not fatal.
+1. the topics (``schemas.kafka.ensure_topics``: created with the configured partition count, or
+   checked against it);
+2. the faust genealogy writer (``traceline.worker``, built on ``streams.app``) as a supervised
+   child process: it uses the second core, a crash of it is restarted, and it stops by itself
+   when this process dies (``traceline.orphans``);
+3. the store (``sinks.store.Store``): in embedded mode (``chdb://``) one process owns it, so
+   this process holds it for everything below;
+4. the ingest sink (``sinks.ingest.SinkWorker``, which also runs the intake) in a thread;
+5. the alert engine (``streams.alert_engine.AlertEngine`` over ``queries.alerts.AlertEvaluator``
+   with the rules from the settings) in a thread, with its notifier (``streams.notify``);
+6. the HTTP API (``traceline.api``) in the main thread, until SIGINT/SIGTERM; then everything
+   stops in the reverse order.
+
+The alert engine and the API read through store handles of their own (``Server._reader``), so
+a slow query never holds the sink.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
+from queries.alerts import AlertEvaluator
+from schemas.kafka import ensure_topics, pipeline_lag
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from sinks.consumer import SinkWorker
+from sinks.ingest import SinkWorker
 from sinks.store import Store
-from streams.topics import ensure_topics
-from traceline.orphans import PARENT_PID_ENV
+from streams.alert_engine import AlertEngine, sink_positions
+from streams.notify import Notifier
+from traceline.api import create_api
+from traceline.backend import clear_serve_state, open_store, write_serve_state
 from traceline.settings import Settings
 
-__all__ = ["Server", "ServeOptions", "serve_state", "worker_env"]
+__all__ = ["Server", "ServeOptions", "WorkerProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -50,37 +65,8 @@ class ServeOptions:
     sink_batch_seconds: float = 0.25
 
 
-def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
-    """Environment for a faust worker child with the same settings as this process."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "TRACELINE_KAFKA_BOOTSTRAP": bootstrap,
-            "TRACELINE_DATA_DIR": str(settings.data_dir),
-            "TRACELINE_KAFKA_EVENTS_TOPIC": settings.kafka.events_topic,
-            "TRACELINE_KAFKA_PARTITIONS": str(settings.kafka.partitions),
-            "TRACELINE_KAFKA_REPLICATION": str(settings.kafka.replication),
-            "TRACELINE_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        }
-    )
-    if settings.schema_registry.url:
-        env["TRACELINE_SCHEMA_REGISTRY_URL"] = settings.schema_registry.url
-    return env
-
-
-def serve_state(data_dir: Path) -> dict[str, Any] | None:
-    """The running server's state file (API URL, pid), if a server is alive."""
-    path = data_dir / "serve.json"
-    try:
-        state = json.loads(path.read_text())
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return dict(state)
-
-
 class WorkerProcess:
-    """A supervised ``python -m streams.worker worker`` child."""
+    """A supervised ``python -m traceline.worker worker`` child."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -92,10 +78,10 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.worker", "worker", "-l", "info", "--without-web"],
+            [sys.executable, "-m", "traceline.worker", "worker", "-l", "info", "--without-web"],
             # its own session (a terminal's Ctrl-C reaches only the server, which stops it);
             # it stops by itself if this process dies without stopping it (traceline.orphans)
-            env={**self.env, PARENT_PID_ENV: str(os.getpid())},
+            env=self.env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -134,8 +120,8 @@ class Server:
         self.store: Store | None = None  # the sink's handle (and the API's when there is no sink)
         self._readers: list[Store] = []  # own handles of the alert engine and the API (see _reader)
         self.sink: SinkWorker | None = None
-        self.alerts: Any = None  # sinks.alerts.AlertEngine
-        self.notifier: Any = None  # traceline.notify.Notifier
+        self.alerts: AlertEngine | None = None
+        self.notifier: Notifier | None = None
         self.worker: WorkerProcess | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -144,35 +130,46 @@ class Server:
         self.alerts_error: str | None = None
         self._stopped = False
 
+    # -- what runs, in order ------------------------------------------------------------------
     def start(self) -> None:
         s, o = self.settings, self.opts
         ensure_topics(
             o.bootstrap, self.topics, partitions=s.kafka.partitions, replication=s.kafka.replication
         )
         if o.with_worker:
-            self.worker = WorkerProcess(worker_env(s, o.bootstrap), s.data_dir / "streams.log")
-            self.worker.start()
+            self._start_worker()
         if o.with_sink or o.with_api:
-            self.store = Store.open(s.clickhouse_dsn, s.clickhouse.database)
+            self.store = open_store(s)
         if o.with_sink:
-            assert self.store is not None
-            self.sink = SinkWorker(
-                o.bootstrap,
-                self.store,
-                topics=self.topics,
-                group_id=s.sink_group,
-                batch_size=o.sink_batch_size,
-                batch_seconds=o.sink_batch_seconds,
-                serde=AvroSerde(registry_url=s.schema_registry.url, topic=self.topics.events),
-            )
-            t = threading.Thread(target=self._run_sink, name="sink", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._start_sink()
             if o.with_alerts:
                 self._start_alerts()
-        t = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._thread("supervisor", self._supervise)
+
+    def _thread(self, name: str, target: Any) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _start_worker(self) -> None:
+        s = self.settings
+        env = s.worker_env(self.opts.bootstrap, parent_pid=os.getpid())
+        self.worker = WorkerProcess(env, s.data_dir / "streams.log")
+        self.worker.start()
+
+    def _start_sink(self) -> None:
+        s, o = self.settings, self.opts
+        assert self.store is not None
+        self.sink = SinkWorker(
+            o.bootstrap,
+            self.store,
+            topics=self.topics,
+            group_id=s.sink_group,
+            batch_size=o.sink_batch_size,
+            batch_seconds=o.sink_batch_seconds,
+            serde=AvroSerde(registry_url=s.schema_registry.url, topic=self.topics.events),
+        )
+        self._thread("sink", self._run_sink)
 
     def _run_sink(self) -> None:
         assert self.sink is not None
@@ -183,28 +180,23 @@ class Server:
             log.exception("the ClickHouse sink stopped")
 
     def _start_alerts(self) -> None:
-        from sinks.alerts import AlertEngine, sink_positions
-        from streams.alerts import AlertRules
-        from traceline.notify import Notifier, NotifySettings
-
-        assert self.store is not None and self.sink is not None
-        notifier = Notifier(NotifySettings())
+        s = self.settings
+        assert self.sink is not None
+        notifier = Notifier(s.notify)
         self.notifier = notifier.start() if notifier.enabled else None
         self.alerts = AlertEngine(
             self.opts.bootstrap,
-            self._reader(),
+            AlertEvaluator(self._reader(), s.alert_rules),
             topics=self.topics,
-            rules=AlertRules(),
-            group_id=f"{self.settings.kafka.topic_prefix}traceline-alerts",
-            sink_group=self.settings.sink_group,
+            group_id=s.alerts_group,
+            sink_group=s.sink_group,
             landed=sink_positions(self.sink),
             notifier=self.notifier,
         )
-        t = threading.Thread(target=self._run_alerts, name="alerts", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._thread("alerts", self._run_alerts)
 
     def _run_alerts(self) -> None:
+        assert self.alerts is not None
         try:
             self.alerts.run()
         except Exception as exc:  # noqa: BLE001 - reported in /health and the log
@@ -216,6 +208,7 @@ class Server:
             if self.worker is not None:
                 self.worker.check()
 
+    # -- what the API reports --------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         return {
             "started_at": self.started_at.isoformat(),
@@ -228,17 +221,8 @@ class Server:
         }
 
     def lag(self) -> dict[str, int]:
-        from traceline.lag import pipeline_lag
-
         s = self.settings
         return pipeline_lag(self.opts.bootstrap, self.topics, app_id=s.app_id, sink_group=s.sink_group)
-
-    def write_state(self, url: str) -> None:
-        path = self.settings.data_dir / "serve.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"pid": os.getpid(), "url": url, "started_at": self.started_at.isoformat()})
-        )
 
     def _reader(self) -> Store:
         """A store handle of its own for a reader beside the sink (alert engine, API).
@@ -253,11 +237,11 @@ class Server:
         assert self.store is not None
         if not self.opts.with_sink:
             return self.store
-        s = self.settings
-        reader = Store.open(s.clickhouse_dsn, s.clickhouse.database)
+        reader = open_store(self.settings)
         self._readers.append(reader)
         return reader
 
+    # -- the end ---------------------------------------------------------------------------------
     def stop(self) -> None:
         if self._stopped:
             return
@@ -277,26 +261,15 @@ class Server:
             r.close()
         if self.store is not None:
             self.store.close()
-        try:
-            (self.settings.data_dir / "serve.json").unlink()
-        except FileNotFoundError:
-            pass
+        clear_serve_state(self.settings.data_dir)
 
     def run_forever(self) -> None:
         """Serve the API (or just wait) until SIGINT/SIGTERM, then stop everything."""
         url = f"http://{self.opts.host}:{self.opts.port}"
-        self.write_state(url)
+        write_serve_state(self.settings.data_dir, url, self.started_at)
         try:
             if self.opts.with_api and self.store is not None:
-                reader = self._reader()
-                import uvicorn
-
-                from traceline.api import create_api
-
-                api = create_api(reader, health=self.health, lag=self.lag)
-                from traceline.cli_alerts import add_alert_routes
-
-                add_alert_routes(api, reader)
+                api = create_api(self._reader(), health=self.health, lag=self.lag)
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -306,12 +279,3 @@ class Server:
             pass
         finally:
             self.stop()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

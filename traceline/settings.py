@@ -1,19 +1,55 @@
-"""Configuration: one settings object per external system, prefix ``TRACELINE_``.
+"""Configuration, the one tree: one settings object per external system, prefix ``TRACELINE_``.
 
-Built once at the entry point (CLI / ``traceline serve``) and passed down; nothing connects
-at import time. Every value can also be given as a CLI flag.
+Built once at the entry point (CLI, ``traceline serve``, the stream worker) and passed down as
+plain values and config objects; nothing connects at import time, and no module outside this
+one reads the environment. Every value can also be given as a CLI flag where it matters.
+
+Sections and their environment variables:
+
+| section | prefix | what |
+| --- | --- | --- |
+| ``Settings`` | ``TRACELINE_`` | ``DATA_DIR`` (outbox, embedded store, local broker) |
+| ``kafka`` | ``TRACELINE_KAFKA_`` | bootstrap, events topic, partitions, replication, topic prefix |
+| ``clickhouse`` | ``TRACELINE_CLICKHOUSE_`` | DSN, database, password |
+| ``chdb`` | ``TRACELINE_CHDB_`` | the embedded engine's uncompressed-block cache |
+| ``schema_registry`` | ``TRACELINE_SCHEMA_REGISTRY_`` | URL (Confluent wire format when set) |
+| ``alert_rules`` | ``TRACELINE_ALERTS_`` | thresholds of the alert rules (``streams.alerts.AlertRules``) |
+| ``notify`` | ``TRACELINE_ALERTS_`` | webhook / e-mail delivery (``streams.notify.NotifyConfig``) |
+| ``worker`` | ``TRACELINE_STREAMS_``, ``TRACELINE_WORKER_`` | the faust worker's id and supervisor |
+| ``local_stack`` | ``TRACELINE_`` | where the local broker's jars, cache and JVM options come from |
+
+The stream worker that ``traceline serve`` starts gets its environment from
+:meth:`Settings.worker_env`, derived from this model, so it runs with exactly these settings.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import TopicNames
+from streams.alerts import AlertRules
+from streams.notify import NotifyConfig
 
-__all__ = ["KafkaSettings", "ClickHouseSettings", "SchemaRegistrySettings", "Settings", "load_settings"]
+__all__ = [
+    "KafkaSettings",
+    "ClickHouseSettings",
+    "ChdbSettings",
+    "SchemaRegistrySettings",
+    "AlertRulesSettings",
+    "NotifySettings",
+    "WorkerSettings",
+    "LocalStackSettings",
+    "Settings",
+    "load_settings",
+    "env_of",
+    "child_env",
+]
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -40,10 +76,62 @@ class ClickHouseSettings(BaseSettings):
     password: SecretStr | None = None
 
 
+class ChdbSettings(BaseSettings):
+    """The embedded engine (``chdb://`` DSNs only)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_CHDB_", extra="ignore")
+
+    uncompressed_cache_mb: int = Field(
+        1024, ge=0, description="ClickHouse's uncompressed-block cache in MiB (0 = off); chdb leaves it off"
+    )
+
+
 class SchemaRegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACELINE_SCHEMA_REGISTRY_", extra="ignore")
 
     url: str | None = None
+
+
+class AlertRulesSettings(BaseSettings, AlertRules):
+    """The alert rules' thresholds from ``TRACELINE_ALERTS_*`` (an :class:`AlertRules`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
+
+
+class NotifySettings(BaseSettings, NotifyConfig):
+    """Alert delivery from ``TRACELINE_ALERTS_*``, e.g. ``TRACELINE_ALERTS_WEBHOOK_URL`` (a
+    :class:`NotifyConfig`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
+
+
+class WorkerSettings(BaseSettings):
+    """The faust stream worker."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    instance_id: str = Field(
+        "",
+        validation_alias=AliasChoices("TRACELINE_STREAMS_INSTANCE_ID", "instance_id"),
+        description="static group membership id (default: app id + host + a hash of the data dir)",
+    )
+    parent_pid: int | None = Field(
+        None,
+        validation_alias=AliasChoices("TRACELINE_WORKER_PARENT_PID", "parent_pid"),
+        description="set by `traceline serve`: the worker stops itself when this process is gone",
+    )
+
+
+class LocalStackSettings(BaseSettings):
+    """The local Kafka broker (``traceline stack``): where its jars and files are, its JVM."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_", extra="ignore")
+
+    deploy_local: Path | None = Field(None, description="deploy/local (its pom.xml); default: the checkout's")
+    kafka_cache: Path | None = Field(None, description="assembled jars (default: deploy/local/cache)")
+    kafka_data_dir: Path | None = Field(None, description="broker data for `python -m traceline.localstack`")
+    kafka_heap_opts: str | None = Field(None, description="JVM heap options of the broker")
+    kafka_jvm_opts: str | None = Field(None, description="other JVM options of the broker")
 
 
 class Settings(BaseSettings):
@@ -52,7 +140,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(_REPO / "var", description="local state: outbox, embedded store, local broker")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    chdb: ChdbSettings = Field(default_factory=ChdbSettings)
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    alert_rules: AlertRulesSettings = Field(default_factory=AlertRulesSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    local_stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
     @property
     def topics(self) -> TopicNames:
@@ -67,6 +160,10 @@ class Settings(BaseSettings):
         return f"{self.kafka.topic_prefix}traceline-sink"
 
     @property
+    def alerts_group(self) -> str:
+        return f"{self.kafka.topic_prefix}traceline-alerts"
+
+    @property
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.sqlite"
 
@@ -77,6 +174,43 @@ class Settings(BaseSettings):
     @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse.dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def worker_env(self, bootstrap: str, parent_pid: int | None = None) -> dict[str, str]:
+        """The environment of a stream worker child with these settings (and ``bootstrap``):
+        this process's environment (PATH, PYTHONPATH, ...) plus every setting of the sections
+        the worker reads, derived from this model."""
+        env = child_env()
+        env["TRACELINE_DATA_DIR"] = str(self.data_dir)
+        for section in (self.kafka, self.schema_registry):
+            env.update(env_of(section))
+        env["TRACELINE_KAFKA_BOOTSTRAP"] = bootstrap
+        if self.worker.instance_id:
+            env["TRACELINE_STREAMS_INSTANCE_ID"] = self.worker.instance_id
+        if parent_pid is not None:
+            env["TRACELINE_WORKER_PARENT_PID"] = str(parent_pid)
+        return env
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process (the broker's JVM, a stream worker): this process's
+    own (PATH, PYTHONPATH, JAVA_HOME, ...) plus ``extra``."""
+    return {**os.environ, **extra}
+
+
+def env_of(section: BaseSettings) -> dict[str, str]:
+    """The environment variables that give ``section`` its current values (None left out)."""
+    prefix = str(section.model_config.get("env_prefix", ""))
+    out: dict[str, str] = {}
+    for name in type(section).model_fields:
+        value: Any = getattr(section, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, set | frozenset | list | tuple | dict):
+            value = json.dumps(sorted(value) if isinstance(value, set | frozenset) else value)
+        out[f"{prefix}{name}".upper()] = str(value)
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

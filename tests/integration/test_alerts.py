@@ -1,6 +1,6 @@
 """The alert engine on the real engines: ClickHouse (chdb) context reads, and the Kafka wiring.
 
-* store tier (no broker): :class:`sinks.alerts.AlertEvaluator` over events landed with the
+* store tier (no broker): :class:`queries.alerts.AlertEvaluator` over events landed with the
   sink's own row builder; a property test that the impact an NC alert carries equals the
   independent oracle's recall (``tests/oracle.py``);
 * Kafka tier: a real broker, the sink and the engine in threads; alerts reach the alerts topic
@@ -21,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from queries.alerts import AlertEvaluator, list_alerts, load_state
 from schemas.alert import Alert, decode_alert
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from sinks.alerts import AlertEngine, AlertEvaluator, list_alerts, load_state, sink_positions
 from sinks.rows import SinkRecord, alert_rows, genealogy_rows, rows_for_batch
 from sinks.store import Store
+from streams.alert_engine import AlertEngine, sink_positions
 from streams.alerts import AlertRules, window_start
 from tests import oracle
 
@@ -561,8 +562,8 @@ def _consume_alerts(bootstrap: str, topic: str, want: int, timeout: float = 30.0
 def test_engine_end_to_end_and_restart(kafka_bootstrap: str, topic_prefix: str, dsn: str) -> None:
     from confluent_kafka import Producer
 
-    from sinks.consumer import SinkWorker
-    from streams.topics import ensure_topics
+    from schemas.kafka import ensure_topics
+    from sinks.ingest import SinkWorker
 
     topics = TopicNames(events=f"{topic_prefix}events", prefix=topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=2)
@@ -576,9 +577,8 @@ def test_engine_end_to_end_and_restart(kafka_bootstrap: str, topic_prefix: str, 
     def engine(group: str) -> AlertEngine:
         e = AlertEngine(
             kafka_bootstrap,
-            store,
+            AlertEvaluator(store, AlertRules(nc_refresh_seconds=0)),
             topics=topics,
-            rules=AlertRules(nc_refresh_seconds=0),
             group_id=group,
             sink_group=f"{topic_prefix}sink",
             landed=sink_positions(sink),

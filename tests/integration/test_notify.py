@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.alert import Alert
-from traceline.notify import Notifier, NotifySettings, verify
+from streams.notify import Notifier, NotifyConfig, verify
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def _alert(severity: str = "CRITICAL", alert_id: str = "HELD_LOT_USED:L1:PCB:1:W
 def test_webhook_signed_and_retried_after_500(receiver: _Receiver) -> None:
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     n = Notifier(
-        NotifySettings(
+        NotifyConfig(
             webhook_url=url,
             webhook_secret=SecretStr(SECRET),
             webhook_severities={"CRITICAL"},
@@ -109,6 +109,6 @@ def test_webhook_signed_and_retried_after_500(receiver: _Receiver) -> None:
 
 
 def test_queue_full_drops_without_blocking() -> None:
-    n = Notifier(NotifySettings(webhook_url="http://127.0.0.1:9/", queue_size=2))  # not started
+    n = Notifier(NotifyConfig(webhook_url="http://127.0.0.1:9/", queue_size=2))  # not started
     results = [n.submit(_alert(alert_id=f"A{i}")) for i in range(4)]
     assert results == [True, True, False, False] and n.stats.dropped == 2

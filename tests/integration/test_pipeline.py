@@ -31,17 +31,18 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from producers.publisher import Publisher, producer_config
+from producers.publisher import Publisher
 from producers.simulator import simulate
-from queries.recall import Trigger, recall_impact
+from queries import Trigger, recall_impact
 from schemas.jsonform import parse_event
+from schemas.kafka import pipeline_lag, producer_config
 from schemas.serde import AvroSerde
-from sinks.consumer import SinkWorker
+from sinks.ingest import SinkWorker
 from sinks.rows import RAW_TABLES
 from sinks.store import Store
 from streams.genealogy import MAX_DEPTH
 from tests import oracle
-from traceline.lag import pipeline_lag, wait_caught_up
+from tests.support import wait_caught_up
 from traceline.serve import Server
 
 pytestmark = pytest.mark.integration

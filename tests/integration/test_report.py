@@ -1,7 +1,7 @@
 """Recall report and recall drill from a simulated plant, on the real engine (chdb).
 
 The plant: ``producers.simulator`` events -> pydantic (``parse_event``) -> Avro records
-(``to_avro``) -> the sink's row builders; genealogy change records from ``streams.genealogy.run``
+(``to_avro``) -> the sink's row builders; genealogy change records from ``tests.support.run_genealogy``
 over the same events. The PDF is parsed back with pypdf.
 """
 
@@ -25,7 +25,7 @@ from queries import Trigger, recall_impact
 from schemas.jsonform import parse_event
 from sinks.rows import SinkRecord, genealogy_rows, rows_for_batch
 from sinks.store import Store
-from streams import genealogy
+from tests.support import run_genealogy
 
 pypdf = pytest.importorskip("pypdf")
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def load_plant(store: Store, units: int, seed: int) -> dict[str, int]:
     for start in range(0, len(records), 5_000):
         store.write_batch(rows_for_batch(records[start : start + 5_000]), token=f"sim:{seed}:{start}")
     changes: list[dict[str, Any]] = []
-    genealogy.run(({**e.to_avro(), "type": e.type} for e in events), changes=changes)
+    run_genealogy(({**e.to_avro(), "type": e.type} for e in events), changes=changes)
     store.write_batch(genealogy_rows(changes), token=f"gen:{seed}")
     fan: Counter[str] = Counter()
     for e in events:
@@ -79,7 +79,10 @@ def _pdf_text(data: bytes) -> tuple[int, str]:
 def test_report_of_a_big_lot_renders_html_pdf_csv(
     plant: tuple[Store, dict[str, int]], tmp_path: Path
 ) -> None:
-    from queries.report import build_report, render_csv, render_html, render_pdf
+    from queries.report import build_report
+    from queries.report_csv import render_csv
+    from queries.report_html import render_html
+    from queries.report_pdf import render_pdf
 
     store, fan = plant
     lot = _big_lot(fan)
@@ -140,15 +143,12 @@ def test_report_of_a_big_lot_renders_html_pdf_csv(
 
 
 def test_report_api_serves_each_format(plant: tuple[Store, dict[str, int]]) -> None:
-    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from queries.report import add_report_routes
+    from traceline.api import create_api
 
     store, fan = plant
-    api = FastAPI()
-    add_report_routes(api, store, lag=lambda: {"streams": 0, "sink": 0})
-    client = TestClient(api)
+    client = TestClient(create_api(store, lag=lambda: {"streams": 0, "sink": 0}))
     lot = _big_lot(fan)
     r = client.get("/report", params={"kind": "lot", "id": lot, "format": "pdf"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from schemas.samples import sample_events
 from schemas.serde import AvroSerde
 from sinks import ddl
 from sinks.rows import SinkRecord, genealogy_rows, rows_for_batch
 from sinks.store import Store, StoreQueryError
+from tests.samples import sample_events
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from streams.alerts import (
     shipping_gate,
     suspect_lot_yield,
 )
-from traceline.notify import sign, verify
+from streams.notify import sign, verify
 
 T0 = datetime(2026, 5, 4, 8, tzinfo=UTC)
 NOW = datetime(2026, 5, 4, 12, tzinfo=UTC)
@@ -323,9 +323,10 @@ def test_the_engine_may_skip_decoding_every_type_outside_rule_types() -> None:
     even while lots are held and NCs are open (when shipments, for one, do query)."""
     import copy
 
-    from schemas.samples import sample_events
+    from queries.alerts import AlertEvaluator
     from schemas.serde import AvroSerde
-    from sinks.alerts import RULE_TYPES, AlertEvaluator
+    from streams.alerts import RULE_TYPES
+    from tests.samples import sample_events
 
     serde = AvroSerde()
     decoded = {e.type: serde.decode(serde.encode_event(e))[1] for e in sample_events()}

@@ -13,8 +13,8 @@ from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from schemas import AvroSerde, EventBase, UnknownSchemaError, raw_schema, schema_for
-from schemas.samples import sample_events
 from schemas.serde import schema_fingerprint
+from tests.samples import sample_events
 
 from .test_serde import FakeRegistry
 

@@ -12,6 +12,7 @@ import pytest
 from streams import genealogy as g
 from streams.genealogy import Edge, Link, Node, Root, Touch, apply
 from tests import oracle
+from tests.support import run_genealogy
 
 _ids = itertools.count()
 
@@ -94,14 +95,14 @@ def oracle_state(events: list[dict[str, Any]]) -> dict[str, tuple[str | None, st
 def check_all_orders(events: list[dict[str, Any]], seeds: int = 60) -> dict[str, Node]:
     """Run the events in many orders (with duplicates) and compare with the oracle."""
     expected = oracle_state(events)
-    nodes = g.run(events)
+    nodes = run_genealogy(events)
     assert state(nodes) == expected
     rng = random.Random(1234)
     for seed in range(seeds):
         evs = list(events) + [rng.choice(events) for _ in range(rng.randrange(len(events) + 1))]
         rng.shuffle(evs)
         changes: list[dict[str, Any]] = []
-        got = g.run(
+        got = run_genealogy(
             evs,
             shuffle_seed=seed,
             duplicate_rate=0.2 if seed % 2 else 0.0,
@@ -280,7 +281,7 @@ def test_node_serialisation_round_trip_and_is_compact() -> None:
         removed("L:2", "S:1", 9),
         assembled("S:1", "T:1", 3),
     ]
-    nodes = g.run(events)
+    nodes = run_genealogy(events)
     for n in nodes.values():
         back = Node.from_bytes(n.to_bytes())
         assert back == n and back.to_dict() == n.to_dict()
@@ -363,7 +364,7 @@ def test_install_then_remove() -> None:
 
 def test_remove_arrives_before_install() -> None:
     events = [removed("C:1", "P:1", 20), assembled("C:1", "P:1", 10)]
-    nodes = g.run(events)  # removal first in a global FIFO order
+    nodes = run_genealogy(events)  # removal first in a global FIFO order
     assert nodes["C:1"].parent is None
     check_all_orders(events)
     # ...but a newer re-install wins
@@ -407,7 +408,7 @@ def test_deep_chain_of_five_levels(top_down: bool) -> None:
     events = [assembled(units[i + 1], units[i], 10 + i) for i in range(4)]
     if not top_down:
         events.reverse()
-    nodes = g.run(events)
+    nodes = run_genealogy(events)
     assert nodes["L4:1"].path == ("L3:1", "L2:1", "L1:1", "L0:1")
     assert all(nodes[u].root == "L0:1" for u in units)
     check_all_orders(events)
@@ -422,7 +423,7 @@ def test_move_of_a_subtree_changes_roots_of_all_descendants() -> None:
         assembled("A:1", "SYS:1", 4),
     ]
     changes: list[dict[str, Any]] = []
-    nodes = g.run(events, changes=changes)
+    nodes = run_genealogy(events, changes=changes)
     assert {nodes[u].root for u in ("B:1", "C:1", "D:1", "E:1")} == {"SYS:1"}
     # rework: B goes out of A and into another system
     more = [removed("B:1", "A:1", 10), assembled("B:1", "SYS:2", 11)]
@@ -454,7 +455,7 @@ def test_cycle_is_guarded_and_terminates(seed: int) -> None:
     ]
     random.Random(seed).shuffle(events)
     changes: list[dict[str, Any]] = []
-    nodes = g.run(events, shuffle_seed=seed, duplicate_rate=0.1, changes=changes)
+    nodes = run_genealogy(events, shuffle_seed=seed, duplicate_rate=0.1, changes=changes)
     for ring in (("A:1", "B:1"), ("X:1", "Y:1", "Z:1")):
         flagged = [u for u in ring if nodes[u].flag == "cycle"]
         assert flagged, ring

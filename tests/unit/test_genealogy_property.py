@@ -3,7 +3,7 @@
 Random plant histories (a forest of units over 4-5 levels; installs by UnitAssembled or by
 OperationCompleted.consumed_units, removals of the real or of a wrong parent, re-installs
 elsewhere, assemblies before production, timestamps from a small range so ties are broken
-by event_id) are delivered shuffled, with duplicated events, through ``streams.genealogy.run``
+by event_id) are delivered shuffled, with duplicated events, through ``tests.support.run_genealogy``
 with random key interleaving, random command redelivery and, sometimes, no per-key FIFO.
 """
 
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from streams import genealogy as g
 from tests import oracle
+from tests.support import run_genealogy
 
 
 def _ref(uii: str) -> dict[str, str]:
@@ -155,7 +156,9 @@ def test_any_order_any_duplicates_equals_oracle(
     delivered = list(events) + [rng.choice(events) for _ in range(dup_count)]
     rng.shuffle(delivered)
     changes: list[dict[str, Any]] = []
-    nodes = g.run(delivered, shuffle_seed=seed, duplicate_rate=duplicate_rate, fifo=fifo, changes=changes)
+    nodes = run_genealogy(
+        delivered, shuffle_seed=seed, duplicate_rate=duplicate_rate, fifo=fifo, changes=changes
+    )
     got = {u: (n.parent, n.root, n.path) for u, n in nodes.items()}
     assert got == expected
     assert all(n.flag is None for n in nodes.values())
@@ -195,6 +198,6 @@ def test_same_events_different_orders_same_state(events: list[dict[str, Any]], s
     for seed in seeds:
         evs = list(events)
         random.Random(seed).shuffle(evs)
-        nodes = g.run(evs, shuffle_seed=seed)
+        nodes = run_genealogy(evs, shuffle_seed=seed)
         states.append({u: (n.parent, n.root, n.path) for u, n in nodes.items()})
     assert states[0] == states[1] == states[2]

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import MalformedRecordError, UnknownSchemaError
-from schemas.samples import sample_events
 from schemas.serde import AvroSerde
 from streams import genealogy as g
 from streams.intake import (
@@ -31,6 +30,7 @@ from streams.intake import (
     decode_command_batch,
     judge,
 )
+from tests.samples import sample_events
 from tests.unit.test_genealogy_property import _oracle_state, histories
 
 SERDE = AvroSerde()

@@ -9,20 +9,23 @@ import sys
 import time
 from pathlib import Path
 
-from traceline.orphans import PARENT_PID_ENV, exit_with_parent_from_env
+import pytest
+from pydantic import ValidationError
+
+from traceline.settings import Settings, WorkerSettings
 
 # the child: watches its parent quickly, reports SIGTERM in a file, then exits
 CHILD = """
 import signal, sys, time
 from pathlib import Path
 from traceline.orphans import exit_with_parent
-import os
+from traceline.settings import load_settings
 out = Path(sys.argv[1])
 def term(*_):
     out.write_text("SIGTERM")
     sys.exit(0)
 signal.signal(signal.SIGTERM, term)
-exit_with_parent(int(os.environ["TRACELINE_WORKER_PARENT_PID"]), interval=0.05, grace=5)
+exit_with_parent(load_settings().worker.parent_pid, interval=0.05, grace=5)
 out.write_text("watching")
 time.sleep(60)
 """
@@ -31,7 +34,8 @@ time.sleep(60)
 # pid, and waits to be killed
 PARENT = """
 import os, subprocess, sys, time
-env = {**os.environ, "TRACELINE_WORKER_PARENT_PID": str(os.getpid())}
+from traceline.settings import load_settings
+env = load_settings().worker_env("127.0.0.1:9", parent_pid=os.getpid())
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=env, start_new_session=True)
 print(child.pid, flush=True)
 time.sleep(60)
@@ -83,7 +87,13 @@ def test_a_child_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
             pass
 
 
-def test_only_a_child_of_traceline_serve_is_watched() -> None:
-    # (no watcher is started in this process: it would outlive the test)
-    assert exit_with_parent_from_env({}) is None  # started by hand: not watched
-    assert exit_with_parent_from_env({PARENT_PID_ENV: "not-a-pid"}) is None
+def test_only_a_child_of_traceline_serve_is_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRACELINE_WORKER_PARENT_PID", raising=False)
+    assert WorkerSettings().parent_pid is None  # started by hand: not watched
+    env = Settings().worker_env("127.0.0.1:9", parent_pid=4242)
+    assert env["TRACELINE_WORKER_PARENT_PID"] == "4242"
+    monkeypatch.setenv("TRACELINE_WORKER_PARENT_PID", env["TRACELINE_WORKER_PARENT_PID"])
+    assert WorkerSettings().parent_pid == 4242
+    monkeypatch.setenv("TRACELINE_WORKER_PARENT_PID", "not-a-pid")
+    with pytest.raises(ValidationError):
+        WorkerSettings()  # a clear error at start-up, not a worker that silently is not watched

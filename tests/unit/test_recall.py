@@ -1,5 +1,6 @@
-"""Pure parts of queries.recall (no ClickHouse): the lot_units step, the per-unit reduction of
-the facts, the key parameter, the event dedup and the GC pause."""
+"""Pure parts of the recall queries (queries.recall, queries.facts, queries.trace; no ClickHouse):
+the lot_units step, the per-unit reduction of the facts, the key parameter, the event dedup and
+the GC pause."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from clickhouse_connect.driver.binding import format_bind_value
 
 from queries import recall as r
+from queries import trace as tr
+from queries.facts import FactRow, Facts, gc_paused
 
 
 class _FakeStore:
@@ -43,7 +46,7 @@ def test_lot_units_latest_row_smallest_site_and_fetch_keys() -> None:
             _u("L0", "PCB:2", "plant-a", ["MOD:2", "SYS:2"], 5),  # the unit also used L0
         ]
     )
-    facts = r._Facts()
+    facts = Facts()
     hops, hits = r._seed_from_lots(store, ["L1", "L0"], ["supplier:S"], facts)  # type: ignore[arg-type]
     assert sorted(hops) == ["L0", "L1"]
     # the first lot (in lot order) names the trace; the site is the smallest of the pair's rows
@@ -74,7 +77,7 @@ def test_lot_units_lineage_reruns_for_the_lot_closure() -> None:
             return super().query(sql, params)
 
     store = Store([_u("L2", "PCB:9", "plant-a", ["SYS:9"], 3)])
-    hops, hits = r._seed_from_lots(store, ["L1"], [], r._Facts())  # type: ignore[arg-type]
+    hops, hits = r._seed_from_lots(store, ["L1"], [], Facts())  # type: ignore[arg-type]
     assert calls == [["L1"], ["L1", "L2"]]
     assert hits == {"PCB:9": (["lot:L1", "lot:L2", "uii:PCB:9"], "plant-a")}
     assert (hops["L2"].from_lot_id, hops["L2"].depth) == ("L1", 1)
@@ -101,7 +104,7 @@ def _f(
     seq: int = 0,
     t: int = 0,
     attrs: list[str | None] | None = None,
-) -> r._FactRow:
+) -> FactRow:
     return (uii, kind, link, path or [], seq, t, attrs or [])
 
 
@@ -122,7 +125,7 @@ def test_facts_reduce_per_unit_like_the_latest_row() -> None:
         _f("PCB:1", "CONSUMED_BY", "BOX:1", [], t=1, attrs=["plant-b"]),  # older row, same consumer
     ]
     for order in (rows, rows[::-1]):
-        facts = r._Facts()
+        facts = Facts()
         facts.add(order, [])
         facts.fetched.update(["PCB:1", "SYS:2"])
         assert facts.genealogy("PCB:1") == ("MOD:2", "SYS:2", ["MOD:2", "SYS:2"])
@@ -139,7 +142,7 @@ def test_facts_reduce_per_unit_like_the_latest_row() -> None:
 
 
 def test_facts_fetched_set_is_the_seeds_and_two_links_around() -> None:
-    facts = r._Facts()
+    facts = Facts()
     facts.add(
         [
             _f("PCB:1", "GENEALOGY", "MOD:1", ["MOD:1", "SYS:1"], seq=2),
@@ -156,7 +159,7 @@ def test_facts_fetched_set_is_the_seeds_and_two_links_around() -> None:
 def test_gc_is_paused_during_a_recall_and_restored() -> None:
     seen: list[bool] = []
 
-    @r._gc_paused
+    @gc_paused
     def work(fail: bool) -> int:
         seen.append(gc.isenabled())
         if fail:
@@ -182,5 +185,5 @@ def test_first_row_per_event_in_row_order() -> None:
         {"event_id": "e1", "uii": "PCB:1"},
         {"event_id": "e2", "uii": "PCB:2"},  # the same event landed twice (before a merge)
     ]
-    assert r._first_per_event([dict(x) for x in rows]) == rows[:2]
-    assert r._first_per_event([dict(x) for x in rows], drop=True) == [{"uii": "PCB:2"}, {"uii": "PCB:1"}]
+    assert tr._first_per_event([dict(x) for x in rows]) == rows[:2]
+    assert tr._first_per_event([dict(x) for x in rows], drop=True) == [{"uii": "PCB:2"}, {"uii": "PCB:1"}]

@@ -10,19 +10,18 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from queries.recall import LotHop, Trigger
+from queries import LotHop, Trigger
 from queries.report import (
-    CSV_COLUMNS,
     Freshness,
     Operation,
     RecallReport,
     ReportUnit,
     TestRecord,
     evidence_map,
-    render_csv,
-    render_html,
-    render_pdf,
 )
+from queries.report_csv import CSV_COLUMNS, render_csv
+from queries.report_html import render_html
+from queries.report_pdf import render_pdf
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 EVIL = '<script>alert("x")</script>'

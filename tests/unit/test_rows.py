@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from schemas.samples import sample_events
 from schemas.serde import AvroSerde
 from sinks import ddl
 from sinks.rows import SCHEMAS, RowBuildError, SinkRecord, deadletter_rows, genealogy_rows, rows_for_batch
+from tests.samples import sample_events
 
 INGEST = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 

@@ -27,7 +27,7 @@ from schemas import (
     to_json,
     to_json_line,
 )
-from schemas.samples import sample_events
+from tests.samples import sample_events
 
 HEADER = ["event_id", "event_time", "source", "site", "program"]
 

@@ -30,8 +30,9 @@ from schemas import (
     subject_for,
     to_json,
 )
-from schemas.samples import sample_events
+from schemas.kafka import dead_letter_headers, read_dead_letter_headers
 from schemas.serde import schema_fingerprint
+from tests.samples import sample_events
 
 SAMPLES = {e.type: e for e in sample_events()}
 
@@ -280,18 +281,26 @@ def test_error_hierarchy_and_data() -> None:
         SchemaRegistryUnavailableError,
     ):
         assert issubclass(cls, TracelineError)
-    err = MalformedRecordError(b"\x01", "bad").at("traceline.events", 3, 42)
+    err = MalformedRecordError(b"\x01", "bad", "traceline.events", 3, 42)
     assert (err.topic, err.partition, err.offset, err.raw) == ("traceline.events", 3, 42, b"\x01")
-    headers = dict(err.dlq_headers())
-    assert headers["traceline.error"] == b"MalformedRecordError"
-    assert headers["traceline.source_offset"] == b"42"
+    headers = dead_letter_headers("traceline.events", 3, 42, type(err).__name__, err.reason)
+    assert dict(headers)["traceline.error"] == b"MalformedRecordError"
+    assert dict(headers)["traceline.source_offset"] == b"42"
+    assert read_dead_letter_headers(headers) == {
+        "source_topic": "traceline.events",
+        "source_partition": 3,
+        "source_offset": 42,
+        "error": "MalformedRecordError",
+        "reason": "bad",
+    }
+    assert read_dead_letter_headers(None)["source_offset"] == -1
     assert "traceline.events/3@42" in str(err)
     full = OutboxFullError(pending=10, limit=10)
     assert (full.pending, full.limit) == (10, 10)
     down = BrokerUnavailableError("127.0.0.1:9092", "timed out")
     assert down.bootstrap == "127.0.0.1:9092" and "timed out" in str(down)
     v = EventValidationError("quantity: bad", field="quantity", raw={"x": 1})
-    assert dict(v.dlq_headers())["traceline.field"] == b"quantity"
+    assert (v.field, v.reason) == ("quantity", "quantity: bad")
 
 
 # --------------------------------------------------------------------------- schema registry path

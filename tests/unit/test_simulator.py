@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from producers.simulator import _uuid4_str, simulate, write_jsonl
+from producers.output import uuid4_str
+from producers.simulator import simulate, write_jsonl
 
 README = Path(__file__).resolve().parents[2] / "schemas" / "README.md"
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -145,7 +146,7 @@ def test_uuid_helper_matches_stdlib() -> None:
     r = random.Random(5)
     for _ in range(2000):
         n = r.getrandbits(128)
-        assert _uuid4_str(n) == str(uuid.UUID(int=n, version=4))
+        assert uuid4_str(n) == str(uuid.UUID(int=n, version=4))
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from schemas.topics import TopicNames
-from sinks.consumer import SinkWorker
+from sinks.ingest import SinkWorker
 
 WINDOW = 0.2
 
@@ -26,6 +26,9 @@ class _Consumer:
         self.flowing = True
         self.polls: list[float] = []  # the timeout of each consume() call
 
+    def subscribe(self, topics: list[str], on_assign: Any = None) -> None:
+        pass
+
     def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
         self.polls.append(timeout)
         if self.flowing:
@@ -37,12 +40,17 @@ class _Consumer:
 
 @pytest.fixture
 def sink() -> Iterator[SinkWorker]:
-    # nothing listens on port 9: the client is created but never reaches a broker
-    w = SinkWorker("127.0.0.1:9", store=None, topics=TopicNames(), batch_seconds=WINDOW)  # type: ignore[arg-type]
-    real: Any = w._consumer
-    w._consumer = _Consumer()  # type: ignore[assignment]
+    # injected clients: no broker, no real client (the producer is never used by _collect)
+    fake: Any = _Consumer()
+    w = SinkWorker(
+        "127.0.0.1:9",
+        store=None,  # type: ignore[arg-type]
+        topics=TopicNames(),
+        batch_seconds=WINDOW,
+        consumer=fake,
+        producer=object(),  # type: ignore[arg-type]
+    )
     yield w
-    real.close()
 
 
 def _collect(w: SinkWorker) -> tuple[int, float]:

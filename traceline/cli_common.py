@@ -1,27 +1,37 @@
-"""What every ``traceline`` command shares: options, consoles, settings, errors, triggers.
+"""What every ``traceline`` command shares: consoles, options, settings, triggers, and the one
+place a command's error becomes a message and an exit code (:func:`handled`, which asks
+``traceline.errors.classify``).
 
-Its own module so that ``traceline.cli`` and the command modules beside it
-(``cli_report``, ``cli_alerts``) import it without importing each other.
+Its own module so that ``traceline.cli`` and the command modules beside it (``cli_query``,
+``cli_report``, ``cli_alerts``) import it without importing each other.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from traceline.backend import local_bootstrap
+from traceline.errors import EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.settings import Settings, load_settings
 
 __all__ = [
     "err",
     "out",
     "fail",
+    "handled",
+    "progress",
     "settings_for",
     "store_settings",
+    "resolve_bootstrap",
     "as_utc",
     "trigger_from_options",
     "BootstrapOpt",
@@ -38,7 +48,11 @@ __all__ = [
     "SerialOpt",
     "FromOpt",
     "ToOpt",
+    "JsonOpt",
 ]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # pipes get wide tables, not wrapped ones
@@ -59,6 +73,7 @@ RegistryOpt = Annotated[
         "--schema-registry", help="Confluent schema registry URL [env TRACELINE_SCHEMA_REGISTRY_URL]"
     ),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
 
 # recall triggers: exactly one of these, optionally with a time window
 LotOpt = Annotated[str | None, typer.Option("--lot", help="a lot_id")]
@@ -72,10 +87,40 @@ FromOpt = Annotated[datetime | None, typer.Option("--from", help="window start (
 ToOpt = Annotated[datetime | None, typer.Option("--to", help="window end (UTC)")]
 
 
-def fail(message: str, code: int = 3) -> typer.Exit:
+def fail(message: str, code: int = EXIT_SERVICE) -> typer.Exit:
     """Print an error (markup off: messages quote user input) and return the exit to raise."""
     err.print(f"error: {message}", style="bold red", markup=False, highlight=False)
     return typer.Exit(code)
+
+
+def handled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A command whose errors become one line and the exit code ``traceline.errors`` assigns
+    (2 bad input, 3 a service failed); an unexpected error keeps its traceback."""
+
+    @functools.wraps(fn)
+    def command(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            failure = classify(exc)
+            if failure is None:
+                raise
+            raise fail(failure.message, failure.exit_code) from exc
+
+    return command
+
+
+def progress() -> Progress:
+    """A progress display on stderr: description, bar, count, a rate field, elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
 
 
 def settings_for(
@@ -101,6 +146,17 @@ def store_settings(data_dir: Path | None, dsn: str | None) -> Settings:
     return s
 
 
+def resolve_bootstrap(settings: Settings) -> str:
+    """The configured bootstrap, else the running local stack's, else a clear error (exit 3)."""
+    bootstrap = local_bootstrap(settings)
+    if bootstrap:
+        return bootstrap
+    raise fail(
+        "no Kafka broker configured and the local one is not running: "
+        "run `traceline stack up` (or `make stack-up`), or set TRACELINE_KAFKA_BOOTSTRAP / --bootstrap"
+    )
+
+
 def as_utc(v: datetime | None) -> datetime | None:
     """A flag's datetime, read as UTC when it has no offset."""
     return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
@@ -111,5 +167,5 @@ def trigger_from_options(**given: str | None) -> tuple[str, str]:
     chosen = {k: v for k, v in given.items() if v}
     if len(chosen) != 1:
         names = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise fail(f"give exactly one trigger: {names}", 2)
+        raise fail(f"give exactly one trigger: {names}", EXIT_USAGE)
     return next(iter(chosen.items()))

@@ -42,14 +42,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import pydantic_core
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from producers.publisher import producer_config
 from schemas.alert import decode_alert
 from schemas.errors import BrokerUnavailableError, DecodeError
+from schemas.kafka import consumer_config, message_position, producer_config, read_dead_letter_headers
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.rows import (
@@ -65,27 +65,9 @@ from sinks.store import Store, StoreError
 from streams.genealogy import Lots, Send, Touch
 from streams.intake import DeadLetter, batches_by_partition, judge
 
-__all__ = ["SinkWorker", "SinkStats", "consumer_config", "message_position"]
+__all__ = ["SinkWorker", "SinkStats", "ConsumerClient", "ProducerClient"]
 
 log = logging.getLogger(__name__)
-
-
-def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "fetch.min.bytes": 1,
-        "fetch.wait.max.ms": 100,
-        "max.partition.fetch.bytes": 4 * 1024 * 1024,
-        "queued.max.messages.kbytes": 64 * 1024,
-        "session.timeout.ms": 15_000,
-        "partition.assignment.strategy": "cooperative-sticky",
-    }
-    conf.update(overrides)
-    return conf
 
 
 @dataclass
@@ -144,8 +126,80 @@ class _RecentIds:
             self._ids.popitem(last=False)
 
 
+class ConsumerClient(Protocol):
+    """The part of ``confluent_kafka.Consumer`` the sink uses (a test passes a fake)."""
+
+    def subscribe(
+        self, topics: list[str], on_assign: Callable[[Any, list[TopicPartition]], None] | None = ...
+    ) -> None: ...
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: Literal[False]) -> Any: ...
+
+    def close(self) -> object: ...
+
+
+class ProducerClient(Protocol):
+    """The part of ``confluent_kafka.Producer`` the sink uses (a test passes a fake)."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes | None = ...,
+        key: bytes | None = ...,
+        partition: int = ...,
+        on_delivery: Callable[[Any, Any], None] | None = ...,
+        headers: Any = ...,
+    ) -> None: ...
+
+    def flush(self, timeout: float = ...) -> int: ...
+
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+    def close(self) -> object: ...
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one batch collects on its way to ClickHouse (filled by ``SinkWorker._take_*``)."""
+
+    now: datetime  # the batch's ingest time
+    last_time: datetime | None  # the newest event time seen so far (stats, once landed)
+    events: list[SinkRecord] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    dead: list[dict[str, Any]] = field(default_factory=list)  # dead-letter topic -> dead_letters
+    alerts: list[tuple[Any, int, int, datetime]] = field(default_factory=list)
+    commands: list[Send] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # units with a Touch in this batch
+    lots: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # merged Lots per unit
+    dead_out: list[DeadLetter] = field(default_factory=list)  # judged bad: to the dead-letter topic
+    ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (topic, part) -> [lo, hi]
+    new_ids: list[str] = field(default_factory=list)
+    batch_ids: set[str] = field(default_factory=set)
+
+    def see(self, topic: str, part: int, off: int) -> None:
+        r = self.ranges.setdefault((topic, part), [off, off])
+        r[0] = min(r[0], off)
+        r[1] = max(r[1], off)
+
+    def merge_lots(self) -> None:
+        """Append one merged ``Lots`` command per unit (grow-only sets) to the commands."""
+        self.commands.extend((u, Lots(u, tuple(sorted(ls)))) for u, ls in self.lots.items())
+
+    def token(self) -> str:
+        """The insert deduplication token: the batch's offset ranges (stable for a replay)."""
+        return ";".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
+
+
 class SinkWorker:
-    """One sink consumer. ``run()`` loops until ``stop()``; ``poll_once()`` does one batch."""
+    """One sink consumer. ``run()`` loops until ``stop()``; ``poll_once()`` does one batch.
+
+    ``consumer`` / ``producer``: Kafka clients to use instead of building them from
+    ``schemas.kafka.consumer_config`` / ``producer_config`` (and the overrides); the sink
+    subscribes the consumer and closes both in ``close()``.
+    """
 
     def __init__(
         self,
@@ -161,6 +215,8 @@ class SinkWorker:
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
         on_batch: Callable[[SinkStats], None] | None = None,
+        consumer: ConsumerClient | None = None,
+        producer: ProducerClient | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -177,18 +233,21 @@ class SinkWorker:
         self._part_marks: dict[int, int] = {}
         self._watermarks_stale = True
         self._recent_loaded = False
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
+        # "is None", not "or": a real Producer is falsy while its queue is empty (__len__)
+        if consumer is None:
+            consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
+        if producer is None:
+            producer = Producer(producer_config(bootstrap, **{"linger.ms": 5, **(producer_overrides or {})}))
+        self._consumer: ConsumerClient = consumer
         self._bootstrap = bootstrap
-        self._producer = Producer(
-            producer_config(bootstrap, **{"linger.ms": 5, **(producer_overrides or {})})
-        )
+        self._producer: ProducerClient = producer
         self._command_partitions = 0
         self._consumer.subscribe(
             [topics.events, topics.changes, topics.deadletter, topics.alerts], on_assign=self._on_assign
         )
 
     # -- lifecycle ----------------------------------------------------------------------
-    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
         self._watermarks_stale = True
 
     def stop(self) -> None:
@@ -303,123 +362,133 @@ class SinkWorker:
         return len(msgs)
 
     def _land(self, msgs: list[Message]) -> None:
+        """Judge, send, build rows, insert (see the module doc); the commit is the caller's."""
         t0 = time.monotonic()
-        now = datetime.now(UTC)
-        events: list[SinkRecord] = []
-        changes: list[dict[str, Any]] = []
-        dead: list[dict[str, Any]] = []
-        alerts: list[tuple[Any, int, int, datetime]] = []
-        commands: list[Send] = []
-        touched: set[str] = set()
-        lots: dict[str, set[tuple[str, str]]] = {}
-        dead_out: list[DeadLetter] = []
-        ranges: dict[tuple[str, int], list[int]] = {}
-        new_ids: list[str] = []
-        batch_ids: set[str] = set()
-        t_events, t_changes, t_dlq = self.topics.events, self.topics.changes, self.topics.deadletter
-        marks = self._watermarks
-        last_time = self.stats.last_event_time
+        b = _Batch(now=datetime.now(UTC), last_time=self.stats.last_event_time)
+        t = self.topics
+        t_events, t_changes, t_alerts, t_dlq = t.events, t.changes, t.alerts, t.deadletter
         for m in msgs:
             topic, part, off = message_position(m)
-            r = ranges.setdefault((topic, part), [off, off])
-            r[0] = min(r[0], off)
-            r[1] = max(r[1], off)
-            value = m.value() or b""
+            b.see(topic, part, off)
             if topic == t_events:
-                judged = judge(self.serde, m.key(), m.value(), topic, part, off)
-                if isinstance(judged, DeadLetter):
-                    self.stats.undecodable_skipped += 1
-                    if off < self._max_mark(part):
-                        continue  # a later record of this partition landed: sent before
-                    dead_out.append(judged)
-                    continue
-                type_name, rec = judged.type_name, judged.record
-                if off <= marks.get((RAW_TABLE.get(type_name, ""), part), -1):
-                    self.stats.replayed_skipped += 1
-                    continue
-                eid = rec["event_id"]
-                if eid in self._recent or eid in batch_ids:  # also a re-send inside this batch
-                    self.stats.duplicates_skipped += 1
-                    continue
-                batch_ids.add(eid)
-                new_ids.append(eid)
-                events.append(SinkRecord(type_name, rec, topic, part, off, now))
-                for target, cmd in judged.commands:
-                    if isinstance(cmd, Touch):  # idempotent: once per unit and batch is enough
-                        if target in touched:
-                            continue
-                        touched.add(target)
-                    elif isinstance(cmd, Lots):  # grow-only sets: one merged command per unit
-                        lots.setdefault(target, set()).update(cmd.lots)
-                        continue
-                    commands.append((target, cmd))
-                et = rec["event_time"]
-                if last_time is None or et > last_time:
-                    last_time = et
+                self._take_event(b, m, topic, part, off)
             elif topic == t_changes:
-                got = pydantic_core.from_json(value)  # the writer sends a list per record
-                if isinstance(got, list):
-                    changes.extend(got)
-                else:
-                    changes.append(got)
-            elif topic == self.topics.alerts:
-                try:
-                    alerts.append((decode_alert(value), part, off, now))
-                except DecodeError:
-                    self.stats.undecodable_skipped += 1
+                self._take_change(b, m)
+            elif topic == t_alerts:
+                self._take_alert(b, m, part, off)
             elif topic == t_dlq:
-                headers = dict(m.headers() or [])
-                dead.append(
-                    {
-                        "source_topic": _h(headers, "traceline.source_topic"),
-                        "source_partition": int(_h(headers, "traceline.source_partition") or -1),
-                        "source_offset": int(_h(headers, "traceline.source_offset") or -1),
-                        "error": _h(headers, "traceline.error"),
-                        "reason": _h(headers, "traceline.reason"),
-                        "key": m.key() or b"",
-                        "raw": value or b"",
-                        "dlq_topic": topic,
-                        "dlq_partition": part,
-                        "dlq_offset": off,
-                        "ingest_time": now,
-                    }
-                )
-        commands.extend((u, Lots(u, tuple(sorted(ls)))) for u, ls in lots.items())
+                self._take_dead_letter(b, m, topic, part, off)
+        b.merge_lots()
         stats = self.stats
         t0 = stats._time("judge", t0)
-        if commands or dead_out:
-            self._send(commands, dead_out)  # before any insert: see the module doc
+        if b.commands or b.dead_out:
+            self._send(b.commands, b.dead_out)  # before any insert: see the module doc
         t0 = stats._time("send", t0)
+        tables = self._tables(b)
+        t0 = stats._time("rows", t0)
+        self._write(b, tables)
+        stats._time("insert", t0)
+        self._account(b)
+
+    def _take_event(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
+        """A raw event: judge it (decode once); a bad one becomes a dead letter to send, one
+        landed before (watermark) or seen recently (event id) is skipped; a new one is kept
+        with its genealogy commands (Touch once per unit, Lots merged per unit)."""
+        judged = judge(self.serde, m.key(), m.value(), topic, part, off)
+        if isinstance(judged, DeadLetter):
+            self.stats.undecodable_skipped += 1
+            if off < self._max_mark(part):
+                return  # a later record of this partition landed: sent before
+            b.dead_out.append(judged)
+            return
+        type_name, rec = judged.type_name, judged.record
+        if off <= self._watermarks.get((RAW_TABLE.get(type_name, ""), part), -1):
+            self.stats.replayed_skipped += 1
+            return
+        eid = rec["event_id"]
+        if eid in self._recent or eid in b.batch_ids:  # also a re-send inside this batch
+            self.stats.duplicates_skipped += 1
+            return
+        b.batch_ids.add(eid)
+        b.new_ids.append(eid)
+        b.events.append(SinkRecord(type_name, rec, topic, part, off, b.now))
+        for target, cmd in judged.commands:
+            if isinstance(cmd, Touch):  # idempotent: once per unit and batch is enough
+                if target in b.touched:
+                    continue
+                b.touched.add(target)
+            elif isinstance(cmd, Lots):  # grow-only sets: one merged command per unit
+                b.lots.setdefault(target, set()).update(cmd.lots)
+                continue
+            b.commands.append((target, cmd))
+        et = rec["event_time"]
+        if b.last_time is None or et > b.last_time:
+            b.last_time = et
+
+    def _take_change(self, b: _Batch, m: Message) -> None:
+        """A genealogy change record: the writer sends a list of changes per record."""
+        got = pydantic_core.from_json(m.value() or b"")
+        if isinstance(got, list):
+            b.changes.extend(got)
+        else:
+            b.changes.append(got)
+
+    def _take_alert(self, b: _Batch, m: Message, part: int, off: int) -> None:
+        try:
+            b.alerts.append((decode_alert(m.value() or b""), part, off, b.now))
+        except DecodeError:
+            self.stats.undecodable_skipped += 1
+
+    def _take_dead_letter(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
+        """A dead-letter record (ours or another writer's): a ``dead_letters`` row."""
+        headers = m.headers()
+        b.dead.append(
+            {
+                **read_dead_letter_headers(headers.items() if isinstance(headers, dict) else headers),
+                "key": m.key() or b"",
+                "raw": m.value() or b"",
+                "dlq_topic": topic,
+                "dlq_partition": part,
+                "dlq_offset": off,
+                "ingest_time": b.now,
+            }
+        )
+
+    @staticmethod
+    def _tables(b: _Batch) -> dict[str, Any]:
+        """The batch's Arrow tables in insert order: facts and genealogy first, raw tables
+        last, so a landed raw row (the watermark) implies its facts landed too."""
         tables: dict[str, Any] = {}
-        raw = rows_for_batch(events) if events else {}
-        # facts and genealogy first, raw tables last: a landed raw row (the watermark) then
-        # implies its facts landed too.
+        raw = rows_for_batch(b.events) if b.events else {}
         for name, tbl in raw.items():
             if name not in RAW_TABLES:
                 tables[name] = tbl
-        tables.update(genealogy_rows(changes) if changes else {})
-        tables.update(deadletter_rows(dead) if dead else {})
-        tables.update(alert_rows(alerts) if alerts else {})
+        tables.update(genealogy_rows(b.changes) if b.changes else {})
+        tables.update(deadletter_rows(b.dead) if b.dead else {})
+        tables.update(alert_rows(b.alerts) if b.alerts else {})
         for name, tbl in raw.items():
             if name in RAW_TABLES:
                 tables[name] = tbl
-        t0 = stats._time("rows", t0)
+        return tables
+
+    def _write(self, b: _Batch, tables: dict[str, Any]) -> None:
         if tables:
-            token = ";".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(ranges.items()))
-            self.store.write_batch(tables, token)
-        stats._time("insert", t0)
-        for eid in new_ids:
+            self.store.write_batch(tables, b.token())
+
+    def _account(self, b: _Batch) -> None:
+        """The batch landed: remember its event ids, count it, report it."""
+        for eid in b.new_ids:
             self._recent.add(eid)
         s = self.stats
         s.batches += 1
-        s.events_landed += len(events)
-        s.changes_landed += len(changes)
-        s.dead_letters_landed += len(dead)
-        s.alerts_landed += len(alerts)
-        s.last_event_time = last_time
-        s.last_batch_at = now
-        for (t, p), (_a, b) in ranges.items():
-            s.positions[f"{t}[{p}]"] = b + 1
+        s.events_landed += len(b.events)
+        s.changes_landed += len(b.changes)
+        s.dead_letters_landed += len(b.dead)
+        s.alerts_landed += len(b.alerts)
+        s.last_event_time = b.last_time
+        s.last_batch_at = b.now
+        for (t, p), (_a, hi) in b.ranges.items():
+            s.positions[f"{t}[{p}]"] = hi + 1
         if self.on_batch is not None:
             self.on_batch(s)
 
@@ -486,15 +555,3 @@ class SinkWorker:
                 hi[(t, p)] = o
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in hi.items()]
         self._consumer.commit(offsets=offsets, asynchronous=False)
-
-
-def message_position(m: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed message (never None for a non-error message)."""
-    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
-
-
-def _h(headers: dict[str, Any], name: str) -> str:
-    v = headers.get(name)
-    if v is None:
-        return ""
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)

@@ -29,22 +29,20 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
 
 from schemas.alert import Alert
 
-__all__ = ["NotifySettings", "Notifier", "NotifierStats", "sign", "verify"]
+__all__ = ["NotifyConfig", "Notifier", "NotifierStats", "sign", "verify"]
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Traceline-Signature"
 
 
-class NotifySettings(BaseSettings):
-    """Delivery (env ``TRACELINE_ALERTS_*``, e.g. ``TRACELINE_ALERTS_WEBHOOK_URL``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
+class NotifyConfig(BaseModel):
+    """Delivery (from ``TRACELINE_ALERTS_*``, e.g. ``TRACELINE_ALERTS_WEBHOOK_URL``, through
+    ``traceline.settings``)."""
 
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
@@ -87,14 +85,10 @@ class NotifierStats:
     last_error: str | None = None
 
 
-class _Final(Exception):
-    pass
-
-
 class Notifier:
     """``start()`` the delivery thread, ``submit(alert)`` from anywhere, ``stop()`` to drain."""
 
-    def __init__(self, settings: NotifySettings, client: httpx.Client | None = None) -> None:
+    def __init__(self, settings: NotifyConfig, client: httpx.Client | None = None) -> None:
         self.settings = settings
         self.stats = NotifierStats()
         self._q: queue.Queue[Alert | None] = queue.Queue(maxsize=settings.queue_size)

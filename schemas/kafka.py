@@ -1,0 +1,214 @@
+"""Kafka client plumbing, in one place: client configs, topic creation, consumer lag, the
+position of a consumed record, and the dead-letter headers (written by the intake, read by
+the sink).
+
+Every part that talks to Kafka (publisher, sink, alert engine, CLI, ``traceline serve``)
+takes its client settings from here, so they cannot drift: idempotent producers with
+``acks=all`` and the ``murmur2_random`` partitioner (the Java client's and faust's key
+hashing), consumers with manual commits. Keyed topics get their partition count once, up
+front (``TRACELINE_KAFKA_PARTITIONS``): changing the partition count of a keyed topic moves
+keys and breaks the genealogy table, so :func:`ensure_topics` refuses to touch an existing
+command topic whose count differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+from schemas.errors import BrokerUnavailableError, TracelineError
+from schemas.topics import TopicNames
+
+__all__ = [
+    "producer_config",
+    "consumer_config",
+    "message_position",
+    "TopicMismatchError",
+    "ensure_topics",
+    "group_lag",
+    "pipeline_lag",
+    "DLQ_HEADERS",
+    "dead_letter_headers",
+    "read_dead_letter_headers",
+]
+
+
+# -- clients ---------------------------------------------------------------------------------
+def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """The producer settings traceline relies on (idempotent, acks=all, murmur2_random)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 200_000,
+        "message.timeout.ms": 60_000,
+        "socket.connection.setup.timeout.ms": 10_000,
+        "reconnect.backoff.max.ms": 2_000,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A consumer with manual commits (offsets move only after the work is done)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 100,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "queued.max.messages.kbytes": 64 * 1024,
+        "session.timeout.ms": 15_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(overrides)
+    return conf
+
+
+def message_position(m: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (never None for a non-error message)."""
+    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+
+
+_ADMINS: dict[str, AdminClient] = {}
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    """One admin client per bootstrap for the process (progress loops call this every second)."""
+    if bootstrap not in _ADMINS:
+        _ADMINS[bootstrap] = AdminClient(
+            {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000, "log_level": 3}
+        )
+    return _ADMINS[bootstrap]
+
+
+# -- topics ----------------------------------------------------------------------------------
+class TopicMismatchError(TracelineError):
+    """An existing topic has another partition count than the configured one."""
+
+    def __init__(self, topic: str, have: int, want: int) -> None:
+        self.topic, self.have, self.want = topic, have, want
+        super().__init__(
+            f"topic {topic!r} has {have} partitions but traceline is configured for {want}; "
+            "keyed topics cannot be repartitioned in place (set TRACELINE_KAFKA_PARTITIONS to match)"
+        )
+
+
+def ensure_topics(
+    bootstrap: str, names: TopicNames, *, partitions: int, replication: int = 1, timeout: float = 30.0
+) -> None:
+    """Create missing topics with ``partitions``; check existing ones have that count."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000})
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - KafkaException or transport error: unreachable
+        raise BrokerUnavailableError(bootstrap, str(exc)) from exc
+    missing = []
+    for name in names.all():
+        t = meta.topics.get(name)
+        if t is None or t.error is not None:
+            missing.append(NewTopic(name, num_partitions=partitions, replication_factor=replication))
+        elif name == names.commands and len(t.partitions) != partitions:
+            # the genealogy table is co-partitioned with its command topic
+            raise TopicMismatchError(name, len(t.partitions), partitions)
+    if not missing:
+        return
+    for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerUnavailableError(bootstrap, f"cannot create topic {name}: {exc}") from exc
+
+
+# -- lag -------------------------------------------------------------------------------------
+def group_lag(bootstrap: str, group: str, topics: Iterable[str], *, timeout: float = 10.0) -> int:
+    """Sum over the topics' partitions of (end offset - the group's committed offset)."""
+    admin = _admin(bootstrap)
+    try:
+        meta = admin.list_topics(timeout=timeout)
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            if t in meta.topics and meta.topics[t].error is None
+            for p in meta.topics[t].partitions
+        ]
+        if not tps:
+            return 0
+        ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+        end = {(tp.topic, tp.partition): f.result().offset for tp, f in ends.items()}
+        fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])
+        committed = {
+            (tp.topic, tp.partition): tp.offset for tp in next(iter(fut.values())).result().topic_partitions
+        }
+    except Exception as exc:  # noqa: BLE001 - any admin failure means the broker is not usable
+        raise BrokerUnavailableError(bootstrap, f"cannot read consumer lag: {exc}") from exc
+    lag = 0
+    for key, e in end.items():
+        c = committed.get(key, -1)
+        lag += e - (c if c >= 0 else 0)
+    return lag
+
+
+def pipeline_lag(bootstrap: str, topics: TopicNames, *, app_id: str, sink_group: str) -> dict[str, int]:
+    """How far the stream worker (command topic) and the sink (events, changes, dead letters)
+    are behind. The intake runs in the sink, so these two groups are the whole pipeline."""
+    return {
+        "streams": group_lag(bootstrap, app_id, [topics.commands]),
+        "sink": group_lag(bootstrap, sink_group, [topics.events, topics.changes, topics.deadletter]),
+    }
+
+
+# -- dead letters ----------------------------------------------------------------------------
+DLQ_HEADERS = (
+    "traceline.source_topic",
+    "traceline.source_partition",
+    "traceline.source_offset",
+    "traceline.error",
+    "traceline.reason",
+)
+"""The headers of a dead-letter record: where the bad record was read, the error's name and
+the reason (at most 1,000 bytes)."""
+
+
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, error: str, reason: str
+) -> list[tuple[str, bytes]]:
+    """The headers a dead-letter record carries (see :data:`DLQ_HEADERS`)."""
+    return [
+        ("traceline.source_topic", topic.encode()),
+        ("traceline.source_partition", str(partition).encode()),
+        ("traceline.source_offset", str(offset).encode()),
+        ("traceline.error", error.encode()),
+        ("traceline.reason", reason.encode("utf-8", "replace")[:1000]),
+    ]
+
+
+def read_dead_letter_headers(headers: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    """The fields of a dead-letter record's headers: source_topic, source_partition,
+    source_offset (-1 when missing), error, reason."""
+    got: Mapping[str, Any] = dict(headers or [])
+
+    def text(name: str) -> str:
+        v = got.get(name)
+        if v is None:
+            return ""
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    return {
+        "source_topic": text("traceline.source_topic"),
+        "source_partition": int(text("traceline.source_partition") or -1),
+        "source_offset": int(text("traceline.source_offset") or -1),
+        "error": text("traceline.error"),
+        "reason": text("traceline.reason"),
+    }

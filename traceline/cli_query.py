@@ -1,0 +1,186 @@
+"""``traceline trace forward|backward`` and ``traceline recall``: the analyst's reads.
+
+Each asks the one backend (``traceline.backend.open_backend``: the running server, or the local
+store) and prints the typed result it gets back as tables, JSON (``--json``) or CSV (``--csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from queries import ForwardTrace, RecallImpact, Trigger, to_jsonable
+from traceline.backend import open_backend
+from traceline.cli_common import (
+    BenchOpt,
+    DataDirOpt,
+    DsnOpt,
+    FromOpt,
+    JsonOpt,
+    LotOpt,
+    OperatorOpt,
+    SerialOpt,
+    StationOpt,
+    SupplierLotOpt,
+    SupplierOpt,
+    ToOpt,
+    as_utc,
+    handled,
+    out,
+    store_settings,
+    trigger_from_options,
+)
+
+__all__ = ["trace_app", "recall_app"]
+
+trace_app = typer.Typer(help="Forward and backward traces.")
+recall_app = typer.Typer(
+    help="Recall impact of a trigger (`traceline recall --lot L`); `recall report` writes the audit report.",
+    invoke_without_command=True,
+)
+
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV output (one row per affected unit)")]
+LimitOpt = Annotated[int, typer.Option(help="rows to print")]
+
+_CSV_COLUMNS = ["uii", "status", "root_uii", "parent_uii", "customer_id", "destination_site", "site", "trace"]
+
+
+def _emit_units(
+    result: RecallImpact | ForwardTrace, as_json: bool, as_csv: bool, title: str, limit: int
+) -> None:
+    if as_json:
+        out.print_json(data=to_jsonable(result))
+        return
+    units, past = result.units, result.past
+    if as_csv:
+        w = csv.writer(sys.stdout)
+        w.writerow([*_CSV_COLUMNS, "now_or_past"])
+        for u in units:
+            w.writerow([_cell(getattr(u, c)) for c in _CSV_COLUMNS] + ["now"])
+        for p in past:
+            held = f"held {p.child_uii} until {p.removed_at.isoformat() if p.removed_at else None}"
+            w.writerow([p.uii, p.status, p.root_uii, "", p.customer_id, "", "", held, "past"])
+        return
+    if isinstance(result, RecallImpact):
+        for counts, label in (
+            (result.by_status, "status"),
+            (result.by_customer, "customer"),
+            (result.by_site, "site"),
+        ):
+            if counts:
+                t = Table(title=f"{title}: units by {label}")
+                t.add_column(label)
+                t.add_column("units", justify="right")
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
+                    t.add_row(str(k), str(v))
+                out.print(t)
+    t = Table(title=f"{title}: {len(units)} affected units (part installed now)")
+    for c in ("uii", "status", "final system", "customer", "path from trigger"):
+        t.add_column(c)
+    for u in units[:limit]:
+        t.add_row(u.uii, u.status, u.root_uii, str(u.customer_id or ""), " -> ".join(u.trace))
+    out.print(t)
+    if len(units) > limit:
+        out.print(f"... {len(units) - limit} more (use --json or --csv for all)")
+    if past:
+        out.print(f"{len(past)} units held an affected part in the PAST (removed in rework); see --json")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return " -> ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+@trace_app.command("forward")
+@handled
+def trace_forward(
+    lot: Annotated[str, typer.Option("--lot", help="lot_id")],
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+    limit: LimitOpt = 50,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Everything made from a lot: lots, units, assemblies, systems, customers."""
+    backend = open_backend(store_settings(data_dir, dsn))
+    try:
+        result = backend.forward_trace(lot)
+    finally:
+        backend.close()
+    _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
+
+
+@trace_app.command("backward")
+@handled
+def trace_backward(
+    serial: Annotated[
+        str, typer.Option("--serial", help="UII '<part_number>:<serial_number>' of a unit or system")
+    ],
+    as_json: JsonOpt = False,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Every component of a unit or system, with lots, operations and tests."""
+    backend = open_backend(store_settings(data_dir, dsn))
+    try:
+        result = backend.backward_trace(serial)
+    finally:
+        backend.close()
+    if as_json:
+        out.print_json(data=to_jsonable(result))
+        return
+    t = Table(title=f"{serial}: {len(result.units)} units in its tree (final system {result.root_uii})")
+    for c in ("uii", "depth", "parent"):
+        t.add_column(c)
+    for u in result.units:
+        t.add_row(u["uii"], str(u.get("depth", "")), str(u.get("parent_uii") or ""))
+    out.print(t)
+    out.print(
+        f"{len(result.lots)} lot consumptions, {len(result.operations)} operations, "
+        f"{len(result.tests)} tests (use --json for all)"
+    )
+
+
+@recall_app.callback()
+@handled
+def recall(
+    ctx: typer.Context,
+    lot: LotOpt = None,
+    supplier_lot: SupplierLotOpt = None,
+    supplier: SupplierOpt = None,
+    station: StationOpt = None,
+    operator: OperatorOpt = None,
+    bench: BenchOpt = None,
+    serial: SerialOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+    limit: LimitOpt = 50,
+    data_dir: DataDirOpt = None,
+    dsn: DsnOpt = None,
+) -> None:
+    """Recall impact of a trigger: affected units now and in the past, by customer and status."""
+    if ctx.invoked_subcommand is not None:
+        return  # `recall report ...`: the subcommand takes its own trigger options
+    kind, ident = trigger_from_options(
+        lot=lot,
+        supplier_lot=supplier_lot,
+        supplier=supplier,
+        station=station,
+        operator=operator,
+        bench=bench,
+        serial=serial,
+    )
+    trigger = Trigger(kind, ident, as_utc(start), as_utc(end))
+    backend = open_backend(store_settings(data_dir, dsn))
+    try:
+        result = backend.recall(trigger)
+    finally:
+        backend.close()
+    _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
