@@ -13,6 +13,8 @@ UNITS ?= 60000
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
+ASSETS := traceline/static/vendor/.manifest.sha256
+
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: install Python 3.11+"; exit 3; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install traceline with its dev tools (idempotent)
+# browser assets served by traceline itself (API docs), from the npm registry, integrity-checked
+$(ASSETS): deploy/web/assets.json deploy/web/fetch_assets.py
+	$(PY) deploy/web/fetch_assets.py
+
+install: $(STAMP) $(ASSETS) ## create .venv, install traceline with its dev tools and its browser assets (idempotent)
 
 demo: install ## run the whole product locally: broker, processors, sink, a simulated plant, a recall
 	$(BIN)/python -m traceline.demo --data-dir $(DATA_DIR) --units $(UNITS)

@@ -3,11 +3,12 @@
 A traceability system is only proven by a drill. ``run_drill`` runs the whole recall the way
 an analyst would: the forward trace of a lot, then the report pipeline itself
 (``queries.report.build_report``: recall impact, test histories and production records, lot
-receipts / status / nonconformances, data freshness) with a clock as its step hook; it renders
-the report in each format and writes the files plus ``<document>_drill.json`` (the step
-timings). Each report carries a "recall drill" banner and a timings section; a document cannot
-time its own rendering, so its own row says "this document" and the JSON summary has the final
-figure. ``drill_report`` is one format of it, in memory, for the API.
+receipts / status / nonconformances, data freshness) with a clock as its step hook, once; it
+renders that one report in each format (``drill_documents``: in memory, one document number in
+every format) and writes the files plus ``<document>_drill.json`` (the step timings). Each
+report carries a "recall drill" banner and a timings section; a document cannot time its own
+rendering, so its own row says "this document" (and the formats rendered after it "after this
+document") and the JSON summary has the final figures. ``drill_report`` is a one-format drill.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from queries.recall import forward_trace
-from queries.report import RecallReport, build_report
+from queries.report import RecallReport, build_report, check_prepared_by
 from queries.report_render import check_format, filename, render
 from queries.results import Trigger
+from schemas.errors import InvalidInputError
 
-__all__ = ["DrillResult", "run_drill", "drill_report"]
+__all__ = ["DrillResult", "drill_documents", "drill_report", "run_drill", "timings_json"]
 
 T = TypeVar("T")
+NO_LAG_SOURCE = "no lag source given to the drill"
 
 
 @dataclass
@@ -60,7 +63,7 @@ class DrillResult:
             "systems": r.systems,
             "by_status": r.by_status,
             "by_customer": r.by_customer,
-            "steps": [{"step": s, "seconds": round(t, 6), "note": n} for s, t, n in self.timings],
+            "steps": timings_json(self.timings),
             "query_seconds": round(self.query_seconds, 6),
             "total_seconds": round(self.total_seconds, 6),
             "files": {k: str(v) for k, v in self.files.items()},
@@ -112,6 +115,35 @@ def _render_timed(report: RecallReport, clock: _Clock, fmt: str, pending: Sequen
     return clock.run(f"render {fmt}", lambda: render(report, fmt), lambda b: f"{len(b):,} bytes")
 
 
+def drill_documents(
+    store: Any,
+    trigger: Trigger,
+    formats: Sequence[str] = ("html", "pdf", "csv"),
+    *,
+    lag: Mapping[str, int] | None = None,
+    lag_note: str | None = NO_LAG_SOURCE,
+    prepared_by: str,
+) -> tuple[RecallReport, dict[str, bytes], list[tuple[str, float, str]]]:
+    """Run a drill for ``trigger`` once and render it in each of ``formats``, in memory: the
+    report, ``{format: bytes}`` (one document number in every format) and the step timings
+    ``(step, seconds, note)``, the renders last. Formats and ``prepared_by`` are checked before
+    anything is read (``InvalidInputError``)."""
+    order = [check_format(f) for f in dict.fromkeys(formats)]
+    if not order:
+        raise InvalidInputError("no report format given: use html, pdf or csv", "format")
+    prepared_by = check_prepared_by(prepared_by)
+    clock = _Clock()
+    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
+    documents = {fmt: _render_timed(report, clock, fmt, order[i + 1 :]) for i, fmt in enumerate(order)}
+    report.drill_timings = list(clock.steps)
+    return report, documents, list(clock.steps)
+
+
+def timings_json(timings: Sequence[tuple[str, float | None, str]]) -> list[dict[str, Any]]:
+    """Step timings as JSON values: ``[{"step", "seconds", "note"}]``."""
+    return [{"step": s, "seconds": None if t is None else round(t, 6), "note": n} for s, t, n in timings]
+
+
 def run_drill(
     store: Any,
     trigger: Trigger,
@@ -119,25 +151,22 @@ def run_drill(
     *,
     formats: Sequence[str] = ("html", "pdf", "csv"),
     lag: Mapping[str, int] | None = None,
-    lag_note: str | None = "no lag source given to the drill",
-    prepared_by: str = "",
+    lag_note: str | None = NO_LAG_SOURCE,
+    prepared_by: str,
 ) -> DrillResult:
-    """Run a mock recall for ``trigger``; write the reports and the drill summary to ``out_dir``."""
-    for fmt in formats:
-        check_format(fmt)
+    """Run a mock recall for ``trigger`` (``drill_documents``); write the reports and the drill
+    summary to ``out_dir``."""
+    report, documents, timings = drill_documents(
+        store, trigger, formats, lag=lag, lag_note=lag_note, prepared_by=prepared_by
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clock = _Clock()
-    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
     files: dict[str, Path] = {}
-    order = list(dict.fromkeys(formats))
-    for i, fmt in enumerate(order):
-        content = _render_timed(report, clock, fmt, order[i + 1 :])
+    for fmt, content in documents.items():
         path = out / filename(report, fmt)
         path.write_bytes(content)
         files[fmt] = path
-    report.drill_timings = list(clock.steps)
-    result = DrillResult(report=report, files=files, summary_path=None, timings=list(clock.steps))
+    result = DrillResult(report=report, files=files, summary_path=None, timings=timings)
     summary = out / f"{report.document_number}_drill.json"
     summary.write_text(json.dumps(result.as_dict(), indent=2))
     result.summary_path = summary
@@ -151,11 +180,11 @@ def drill_report(
     *,
     lag: Mapping[str, int] | None = None,
     lag_note: str | None = None,
-    prepared_by: str = "",
+    prepared_by: str,
 ) -> tuple[RecallReport, bytes, list[dict[str, Any]]]:
-    """One format of a drill, in memory (for the API): the report, its bytes, the step timings."""
-    check_format(fmt)
-    clock = _Clock()
-    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
-    content = _render_timed(report, clock, fmt, [])
-    return report, content, [{"step": s, "seconds": round(t, 6), "note": n} for s, t, n in clock.steps]
+    """One format of a drill, in memory: the report, its bytes, the step timings as JSON values.
+    Several formats of one drill: ``drill_documents`` (one document number)."""
+    report, documents, timings = drill_documents(
+        store, trigger, [fmt], lag=lag, lag_note=lag_note, prepared_by=prepared_by
+    )
+    return report, documents[fmt], timings_json(timings)

@@ -1,22 +1,26 @@
-"""Recall report for the auditor: its data, the reads that gather it, and the evidence map.
+"""Recall report for the auditor: its data and the reads that gather it.
 
 ``build_report(store, trigger)`` runs the recall (``queries.recall.recall_impact``) and reads,
 with bound parameters, what an auditor asks next: each affected unit's test history (verdict,
 bench, procedure, calibration; a test is *out of calibration* when the bench's
 ``calibration_due`` is before the test's ``finished_at``), its sequential production record
 (operations: work order, operation, station, operator, times) and the operation where it met
-the trigger; the lots in scope with their receipts (supplier lot, CoC, incoming inspection),
-status history and nonconformance reports; and how fresh the data was (latest ``event_time``
-and ``ingest_time`` over the raw tables, and the consumer lag when the caller measured it).
+the trigger; the lots in scope with their receipts (supplier lot, CoC, incoming inspection)
+and status history; the nonconformance reports in scope, each saying why it is listed (on the
+trigger; on a lot in scope or upstream of it, on such a lot's supplier lot or supplier; on an
+affected unit or one of its current assemblies); and how fresh the data was (latest
+``event_time`` and ``ingest_time`` over the raw tables, and the consumer lag when the caller
+measured it).
 Each read is one named step run through ``step`` (a :class:`Step`; by default it just runs
 it): ``queries.drill`` passes a clock that times each step.
 
 Here: the records (:class:`RecallReport`, :class:`ReportUnit`, :class:`TestRecord`,
-:class:`Operation`, :class:`Freshness`, :class:`EvidenceItem`), the reads
-(``build_report``, ``measure_freshness``, ``collect_details``, ``scope_records``,
-``units_from_impact``, ``assemble_report``) and ``evidence_map`` (AS9100D 8.5.2 / AQAP-2110).
+:class:`Operation`, :class:`Freshness`), the reads (``build_report``, ``measure_freshness``,
+``collect_details``, ``scope_records``, ``units_from_impact``, ``assemble_report``) and
+``check_prepared_by``: a report names the person who prepared it, never an empty or guessed name.
 
-Elsewhere: the document's sections (``queries.report_sections``), its renderers
+Elsewhere: the document's sections and its AS9100D 8.5.2 / AQAP-2110 evidence map
+(``queries.report_sections``), its renderers
 (``queries.report_csv``, ``queries.report_html``, ``queries.report_pdf``) and
 ``queries.report_render`` (``render(report, fmt)``, ``filename``, ``MEDIA_TYPES``).
 ``traceline.api`` serves the report as ``GET /report``.
@@ -32,13 +36,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from queries.recall import recall_impact
-from queries.report_text import day, kv, ts, utc
+from queries.report_text import day, few, ts, utc
 from queries.results import LotHop, RecallImpact, Trigger
+from schemas.errors import InvalidInputError
 from sinks.rows import RAW_TABLES
 
 __all__ = [
     "STATUSES",
-    "EvidenceItem",
     "Freshness",
     "Operation",
     "RecallReport",
@@ -47,8 +51,8 @@ __all__ = [
     "TestRecord",
     "assemble_report",
     "build_report",
+    "check_prepared_by",
     "collect_details",
-    "evidence_map",
     "measure_freshness",
     "run_step",
     "scope_records",
@@ -197,14 +201,6 @@ class Freshness:
 
 
 @dataclass
-class EvidenceItem:
-    ref: str  # "AS9100D 8.5.2", "AQAP-2110 ..."
-    requirement: str  # paraphrase
-    evidence: str  # what this report shows, with its figures
-    sources: str  # tables / columns that prove it
-
-
-@dataclass
 class RecallReport:
     document_number: str
     trigger: Trigger
@@ -223,7 +219,6 @@ class RecallReport:
     upstream: list[dict[str, Any]] = field(
         default_factory=list
     )  # lot_transformed rows above the trigger lots
-    evidence: list[EvidenceItem] = field(default_factory=list)
     prepared_by: str = ""
     query_seconds: float | None = None
     drill_timings: list[tuple[str, float | None, str]] | None = None  # (step, seconds, note); drill only
@@ -260,7 +255,7 @@ class RecallReport:
 # ----------------------------------------------------------------------------- building
 
 
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+def _chunks(items: Sequence[T]) -> Iterable[list[T]]:
     for i in range(0, len(items), _CHUNK):
         yield list(items[i : i + _CHUNK])
 
@@ -396,14 +391,114 @@ def _upstream(store: _Store, lots: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _nc_reasons(
+    trigger: Trigger,
+    lots: Sequence[LotHop],
+    upstream: Sequence[Mapping[str, Any]],
+    receipts: Sequence[Mapping[str, Any]],
+    units: Sequence[ReportUnit],
+) -> tuple[dict[tuple[str, str], dict[str, list[str]]], dict[str, list[tuple[str, datetime]]]]:
+    """Why an NC target is in scope, ``(target_kind, target_id) -> {phrase: [subjects]}``: the
+    trigger, the lots in scope and upstream, their supplier lots, the units and their current
+    ancestors. And each supplier's receipts in scope, ``supplier -> [(lot, received at)]``: an NC
+    on a supplier is in scope when its window (if any) covers one of them."""
+    out: dict[tuple[str, str], dict[str, list[str]]] = {}
+
+    def add(kind: str, ident: str, phrase: str, subject: str = "") -> None:
+        out.setdefault((kind, ident), {}).setdefault(phrase, []).append(subject)
+
+    add(trigger.kind.upper(), trigger.id, "on the trigger")
+    for h in lots:
+        made = ("on lot in scope, made from", h.from_lot_id) if h.from_lot_id else ("on lot in scope",)
+        add("LOT", h.lot_id, *made)
+    made_into: dict[str, str] = {}  # upstream lot -> the lot made from it
+    for x in upstream:
+        for i in x["input_lot_ids"]:
+            made_into.setdefault(i, x["lot_id"])
+    label = {h.lot_id: h.lot_id for h in lots}
+    for lot, seed in made_into.items():
+        for _ in range(UPSTREAM_LEVELS):
+            seed = made_into.get(seed, seed)
+        label.setdefault(lot, f"{lot} (upstream of {seed})")
+        add("LOT", lot, "on lot upstream of", seed)
+    received: dict[str, list[tuple[str, datetime]]] = {}
+    for x in receipts:
+        lot = label.get(x["lot_id"], x["lot_id"])
+        add("SUPPLIER_LOT", f"{x['supplier_id']}:{x['supplier_lot']}", "on supplier lot of", lot)
+        received.setdefault(x["supplier_id"], []).append((lot, x["event_time"]))
+    for u in units:
+        now = u.holds == "NOW"
+        held = ("on unit", u.uii) if now else ("on past holder", f"{u.uii} (held {u.affected_uii})")
+        add("SERIAL", u.uii, *held)
+        for a in u.path or ([u.root_uii] if u.root_uii != u.uii else []):
+            phrase = "on final system of" if a == u.root_uii else "on assembly holding"
+            add("SERIAL", a, phrase, u.uii if now else f"past holder {u.uii}")
+    return out, received
+
+
+def _nc_scope_text(
+    nc: Mapping[str, Any],
+    reasons: Mapping[tuple[str, str], Mapping[str, list[str]]],
+    received: Mapping[str, list[tuple[str, datetime]]],
+) -> str:
+    """Why ``nc`` is in scope ("on the trigger", "on supplier lot of LA0001", ...); "" if not."""
+    phrases = dict(reasons.get((nc["target_kind"], nc["target_id"]), {}))
+    if "on the trigger" in phrases:
+        return "on the trigger"
+    if nc["target_kind"] == "SUPPLIER":
+        start, end = nc["window_start"], nc["window_end"]
+        covered = [
+            lot
+            for lot, at in received.get(nc["target_id"], [])
+            if (start is None or at >= start) and (end is None or at <= end)
+        ]
+        if covered:
+            phrase = "on supplier, window covers the receipt of" if start or end else "on supplier of"
+            phrases[phrase] = covered
+    return "; ".join(f"{p} {few(s)}".strip() for p, s in phrases.items())
+
+
+_NC_COLUMNS = (
+    "ncr_id, target_kind, target_id, severity, disposition, description, event_time, window_start,"
+    " window_end, event_id"
+)
+
+
+def _read_ncrs(store: _Store, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The NCs on the ``(target_kind, target_id)`` keys: one statement per 20k keys."""
+    rows: list[dict[str, Any]] = []
+    for chunk in _chunks(sorted(set(keys))):
+        by: dict[str, list[str]] = {}
+        for kind, ident in chunk:
+            by.setdefault(kind, []).append(ident)
+        params: dict[str, Any] = {}
+        where = []
+        for n, (kind, ids) in enumerate(by.items()):
+            params[f"k{n}"], params[f"i{n}"] = kind, ids
+            where.append(f"(target_kind = {{k{n}:String}} AND target_id IN {{i{n}:Array(String)}})")
+        rows += store.query(
+            f"SELECT {_NC_COLUMNS} FROM nonconformances WHERE {' OR '.join(where)}"
+            " ORDER BY event_time, event_id LIMIT 1 BY event_id",
+            params,
+        )
+    return rows
+
+
 def scope_records(
-    store: _Store, trigger: Trigger, lots: Sequence[str], seeds: Sequence[str] = ()
+    store: _Store, trigger: Trigger, lots: Sequence[LotHop], units: Sequence[ReportUnit] = ()
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Receipts, status changes and NCRs of the lots in scope, and the upstream lineage of the
-    ``seeds`` (the trigger lots: a lot split from a received reel has its receipt upstream)."""
-    upstream = _upstream(store, seeds) if seeds else []
+    """Receipts, status changes and NCRs in scope, and the upstream lineage of the trigger lots
+    (``lots`` at depth 0: a lot split from a received reel has its receipt upstream).
+
+    NCRs: on the trigger; on the lots in scope and upstream, their supplier lots and suppliers
+    (the NC window covering the receipt); on the ``units`` and their current ancestors. Each
+    carries ``scope``: why it is listed. The upstream walk (a statement per level), then one
+    statement each for receipts, status and NCRs (one more per 20k NC targets)."""
+    upstream = _upstream(store, [h.lot_id for h in lots if h.depth == 0])
     every = sorted(
-        set(lots) | {i for u in upstream for i in u["input_lot_ids"]} | {u["lot_id"] for u in upstream}
+        {h.lot_id for h in lots}
+        | {i for u in upstream for i in u["input_lot_ids"]}
+        | {u["lot_id"] for u in upstream}
     )
     receipts: list[dict[str, Any]] = []
     status: list[dict[str, Any]] = []
@@ -419,16 +514,28 @@ def scope_records(
             " ORDER BY lot_id, event_time, event_id LIMIT 1 BY event_id",
             {"l": every},
         )
-    ncrs = store.query(
-        "SELECT ncr_id, target_kind, target_id, severity, disposition, description, event_time,"
-        " window_start, window_end FROM nonconformances"
-        " WHERE (target_kind = {k:String} AND target_id = {i:String})"
-        " OR (target_kind = 'LOT' AND target_id IN {l:Array(String)})"
-        " ORDER BY event_time, event_id LIMIT 1 BY event_id",
-        {"k": trigger.kind.upper(), "i": trigger.id, "l": every},
-    )
-    fix = [[{k: utc(v) for k, v in r.items()} for r in rows] for rows in (receipts, status, ncrs)]
-    return fix[0], fix[1], fix[2], upstream
+    receipts, status = ([{k: utc(v) for k, v in r.items()} for r in rows] for rows in (receipts, status))
+    reasons, received = _nc_reasons(trigger, lots, upstream, receipts, units)
+    ncrs = []
+    for r in _read_ncrs(store, [*reasons, *(("SUPPLIER", s) for s in received)]):
+        r = {k: utc(v) for k, v in r.items()}
+        r["scope"] = _nc_scope_text(r, reasons, received)
+        if r["scope"]:
+            ncrs.append(r)
+    ncrs.sort(key=lambda r: (r["event_time"], r["event_id"]))
+    return receipts, status, ncrs, upstream
+
+
+def check_prepared_by(name: str | None) -> str:
+    """``name`` without surrounding blanks, for the report's "prepared by" line; an
+    :class:`InvalidInputError` (field ``prepared_by``) when it is empty or blank: a report never
+    prints an empty or guessed name."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(
+            "prepared_by is required: the name of the person preparing the report (it was empty)",
+            "prepared_by",
+        )
+    return name.strip()
 
 
 def _document_number(trigger: Trigger, at: datetime, drill: bool) -> str:
@@ -486,17 +593,19 @@ def assemble_report(
     lot_status: list[dict[str, Any]] | None = None,
     nonconformances: list[dict[str, Any]] | None = None,
     upstream: list[dict[str, Any]] | None = None,
-    prepared_by: str = "",
+    prepared_by: str,
     drill: bool = False,
     query_seconds: float | None = None,
 ) -> RecallReport:
-    """The report from the recall and the records read for it: totals, document number, evidence."""
+    """The report from the recall and the records read for it: totals, document number.
+    ``prepared_by``: see :func:`check_prepared_by`."""
+    prepared_by = check_prepared_by(prepared_by)
     now = [u for u in units if u.holds == "NOW"]
     cross: dict[str, dict[str, int]] = {}
     for u in now:
         row = cross.setdefault(u.customer_id or "(not shipped)", {})
         row[u.status] = row.get(u.status, 0) + 1
-    report = RecallReport(
+    return RecallReport(
         document_number=_document_number(impact.trigger, generated_at, drill),
         trigger=impact.trigger,
         generated_at=generated_at,
@@ -516,8 +625,6 @@ def assemble_report(
         query_seconds=query_seconds,
         drill_timings=[] if drill else None,
     )
-    report.evidence = evidence_map(report)
-    return report
 
 
 class Step(Protocol):
@@ -540,7 +647,7 @@ def build_report(
     *,
     freshness: Freshness | Mapping[str, int] | None = None,
     lag_note: str | None = NO_LAG_NOTE,
-    prepared_by: str = "",
+    prepared_by: str,
     drill: bool = False,
     step: Step = run_step,
 ) -> RecallReport:
@@ -551,7 +658,10 @@ def build_report(
     ``lag_note`` says why the lag is not given). ``drill``: a recall drill (``RD-`` document
     number, drill banner and timings). ``step`` runs each read in turn (see :class:`Step`):
     "recall impact", "test histories and production records", "lot origin, receipts, status
-    and nonconformances" and, unless ``freshness`` is already measured, "data freshness"."""
+    and nonconformances" and, unless ``freshness`` is already measured, "data freshness".
+    ``prepared_by``: the name on the "prepared by" line, checked before anything is read (see
+    :func:`check_prepared_by`)."""
+    prepared_by = check_prepared_by(prepared_by)
     generated_at = datetime.now(UTC)
     t0 = time.perf_counter()
     impact = step(
@@ -567,11 +677,9 @@ def build_report(
             f"{sum(len(u.tests) for u in units)} tests, {sum(len(u.operations) for u in units)} operations"
         ),
     )
-    lots = [h.lot_id for h in impact.lots]
-    seeds = [h.lot_id for h in impact.lots if h.depth == 0]
     receipts, status, ncrs, upstream = step(
         "lot origin, receipts, status and nonconformances",
-        lambda: scope_records(store, trigger, lots, seeds),
+        lambda: scope_records(store, trigger, impact.lots, units),
         lambda x: (
             f"{len(x[3])} upstream lots, {len(x[0])} receipts, {len(x[1])} status changes, {len(x[2])} NCRs"
         ),
@@ -596,104 +704,3 @@ def build_report(
         drill=drill,
         query_seconds=time.perf_counter() - t0,
     )
-
-
-# ----------------------------------------------------------------------------- evidence map
-
-
-def evidence_map(r: RecallReport) -> list[EvidenceItem]:
-    """AS9100D 8.5.2 and AQAP-2110 traceability points, each with the figures of this report and
-    the tables / columns (docs/TABLES.md) that hold the records."""
-    now, past = r.now_units, r.past_units
-    shipped = [u for u in now if u.status == "shipped"]
-    customers = {u.customer_id for u in shipped if u.customer_id}
-    ops = sum(len(u.operations) for u in now)
-    met = sum(u.met_trigger is not None for u in now)
-    lots = len(r.lots)
-    return [
-        EvidenceItem(
-            "AS9100D 8.5.2",
-            "Identify outputs; control the unique identification of outputs when traceability is a "
-            "requirement (identification maintained throughout the product life).",
-            f"Each of the {len(now)} affected units and {len(past)} past holders is identified by its UII "
-            "(part number + serial number, so equal serials under different part numbers never collide), "
-            "the same key from the operation that created it through test, assembly and shipment.",
-            "operations.uii / part_number / serial_number (creates_unit = 1); unit_tests.uii; "
-            "assembly_events.uii, parent_uii; shipments.uii; unit_genealogy.uii",
-        ),
-        EvidenceItem(
-            "AS9100D 8.5.2",
-            "Identify the status of outputs with respect to monitoring and measurement requirements.",
-            f"Each unit carries its recall status ({kv(r.by_status) or 'none'}) "
-            f"and its test record: {r.test_count} tests with verdict, bench, procedure and version, "
-            f"calibration record and due date; {r.ooc_count} ran on a bench past its calibration due date "
-            "and are marked OUT OF CALIBRATION.",
-            "unit_tests.verdict, bench_id, procedure_id, procedure_version, calibration_id, calibration_due, "
-            "started_at, finished_at; shipments (status shipped)",
-        ),
-        EvidenceItem(
-            "AS9100D 8.5.2 (traceability)",
-            "Trace all products made from the same batch of raw material or manufacturing batch, and the "
-            "destination (delivery, scrap) of all products of that batch.",
-            f"{lots} lot(s) in scope (the trigger and every lot split, merged or processed from it); "
-            f"{len(now)} units consumed them directly or through serialised parts; {len(shipped)} are "
-            f"shipped to {len(customers)} customer(s), listed with shipment, destination site and end "
-            "system; "
-            f"lot status changes (hold, quarantine, scrap) are listed.",
-            "lot_lineage.input_lot_id -> output_lot_id, transformation; lot_consumption.lot_id -> uii; "
-            "unit_consumption.consumed_uii -> consumer_uii; shipments.customer_id, destination_site, "
-            "end_system, shipment_id; lot_status.status",
-        ),
-        EvidenceItem(
-            "AS9100D 8.5.2 (traceability)",
-            "For an assembly, trace its components to the assembly and then to the next higher assembly.",
-            f"Each unit's current parent and its path up to the final system ({r.systems} final systems hold "
-            f"an affected part now); {len(past)} assemblies that held an affected part before a removal "
-            "(rework) are listed as PAST holders with removal date and reason.",
-            "unit_genealogy.parent_uii, root_uii, path (latest seq per uii); assembly_events.action "
-            "(ASSEMBLED / REMOVED), parent_uii, position, reason; root_members",
-        ),
-        EvidenceItem(
-            "AS9100D 8.5.2 (traceability)",
-            "For a product, a sequential record of its production (manufacturing, assembly, "
-            "inspection / verification) to be retrievable.",
-            f"{ops} operations of the affected units with work order, operation, station, operator and "
-            f"times; for {met} units the operation where they met the trigger is shown; the full "
-            "record per unit is in the CSV (production_record, test_history) and from "
-            "`traceline trace backward --serial <UII>`.",
-            "operations.work_order, operation, station_id, operator_id, started_at, finished_at; "
-            "unit_tests; assembly_events",
-        ),
-        EvidenceItem(
-            "AS9100D 8.5.2",
-            "Retain the documented information necessary to enable traceability.",
-            "Records are immutable events, each with a unique event_id and its Kafka position; this "
-            f"report states its data cut-off (latest event {ts(r.freshness.latest_event_time) or 'none'}, "
-            f"consumer lag {r.freshness.lag_text}).",
-            "every raw table: event_id, event_time, ingest_time, kafka_topic, kafka_partition, kafka_offset",
-        ),
-        EvidenceItem(
-            "AQAP-2110 (traceability)",
-            "Identification and traceability to the extent the contract requires, with the records "
-            "available to the acquirer and the Government Quality Assurance Representative (GQAR).",
-            "This report, its CSV and the underlying SQL tables are produced on demand from the retained "
-            "records, under a document number, with signature lines for release.",
-            "docs/TABLES.md (all tables); programme column on every raw table (need-to-know separation)",
-        ),
-        EvidenceItem(
-            "AQAP-2110 (material origin)",
-            "Traceability of material to its source (supplier, supplier lot, certificate of conformance).",
-            f"{len(r.receipts)} material receipt(s) in scope (the lots and, for a lot made from others, "
-            f"the {len(r.upstream)} upstream transformation(s) back to the received lots) with supplier lot, "
-            "CoC reference and incoming inspection result.",
-            "material_received.supplier_id, supplier_lot, coc_reference, inspection_result, quantity; "
-            "lot_transformed.lot_id, input_lot_ids, transformation",
-        ),
-        EvidenceItem(
-            "AQAP-2110 (nonconforming output)",
-            "Nonconforming product identified and controlled; disposition recorded.",
-            f"{len(r.nonconformances)} nonconformance report(s) on the trigger or the lots in scope, with "
-            "severity and disposition.",
-            "nonconformances.ncr_id, target_kind, target_id, severity, disposition; lot_status",
-        ),
-    ]

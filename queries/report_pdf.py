@@ -71,7 +71,7 @@ _WIDTHS_MM: dict[str, list[float | None]] = {
     "upstream": [36, 40, 24, None, 40, 50],
     "receipts": [32, 36, 32, 32, 24, 36, 28, None],
     "lot_status": [40, 30, None, 50],
-    "nonconformances": [34, 50, 22, 30, None, 45],
+    "nonconformances": [30, 44, 62, 18, 26, None, 38],
     "units": [8, 34, 11, 14, 32, None, 36, 15, 50, 24],
     "evidence": [34, 66, None, 80],
     "freshness": [60, 90],

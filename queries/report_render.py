@@ -10,6 +10,7 @@ The formats are ``MEDIA_TYPES``' keys: ``csv`` (``queries.report_csv``), ``html`
 from __future__ import annotations
 
 import io
+import re
 
 from queries.report import RecallReport
 from queries.report_csv import render_csv
@@ -18,6 +19,9 @@ from queries.report_pdf import render_pdf
 from schemas.errors import InvalidInputError
 
 __all__ = ["MEDIA_TYPES", "check_format", "filename", "render"]
+
+_UNSAFE = re.compile(r"(?:[^A-Za-z0-9._-]|\.{2,})+")  # what a file name must not carry
+_NAME_MAX = 80
 
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
 
@@ -42,8 +46,11 @@ def render(report: RecallReport, fmt: str) -> bytes:
 
 
 def filename(report: RecallReport, fmt: str) -> str:
-    """``<document number>_<trigger kind>-<trigger id>.<fmt>``, safe as a file name."""
-    safe = "".join(
-        c if c.isalnum() or c in "-_." else "_" for c in f"{report.trigger.kind}-{report.trigger.id}"
-    )
-    return f"{report.document_number}_{safe}.{fmt}"
+    """``<document number>_<trigger kind>-<trigger id>.<fmt>``, a safe ASCII file name: any run of
+    characters other than ASCII letters, digits, ``-``, ``_`` and single dots becomes ``_``; the
+    trigger part is at most ``_NAME_MAX`` characters (a file name may be sent as an HTTP header
+    or written anywhere)."""
+    check_format(fmt)
+    safe = _UNSAFE.sub("_", f"{report.trigger.kind}-{report.trigger.id}").strip("._-")[:_NAME_MAX]
+    doc = _UNSAFE.sub("_", report.document_number).strip("._-")
+    return f"{doc}_{safe.rstrip('._-') or report.trigger.kind}.{fmt}"

@@ -2,8 +2,9 @@
 
 ``sections(report)`` lists what the document says, once, for every printed form: the title
 block (drill banner, document facts, signature lines), 1. totals, the drill's step timings,
-2. the lots in scope (lineage, origin, receipts, status, nonconformances), 3. the affected
-units (now and past holders), 4. the AS9100D 8.5.2 / AQAP-2110 evidence map, 5. data
+2. the lots in scope (lineage, origin, receipts, status) and the nonconformances in scope, each
+with why it is listed, 3. the affected units (now and past holders), 4. the AS9100D 8.5.2 /
+AQAP-2110 evidence map (``evidence_map``: each point with this report's figures), 5. data
 freshness and appendix A, the test history (exceptions only above ``APPENDIX_MAX_TESTS``).
 
 A :class:`Section` has a heading and blocks: :class:`Fields` (label / value rows),
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from queries.report import STATUSES, RecallReport, ReportUnit, TestRecord
-from queries.report_text import day, plural, ts
+from queries.report_text import day, kv, plural, ts
 
 __all__ = [
     "APPENDIX_MAX_TESTS",
@@ -30,6 +31,7 @@ __all__ = [
     "Cell",
     "Column",
     "Emphasis",
+    "EvidenceItem",
     "Fields",
     "Note",
     "Row",
@@ -38,6 +40,7 @@ __all__ = [
     "Table",
     "Text",
     "document_title",
+    "evidence_map",
     "sections",
 ]
 
@@ -110,6 +113,14 @@ class Section:
     banner: str = ""  # above the heading (the recall drill)
     new_page: bool = False  # printed: starts a page
     keep_mm: float = 0  # printed: starts a page unless this much room is left
+
+
+@dataclass
+class EvidenceItem:
+    ref: str  # "AS9100D 8.5.2", "AQAP-2110 ..."
+    requirement: str  # paraphrase
+    evidence: str  # what this report shows, with its figures
+    sources: str  # tables / columns that prove it
 
 
 def document_title(r: RecallReport) -> str:
@@ -186,6 +197,17 @@ def _inputs_text(x: Mapping[str, Any]) -> str:
     return ", ".join(f"{i} ({q:g})" for i, q in zip(x["input_lot_ids"], x["input_quantities"], strict=False))
 
 
+_NC_NOTE = (
+    "Nonconformance reports on the trigger; on the lots in scope and the lots upstream of them, their "
+    "supplier lots and suppliers (an NC window covering the receipt); on the affected units (now and "
+    "past holders) and their current assemblies."
+)
+_NC_EMPTY = (
+    "no nonconformance report recorded on the trigger, the lots in scope or upstream of them, their "
+    "supplier lots or suppliers, or the affected units and their assemblies"
+)
+
+
 def _scope(r: RecallReport) -> Section:
     blocks: list[Block] = []
     if r.lots:
@@ -237,14 +259,15 @@ def _scope(r: RecallReport) -> Section:
         cols = [Column("lot", emphasis="code"), Column("status"), Column("reason"), Column("time")]
         rows = [Row([x["lot_id"], x["status"], x["reason"], ts(x["event_time"])]) for x in r.lot_status]
         blocks.append(Table("lot_status", cols, rows))
-    cols = [Column("NCR", emphasis="code"), Column("target"), Column("severity"), Column("disposition")]
-    cols += [Column("description"), Column("raised")]
+    cols = [Column("NCR", emphasis="code"), Column("target", emphasis="code"), Column("in scope because")]
+    cols += [Column("severity"), Column("disposition"), Column("description"), Column("raised")]
     rows = [
         Row(
             [
                 x["ncr_id"],
                 f"{x['target_kind']} {x['target_id']}",
-                x["severity"],
+                x.get("scope", ""),
+                Text(x["severity"], "warn") if x["severity"] == "CRITICAL" else x["severity"],
                 x["disposition"],
                 x["description"],
                 ts(x["event_time"]),
@@ -252,8 +275,7 @@ def _scope(r: RecallReport) -> Section:
         )
         for x in r.nonconformances
     ]
-    empty = "no nonconformance report recorded on the trigger or the lots in scope"
-    blocks.append(Table("nonconformances", cols, rows, empty=empty))
+    blocks.append(Table("nonconformances", cols, rows, note=_NC_NOTE, empty=_NC_EMPTY))
     return Section("2. Scope: lots, receipts, status, nonconformances", blocks, keep_mm=40)
 
 
@@ -323,7 +345,7 @@ def _units(r: RecallReport) -> Section:
 def _evidence(r: RecallReport) -> Section:
     cols = [Column("clause", emphasis="strong"), Column("requirement"), Column("evidence in this report")]
     cols.append(Column("records (table.column)", emphasis="minor"))
-    rows = [Row([x.ref, x.requirement, x.evidence, x.sources]) for x in r.evidence]
+    rows = [Row([x.ref, x.requirement, x.evidence, x.sources]) for x in evidence_map(r)]
     note = (
         "Requirements are paraphrased; the standards' own text governs. The records are the "
         "ClickHouse tables described in docs/TABLES.md."
@@ -376,3 +398,107 @@ def _appendix(r: RecallReport) -> Section:
     table = Table("tests", cols, rows, note=label, empty="no tests recorded", dense=True)
     end = Note(f"{r.document_number}: generated by traceline at {ts(r.generated_at)}. End of document.")
     return Section("Appendix A. Test history", [table, end], new_page=True)
+
+
+# ----------------------------------------------------------------------------- evidence map
+
+
+def evidence_map(r: RecallReport) -> list[EvidenceItem]:
+    """AS9100D 8.5.2 and AQAP-2110 traceability points, each with the figures of this report and
+    the tables / columns (docs/TABLES.md) that hold the records."""
+    now, past = r.now_units, r.past_units
+    shipped = [u for u in now if u.status == "shipped"]
+    customers = {u.customer_id for u in shipped if u.customer_id}
+    ops = sum(len(u.operations) for u in now)
+    met = sum(u.met_trigger is not None for u in now)
+    lots = len(r.lots)
+    return [
+        EvidenceItem(
+            "AS9100D 8.5.2",
+            "Identify outputs; control the unique identification of outputs when traceability is a "
+            "requirement (identification maintained throughout the product life).",
+            f"Each of the {len(now)} affected units and {len(past)} past holders is identified by its UII "
+            "(part number + serial number, so equal serials under different part numbers never collide), "
+            "the same key from the operation that created it through test, assembly and shipment.",
+            "operations.uii / part_number / serial_number (creates_unit = 1); unit_tests.uii; "
+            "assembly_events.uii, parent_uii; shipments.uii; unit_genealogy.uii",
+        ),
+        EvidenceItem(
+            "AS9100D 8.5.2",
+            "Identify the status of outputs with respect to monitoring and measurement requirements.",
+            f"Each unit carries its recall status ({kv(r.by_status) or 'none'}) "
+            f"and its test record: {r.test_count} tests with verdict, bench, procedure and version, "
+            f"calibration record and due date; {r.ooc_count} ran on a bench past its calibration due date "
+            "and are marked OUT OF CALIBRATION.",
+            "unit_tests.verdict, bench_id, procedure_id, procedure_version, calibration_id, calibration_due, "
+            "started_at, finished_at; shipments (status shipped)",
+        ),
+        EvidenceItem(
+            "AS9100D 8.5.2 (traceability)",
+            "Trace all products made from the same batch of raw material or manufacturing batch, and the "
+            "destination (delivery, scrap) of all products of that batch.",
+            f"{lots} lot(s) in scope (the trigger and every lot split, merged or processed from it); "
+            f"{len(now)} units consumed them directly or through serialised parts; {len(shipped)} are "
+            f"shipped to {len(customers)} customer(s), listed with shipment, destination site and end "
+            "system; "
+            f"lot status changes (hold, quarantine, scrap) are listed.",
+            "lot_lineage.input_lot_id -> output_lot_id, transformation; lot_consumption.lot_id -> uii; "
+            "unit_consumption.consumed_uii -> consumer_uii; shipments.customer_id, destination_site, "
+            "end_system, shipment_id; lot_status.status",
+        ),
+        EvidenceItem(
+            "AS9100D 8.5.2 (traceability)",
+            "For an assembly, trace its components to the assembly and then to the next higher assembly.",
+            f"Each unit's current parent and its path up to the final system ({r.systems} final systems hold "
+            f"an affected part now); {len(past)} assemblies that held an affected part before a removal "
+            "(rework) are listed as PAST holders with removal date and reason.",
+            "unit_genealogy.parent_uii, root_uii, path (latest seq per uii); assembly_events.action "
+            "(ASSEMBLED / REMOVED), parent_uii, position, reason; root_members",
+        ),
+        EvidenceItem(
+            "AS9100D 8.5.2 (traceability)",
+            "For a product, a sequential record of its production (manufacturing, assembly, "
+            "inspection / verification) to be retrievable.",
+            f"{ops} operations of the affected units with work order, operation, station, operator and "
+            f"times; for {met} units the operation where they met the trigger is shown; the full "
+            "record per unit is in the CSV (production_record, test_history) and from "
+            "`traceline trace backward --serial <UII>`.",
+            "operations.work_order, operation, station_id, operator_id, started_at, finished_at; "
+            "unit_tests; assembly_events",
+        ),
+        EvidenceItem(
+            "AS9100D 8.5.2",
+            "Retain the documented information necessary to enable traceability.",
+            "Records are immutable events, each with a unique event_id and its Kafka position; this "
+            f"report states its data cut-off (latest event {ts(r.freshness.latest_event_time) or 'none'}, "
+            f"consumer lag {r.freshness.lag_text}).",
+            "every raw table: event_id, event_time, ingest_time, kafka_topic, kafka_partition, kafka_offset",
+        ),
+        EvidenceItem(
+            "AQAP-2110 (traceability)",
+            "Identification and traceability to the extent the contract requires, with the records "
+            "available to the acquirer and the Government Quality Assurance Representative (GQAR).",
+            "This report, its CSV and the underlying SQL tables are produced on demand from the retained "
+            "records, under a document number, with signature lines for release.",
+            "docs/TABLES.md (all tables); programme column on every raw table (need-to-know separation)",
+        ),
+        EvidenceItem(
+            "AQAP-2110 (material origin)",
+            "Traceability of material to its source (supplier, supplier lot, certificate of conformance).",
+            f"{len(r.receipts)} material receipt(s) in scope (the lots and, for a lot made from others, "
+            f"the {len(r.upstream)} upstream transformation(s) back to the received lots) with supplier lot, "
+            "CoC reference and incoming inspection result.",
+            "material_received.supplier_id, supplier_lot, coc_reference, inspection_result, quantity; "
+            "lot_transformed.lot_id, input_lot_ids, transformation",
+        ),
+        EvidenceItem(
+            "AQAP-2110 (nonconforming output)",
+            "Nonconforming product identified and controlled; disposition recorded.",
+            f"{len(r.nonconformances)} nonconformance report(s) in scope, each with why it is listed: on "
+            "the trigger; on a lot in scope or upstream of it, on its supplier lot, or on its supplier "
+            "(window covering the receipt); on an affected unit or one of its current assemblies. "
+            "With severity and disposition.",
+            "nonconformances.ncr_id, target_kind, target_id, window_start, window_end, severity, "
+            "disposition; material_received.supplier_id, supplier_lot; lot_status",
+        ),
+    ]

@@ -1,4 +1,4 @@
-"""Text forms of values in the recall report: times, counts, key/value lists.
+"""Text forms of values in the recall report: times, counts, key/value lists, short lists.
 
 Shared by the report's data (``queries.report``), its section model (``queries.report_sections``)
 and its renderers. Nothing here knows the report's records; it imports nothing of the project.
@@ -6,11 +6,11 @@ and its renderers. Nothing here knows the report's records; it imports nothing o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["day", "kv", "plural", "ts", "utc"]
+__all__ = ["day", "few", "kv", "plural", "ts", "utc"]
 
 
 def utc(v: Any) -> Any:
@@ -38,3 +38,10 @@ def plural(n: int, word: str) -> str:
 def kv(d: Mapping[str, int]) -> str:
     """``shipped 3, in_work 1``."""
     return ", ".join(f"{k} {v}" for k, v in d.items())
+
+
+def few(items: Iterable[str], n: int = 3) -> str:
+    """``a, b, c (+4 more)``: the first ``n`` distinct non-empty items, and how many more."""
+    seen = [x for x in dict.fromkeys(items) if x]
+    more = len(seen) - n
+    return ", ".join(seen[:n]) + (f" (+{more} more)" if more > 0 else "")

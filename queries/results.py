@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter
 
 from schemas.errors import InvalidInputError
+from sinks.store import check_time
 
 __all__ = [
     "TRIGGER_KINDS",
@@ -55,7 +56,19 @@ class Trigger:
     def __post_init__(self) -> None:
         self.kind = self.kind.lower()
         if self.kind not in TRIGGER_KINDS:
-            raise InvalidInputError(f"unknown trigger kind {self.kind!r}; expected one of {TRIGGER_KINDS}")
+            raise InvalidInputError(
+                f"unknown trigger kind {self.kind!r}; expected one of {', '.join(TRIGGER_KINDS)}", "kind"
+            )
+        if not self.id or not self.id.strip():
+            raise InvalidInputError("a trigger needs an id", "id")
+        # a window given without an offset is UTC (every time traceline stores is UTC)
+        self.window_start = check_time(self.window_start, "from")
+        self.window_end = check_time(self.window_end, "to")
+        ws, we = self.window_start, self.window_end
+        if ws is not None and we is not None and ws > we:
+            raise InvalidInputError(
+                f"the window starts ({ws.isoformat()}) after it ends ({we.isoformat()})", "from"
+            )
 
 
 @dataclass
@@ -85,17 +98,22 @@ class AffectedUnit:
 
 @dataclass
 class PastHolder:
-    """A unit that held an affected unit (or one of its current ancestors) in the past (rework)."""
+    """One hold of a bad unit by a unit that no longer holds it (rework): the definition is in
+    ``queries.recall`` ("Past exposure")."""
 
-    uii: str  # the past parent
-    child_uii: str  # what it held then (affected unit or one of its ancestors)
-    affected_uii: str  # the affected unit the chain leads to
-    root_uii: str  # the past parent's current final system
-    status: str
+    uii: str  # the past holder X (a parent, LRU, system, ... of the bad unit at the time)
+    child_uii: str  # the unit just below X on the bad unit's chain at the end of the hold
+    affected_uii: str  # the bad unit B it held
+    root_uii: str  # X's current final system
+    status: str  # X's status now
     customer_id: str | None = None
-    removed_at: datetime | None = None
-    removal_reason: str | None = None
+    removed_at: datetime | None = None  # the end of the hold (= held_until)
+    removal_reason: str | None = None  # of the removal that ended it (None: moved by an install)
     past: bool = True
+    held_from: datetime | None = None  # the hold: [held_from, held_until)
+    held_until: datetime | None = None
+    removed_uii: str | None = None  # the link whose break ended the hold: this child ...
+    removed_from_uii: str | None = None  # ... taken out of this parent, at removed_at
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "TracelineError",
     "InvalidInputError",
+    "NotFoundError",
     "EventValidationError",
     "DecodeError",
     "UnknownSchemaError",
@@ -46,6 +47,22 @@ class InvalidInputError(TracelineError, ValueError):
         self.reason = reason
         self.field = field
         super().__init__(reason)
+
+
+class NotFoundError(TracelineError):
+    """An identifier the store has never seen: a lot, supplier lot, supplier, unit, station,
+    operator or bench. Never answered as an empty result, which would read like "nothing
+    affected". ``suggestions`` are the closest known identifiers (``"<kind>:<id>"``, best
+    first); ``searched`` says where it was looked for."""
+
+    def __init__(self, kind: str, ident: str, suggestions: list[str], searched: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        self.suggestions = suggestions
+        self.searched = searched
+        hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else "; no similar identifier known"
+        self.reason = f"{kind} {ident!r} not found (searched {searched}){hint}"
+        super().__init__(self.reason)
 
 
 class EventValidationError(TracelineError, ValueError):

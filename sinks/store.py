@@ -26,15 +26,25 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from schemas.errors import TracelineError
+from schemas.errors import InvalidInputError, TracelineError
 from sinks.ddl import EngineOptions, apply_ddl
 
-__all__ = ["Store", "StoreError", "StoreUnavailableError", "StoreQueryError"]
+__all__ = [
+    "Store",
+    "check_time",
+    "TIME_MIN",
+    "TIME_MAX",
+    "StoreError",
+    "StoreMissingError",
+    "StoreUnavailableError",
+    "StoreQueryError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,28 @@ def _chdb_client_args(mb: int) -> dict[str, Any]:
     }
 
 
+#: the instants a ``DateTime64(3, 'UTC')`` column holds; a bound parameter outside them is an
+#: error in ClickHouse, so a caller's time outside them is bad input (``check_time``)
+TIME_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def check_time(value: datetime | None, field: str) -> datetime | None:
+    """``value`` as an aware UTC-comparable time the store can compare with (naive = UTC), or
+    :class:`InvalidInputError` when it lies outside what the store's time columns hold."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if not TIME_MIN <= value <= TIME_MAX:
+        raise InvalidInputError(
+            f"{field} {value.isoformat()} is outside the times the store holds "
+            f"({TIME_MIN.date().isoformat()} .. {TIME_MAX.date().isoformat()})",
+            field,
+        )
+    return value
+
+
 class StoreError(TracelineError):
     """A ClickHouse operation failed for a reason a retry will not fix."""
 
@@ -83,6 +115,28 @@ class StoreError(TracelineError):
         self.reason = reason
         self.operation = operation
         self.table = table
+
+
+class StoreMissingError(StoreError, ValueError):
+    """There is no traceline store where the settings point (a reader never creates one).
+
+    A ``ValueError`` too: it is a wrong argument or setting (exit 2), not a failed service."""
+
+    def __init__(self, dsn: str, database: str, why: str) -> None:
+        super().__init__(
+            f"no traceline store at {dsn} ({why}): check --data-dir / TRACELINE_DATA_DIR or "
+            "--clickhouse-dsn / TRACELINE_CLICKHOUSE_DSN; `traceline serve` creates the store",
+            operation="connect",
+        )
+        self.dsn = dsn
+        self.database = database
+
+
+def _has_database(client: Any, database: str) -> bool:
+    rows = client.query(
+        "SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}
+    ).result_rows
+    return bool(rows and rows[0][0])
 
 
 class StoreUnavailableError(StoreError):
@@ -156,12 +210,21 @@ class Store:
         retries: int = 5,
         backoff_s: float = 0.2,
         uncompressed_cache_mb: int = CHDB_UNCOMPRESSED_CACHE_MB,
+        create: bool = True,
     ) -> Store:
         """Connect, create the database and apply pending DDL migrations.
 
         ``uncompressed_cache_mb`` sizes the embedded engine's uncompressed-block cache (0: off;
-        ignored for a ClickHouse server, which has its own configuration)."""
+        ignored for a ClickHouse server, which has its own configuration). With
+        ``create=False`` (readers: the CLI's queries) a store that does not exist yet is an
+        error (:class:`StoreMissingError`), never a new empty one: an embedded store's
+        directory must exist and hold the database."""
         import clickhouse_connect
+
+        if not create and dsn.startswith("chdb://"):
+            path = Path(dsn[len("chdb://") :])
+            if not path.is_dir():
+                raise StoreMissingError(dsn, database, f"{path} does not exist")
 
         def connect() -> Any:
             extra = _chdb_client_args(uncompressed_cache_mb) if dsn.startswith("chdb:") else {}
@@ -171,6 +234,8 @@ class Store:
         client = probe._retry("connect", connect)
         store = cls(client, database, dsn=dsn, retries=retries, backoff_s=backoff_s)
         try:
+            if not create and not store._retry("connect", lambda: _has_database(client, database)):
+                raise StoreMissingError(dsn, database, f"it holds no database {database!r}")
             if migrate:
                 store._retry("migrate", lambda: apply_ddl(client, database, engine))
             client.database = database

@@ -4,18 +4,22 @@ In embedded mode (``chdb://``) one process owns the store, so while ``traceline 
 (its state file ``<data dir>/serve.json`` names a live pid and the API's URL) the CLI must ask
 its API; otherwise it opens the store itself. :func:`open_backend` makes that choice once;
 both backends answer with the same typed results (``queries.RecallImpact``, ``ForwardTrace``,
-``BackwardTrace``; the server's JSON is read back with ``queries.from_jsonable``), and raise
-the same errors (``InvalidInputError`` for a bad argument, a ``TracelineError`` for a service
-that failed), which ``traceline.errors.classify`` turns into exit codes.
+``BackwardTrace``, ``DrillDocuments``; the server's JSON is read back with
+``queries.from_jsonable``), and raise the same errors (``InvalidInputError`` for a bad
+argument, ``NotFoundError`` for an identifier the store has never seen, another
+``TracelineError`` for a service that failed), which ``traceline.errors.classify`` turns into
+exit codes. The API itself serves its reads through a :class:`StoreBackend` on its own store
+handle, so the CLI, the API and the server path give the same answers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -26,12 +30,13 @@ from queries import backward_trace as _backward_trace
 from queries import forward_trace as _forward_trace
 from queries import recall_impact as _recall_impact
 from queries.alerts import list_alerts
-from queries.drill import run_drill
-from queries.report import build_report, measure_freshness
-from queries.report_render import filename, render
-from schemas.errors import InvalidInputError, TracelineError
+from queries.drill import DrillResult, drill_documents
+from queries.lookup import require_known
+from queries.report import RecallReport, build_report, measure_freshness
+from queries.report_render import MEDIA_TYPES, check_format, filename, render
+from schemas.errors import InvalidInputError, NotFoundError, TracelineError
 from schemas.kafka import pipeline_lag
-from sinks.store import Store, StoreError, StoreUnavailableError
+from sinks.store import Store
 from traceline import localstack
 from traceline.settings import Settings
 
@@ -42,6 +47,9 @@ __all__ = [
     "ServerError",
     "ReportFile",
     "DrillOutcome",
+    "DrillDocuments",
+    "DrillDocument",
+    "DrillStep",
     "open_backend",
     "open_store",
     "serve_state",
@@ -67,7 +75,33 @@ class ServerError(TracelineError):
 class ReportFile:
     content: bytes
     filename: str
+    document_number: str
     summary: str  # "<document number>: N units now, M past"
+
+
+@dataclass
+class DrillStep:
+    step: str
+    seconds: float | None
+    note: str
+
+
+@dataclass
+class DrillDocument:
+    filename: str
+    media_type: str
+    content_base64: str
+
+
+@dataclass
+class DrillDocuments:
+    """One drill as the API answers it: every format rendered from the same report."""
+
+    document_number: str
+    headline: str
+    steps: list[DrillStep]
+    documents: dict[str, DrillDocument]
+    summary: dict[str, Any]
 
 
 @dataclass
@@ -100,6 +134,10 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 # -- where things are ------------------------------------------------------------------------
 def serve_state(data_dir: Path) -> dict[str, Any] | None:
@@ -131,12 +169,14 @@ def local_bootstrap(settings: Settings) -> str | None:
     return str(state["bootstrap"]) if state else None
 
 
-def open_store(settings: Settings) -> Store:
-    """The store the settings name (creating the database and applying migrations)."""
+def open_store(settings: Settings, *, create: bool = True) -> Store:
+    """The store the settings name (applying pending migrations). ``create=False`` for readers:
+    a store that does not exist is an error (``StoreMissingError``), never a new empty one."""
     return Store.open(
         settings.clickhouse_dsn,
         settings.clickhouse.database,
         uncompressed_cache_mb=settings.chdb.uncompressed_cache_mb,
+        create=create,
     )
 
 
@@ -158,7 +198,7 @@ def open_backend(settings: Settings) -> Backend:
     state = serve_state(settings.data_dir)
     if state:
         return ServerBackend(str(state["url"]))
-    return StoreBackend(settings)
+    return StoreBackend.for_settings(settings)
 
 
 def _window(trigger: Trigger) -> dict[str, Any]:
@@ -186,11 +226,19 @@ class ServerBackend:
             raise ServerError(self.url, f"did not answer: {exc}") from exc
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail", r.text)
+                body = r.json()
             except ValueError:
-                detail = r.text
+                body = {"detail": r.text}
+            detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
+            if r.status_code == 404 and isinstance(detail, dict):
+                raise NotFoundError(
+                    str(detail.get("kind", "")),
+                    str(detail.get("id", "")),
+                    [str(x) for x in detail.get("suggestions", [])],
+                    str(detail.get("searched", "the store")),
+                )
             if r.status_code == 422:
-                raise InvalidInputError(str(detail))
+                raise InvalidInputError(detail if isinstance(detail, str) else json.dumps(detail))
             raise ServerError(self.url, f"{r.status_code}: {detail}", r.status_code)
         return r
 
@@ -198,9 +246,8 @@ class ServerBackend:
         return from_jsonable(cls, self._get(path, params).json())
 
     def recall(self, trigger: Trigger) -> RecallImpact:
-        return self._typed(
-            RecallImpact, "/recall", {"kind": trigger.kind, "id": trigger.id, **_window(trigger)}
-        )
+        params = {"kind": trigger.kind, "id": trigger.id, **_window(trigger)}
+        return self._typed(RecallImpact, "/recall", params)
 
     def forward_trace(self, lot_id: str) -> ForwardTrace:
         return self._typed(ForwardTrace, "/trace/forward", {"lot": lot_id})
@@ -219,44 +266,35 @@ class ServerBackend:
         }
         return list(self._get("/alerts", params).json())
 
-    def _report(self, trigger: Trigger, fmt: str, prepared_by: str, drill: bool) -> httpx.Response:
-        params = {"kind": trigger.kind, "id": trigger.id, "format": fmt, "prepared_by": prepared_by}
-        if drill:
-            params["drill"] = "true"
-        return self._get("/report", {**params, **_window(trigger)})
-
     def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile:
-        r = self._report(trigger, fmt, prepared_by, drill=False)
+        params = {"kind": trigger.kind, "id": trigger.id, "format": fmt, "prepared_by": prepared_by}
+        r = self._get("/report", {**params, **_window(trigger)})
         name = _filename_from(r, f"recall-{trigger.kind}-{trigger.id}.{fmt}")
-        return ReportFile(r.content, name, r.headers.get("x-traceline-document", ""))
+        document = r.headers.get("x-traceline-document", "")
+        return ReportFile(r.content, name, document, document)
 
     def drill(
         self, trigger: Trigger, formats: Sequence[str], out_dir: Path, prepared_by: str
     ) -> DrillOutcome:
-        """One drill per format on the server (it owns the store); timings from its header."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        summary: dict[str, Any] = {"trigger": {"kind": trigger.kind, "id": trigger.id}, "runs": {}}
-        steps: list[tuple[str, float, str]] = []
-        files: dict[str, Path] = {}
-        for fmt in formats:
-            r = self._report(trigger, fmt, prepared_by, drill=True)
-            path = out_dir / _filename_from(r, f"drill-{trigger.kind}-{trigger.id}.{fmt}")
-            path.write_bytes(r.content)
-            files[fmt] = path
-            timings = json.loads(r.headers.get("x-traceline-drill", "[]"))
-            summary["runs"][fmt] = {
-                "document_number": r.headers.get("x-traceline-document"),
-                "steps": timings,
-                "file": str(path),
-            }
-            steps += [(f"{t['step']} [{fmt} run]", t["seconds"], t["note"]) for t in timings]
-        summary_path = out_dir / f"drill-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-        summary_path.write_text(json.dumps(summary, indent=2))
-        headline = f"recall drill {trigger.kind} {trigger.id} (through {self.where})"
-        return DrillOutcome(headline, steps, files, summary_path, summary)
+        """One drill on the server (it owns the store), every format of it in one answer."""
+        params = {
+            "kind": trigger.kind,
+            "id": trigger.id,
+            "formats": ",".join(formats),
+            "prepared_by": prepared_by,
+            **_window(trigger),
+        }
+        got = self._get("/drill", params).json()
+        return _write_drill(from_jsonable(DrillDocuments, got), out_dir, f" (through {self.where})")
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> ServerBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _filename_from(response: httpx.Response, fallback: str) -> str:
@@ -266,76 +304,139 @@ def _filename_from(response: httpx.Response, fallback: str) -> str:
     return fallback
 
 
-# -- the store -------------------------------------------------------------------------------
-class StoreBackend:
-    """Opens the store the settings name (no server runs, or it is a ClickHouse server)."""
+def _write_drill(drill: DrillDocuments, out_dir: Path, via: str = "") -> DrillOutcome:
+    """Write a drill's documents and its summary (``<document>_drill.json``) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for fmt, doc in drill.documents.items():
+        path = out_dir / Path(doc.filename).name
+        path.write_bytes(base64.b64decode(doc.content_base64))
+        files[fmt] = path
+    summary = {**drill.summary, "files": {k: str(v) for k, v in files.items()}}
+    summary_path = out_dir / f"{drill.document_number}_drill.json"
+    summary_path.write_text(json.dumps(summary, indent=2))
+    steps = [(t.step, t.seconds or 0.0, t.note) for t in drill.steps]
+    return DrillOutcome(drill.headline + via, steps, files, summary_path, summary)
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
-        self.settings = settings
-        self.where = f"the store at {settings.clickhouse_dsn}"
-        self._store = store
+
+# -- the store -------------------------------------------------------------------------------
+LagSource = Callable[[], tuple[Mapping[str, int] | None, str]]
+
+
+class StoreBackend:
+    """Reads the store directly: the CLI when no server runs (``for_settings``: opened on first
+    use, never created), and the API on its own store handle. Every answer that came back
+    empty is checked against the identifiers the store knows (``queries.lookup``): an unknown
+    trigger or unit is a :class:`NotFoundError` with suggestions, never an empty answer."""
+
+    def __init__(
+        self,
+        store: Store | Callable[[], Store],
+        *,
+        lag: LagSource | None = None,
+        where: str = "the store",
+        owns_store: bool = False,
+    ) -> None:
+        self._store = store if isinstance(store, Store) else None
+        self._open = None if isinstance(store, Store) else store
+        self._lag = lag or (lambda: (None, "no Kafka lag source configured"))
+        self.where = where
+        self._owns = owns_store
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> StoreBackend:
+        return cls(
+            lambda: open_store(settings, create=False),
+            lag=lambda: measure_lag(settings),
+            where=f"the store at {settings.clickhouse_dsn}",
+            owns_store=True,
+        )
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            dsn = self.settings.clickhouse_dsn
-            try:
-                self._store = open_store(self.settings)
-            except StoreError as exc:
-                raise StoreUnavailableError(
-                    f"cannot open ClickHouse at {dsn}: {exc}", operation="connect"
-                ) from exc
+            assert self._open is not None
+            self._store = self._open()
         return self._store
 
+    # -- reads ----------------------------------------------------------------------------
     def recall(self, trigger: Trigger) -> RecallImpact:
-        return _recall_impact(self.store, trigger)
+        result = _recall_impact(self.store, trigger)
+        if not result.units and not result.past:
+            require_known(self.store, trigger.kind, trigger.id)
+        return result
 
     def forward_trace(self, lot_id: str) -> ForwardTrace:
-        return _forward_trace(self.store, lot_id)
+        result = _forward_trace(self.store, lot_id)
+        if not result.units and not result.past:
+            require_known(self.store, "lot", lot_id)
+        return result
 
     def backward_trace(self, uii: str) -> BackwardTrace:
-        return _backward_trace(self.store, uii)
+        result = _backward_trace(self.store, uii)
+        if len(result.units) <= 1 and not (result.operations or result.tests or result.lots):
+            require_known(self.store, "serial", uii)
+        return result
 
     def alerts(
         self, *, severity: str | None, rule: str | None, since: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
-        return list(
-            to_jsonable(list_alerts(self.store, severity=severity, rule=rule, since=since, limit=limit))
-        )
+        rows = list_alerts(self.store, severity=severity, rule=rule, since=since, limit=limit)
+        return list(to_jsonable(rows))
 
-    def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile:
-        lag, note = measure_lag(self.settings)
+    # -- documents ------------------------------------------------------------------------
+    def report_document(self, trigger: Trigger, fmt: str, prepared_by: str) -> tuple[RecallReport, bytes]:
+        fmt = check_format(fmt)
+        require_known(self.store, trigger.kind, trigger.id)
+        lag, note = self._lag()
         fresh = measure_freshness(self.store, lag, note or None)
         report = build_report(self.store, trigger, freshness=fresh, prepared_by=prepared_by)
-        content = render(report, fmt)
+        return report, render(report, fmt)
+
+    def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile:
+        report, content = self.report_document(trigger, fmt, prepared_by)
         return ReportFile(
             content,
             filename(report, fmt),
+            report.document_number,
             _summary(report.document_number, len(report.now_units), len(report.past_units)),
+        )
+
+    def drill_documents(self, trigger: Trigger, formats: Sequence[str], prepared_by: str) -> DrillDocuments:
+        """One drill, every format of it from the same report (one document number)."""
+        require_known(self.store, trigger.kind, trigger.id)
+        lag, note = self._lag()
+        report, documents, timings = drill_documents(
+            self.store, trigger, formats, lag=lag, lag_note=note or None, prepared_by=prepared_by
+        )
+        return DrillDocuments(
+            document_number=report.document_number,
+            headline=(
+                f"recall drill {report.document_number}: {len(report.now_units)} units now, "
+                f"{len(report.past_units)} past, {report.systems} final systems"
+            ),
+            steps=[DrillStep(s, t, n) for s, t, n in timings],
+            documents={
+                fmt: DrillDocument(
+                    filename(report, fmt), MEDIA_TYPES[fmt], base64.b64encode(content).decode("ascii")
+                )
+                for fmt, content in documents.items()
+            },
+            summary=DrillResult(report, {}, None, timings).as_dict(),
         )
 
     def drill(
         self, trigger: Trigger, formats: Sequence[str], out_dir: Path, prepared_by: str
     ) -> DrillOutcome:
-        lag, note = measure_lag(self.settings)
-        result = run_drill(
-            self.store,
-            trigger,
-            out_dir,
-            formats=formats,
-            lag=lag,
-            lag_note=note or None,
-            prepared_by=prepared_by,
-        )
-        rep = result.report
-        headline = (
-            f"recall drill {rep.document_number}: {len(rep.now_units)} units now, "
-            f"{len(rep.past_units)} past, {rep.systems} final systems"
-        )
-        assert result.summary_path is not None
-        return DrillOutcome(headline, result.timings, result.files, result.summary_path, result.as_dict())
+        return _write_drill(self.drill_documents(trigger, formats, prepared_by), out_dir)
 
     def close(self) -> None:
-        if self._store is not None:
+        if self._owns and self._store is not None:
             self._store.close()
             self._store = None
+
+    def __enter__(self) -> StoreBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -26,6 +26,7 @@ from traceline.cli_alerts import alerts_app
 from traceline.cli_common import (
     BootstrapOpt,
     DataDirOpt,
+    DsnOpt,
     RegistryOpt,
     TopicOpt,
     err,
@@ -255,9 +256,7 @@ def serve(
     data_dir: DataDirOpt = None,
     topic: TopicOpt = None,
     schema_registry: RegistryOpt = None,
-    dsn: Annotated[
-        str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")
-    ] = None,
+    dsn: DsnOpt = None,
     host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port")] = 8640,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="do not run the stream processors")] = False,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +20,15 @@ from schemas.alert import decode_alert
 from schemas.errors import DecodeError
 from schemas.kafka import consumer_config
 from traceline.backend import open_backend
-from traceline.cli_common import BootstrapOpt, DataDirOpt, handled, resolve_bootstrap, settings_for
+from traceline.cli_common import (
+    WHEN,
+    BootstrapOpt,
+    DataDirOpt,
+    handled,
+    parse_when,
+    resolve_bootstrap,
+    settings_for,
+)
 
 __all__ = ["alerts_app"]
 
@@ -111,19 +118,15 @@ def tail(
 def list_cmd(
     severity: Annotated[str | None, typer.Option(help="INFO | WARNING | CRITICAL")] = None,
     rule: Annotated[str | None, typer.Option(help="e.g. NC_RAISED, HELD_LOT_USED, SHIPPING_GATE")] = None,
-    since: Annotated[datetime | None, typer.Option(help="raised at or after (UTC)")] = None,
+    since: Annotated[str | None, typer.Option("--since", help=f"raised at or after: {WHEN}")] = None,
     limit: Annotated[int, typer.Option(help="rows")] = 100,
     as_json: JsonOpt = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """The latest version of each alert, newest first."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    backend = open_backend(settings_for(data_dir=data_dir))
-    try:
-        rows = backend.alerts(severity=severity, rule=rule, since=since, limit=limit)
-    finally:
-        backend.close()
+    since_at = parse_when(since, "--since")
+    with open_backend(settings_for(data_dir=data_dir)) as backend:
+        rows = backend.alerts(severity=severity, rule=rule, since=since_at, limit=limit)
     if as_json:
         _out.print_json(data=rows)
         return

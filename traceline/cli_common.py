@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from queries import Trigger
+from sinks.store import check_time
 from traceline.backend import local_bootstrap
 from traceline.errors import EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.settings import Settings, load_settings
@@ -32,7 +34,9 @@ __all__ = [
     "settings_for",
     "store_settings",
     "resolve_bootstrap",
-    "as_utc",
+    "env",
+    "WHEN",
+    "parse_when",
     "trigger_from_options",
     "BootstrapOpt",
     "DataDirOpt",
@@ -57,34 +61,71 @@ _R = TypeVar("_R")
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # pipes get wide tables, not wrapped ones
 
+
+def env(var: str) -> str:
+    """An environment-variable hint for ``--help`` (escaped: rich would read ``[...]`` as markup)."""
+    return rf"\[env: {var}]"
+
+
+WHEN = (
+    "ISO-8601 date or time, e.g. 2026-01-05 or 2026-01-05T08:00 or 2026-01-05T08:00+01:00;"
+    " UTC without an offset"
+)
+
 BootstrapOpt = Annotated[
-    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env TRACELINE_KAFKA_BOOTSTRAP]")
+    str | None,
+    typer.Option(
+        "--bootstrap", help=f"Kafka bootstrap servers host:port,... {env('TRACELINE_KAFKA_BOOTSTRAP')}"
+    ),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="local state dir [env TRACELINE_DATA_DIR]")
+    Path | None,
+    typer.Option(
+        "--data-dir", help=f"local state: outbox, embedded store, local broker {env('TRACELINE_DATA_DIR')}"
+    ),
 ]
-DsnOpt = Annotated[str | None, typer.Option("--clickhouse-dsn", help="[env TRACELINE_CLICKHOUSE_DSN]")]
+DsnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clickhouse-dsn",
+        help="chdb:///path or http(s)://host:8123 (default: the data dir's store) "
+        + env("TRACELINE_CLICKHOUSE_DSN"),
+    ),
+]
 TopicOpt = Annotated[
-    str | None, typer.Option("--topic", help="raw events topic [env TRACELINE_KAFKA_EVENTS_TOPIC]")
+    str | None, typer.Option("--topic", help=f"raw events topic {env('TRACELINE_KAFKA_EVENTS_TOPIC')}")
 ]
 RegistryOpt = Annotated[
     str | None,
     typer.Option(
-        "--schema-registry", help="Confluent schema registry URL [env TRACELINE_SCHEMA_REGISTRY_URL]"
+        "--schema-registry", help=f"Confluent schema registry URL {env('TRACELINE_SCHEMA_REGISTRY_URL')}"
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
 
 # recall triggers: exactly one of these, optionally with a time window
-LotOpt = Annotated[str | None, typer.Option("--lot", help="a lot_id")]
-SupplierLotOpt = Annotated[str | None, typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>'")]
-SupplierOpt = Annotated[str | None, typer.Option("--supplier", help="a supplier_id (use --from/--to)")]
-StationOpt = Annotated[str | None, typer.Option("--station")]
-OperatorOpt = Annotated[str | None, typer.Option("--operator")]
-BenchOpt = Annotated[str | None, typer.Option("--bench")]
-SerialOpt = Annotated[str | None, typer.Option("--serial", help="a unit UII")]
-FromOpt = Annotated[datetime | None, typer.Option("--from", help="window start (UTC)")]
-ToOpt = Annotated[datetime | None, typer.Option("--to", help="window end (UTC)")]
+LotOpt = Annotated[str | None, typer.Option("--lot", help="a plant lot id, e.g. LA00000431")]
+SupplierLotOpt = Annotated[
+    str | None,
+    typer.Option("--supplier-lot", help="'<supplier_id>:<supplier_lot>', e.g. SUP-THERMIX:TX25-000003"),
+]
+SupplierOpt = Annotated[
+    str | None, typer.Option("--supplier", help="a supplier id: lots received from it (in --from/--to)")
+]
+StationOpt = Annotated[
+    str | None, typer.Option("--station", help="a station / machine id: units it worked on (in --from/--to)")
+]
+OperatorOpt = Annotated[
+    str | None, typer.Option("--operator", help="an operator id: units they worked on (in --from/--to)")
+]
+BenchOpt = Annotated[
+    str | None, typer.Option("--bench", help="a test bench id: units tested on it (in --from/--to)")
+]
+SerialOpt = Annotated[
+    str | None, typer.Option("--serial", help="a unit's UII '<part_number>:<serial_number>'")
+]
+FromOpt = Annotated[str | None, typer.Option("--from", help=f"window start: {WHEN}")]
+ToOpt = Annotated[str | None, typer.Option("--to", help=f"window end: {WHEN}")]
 
 
 def fail(message: str, code: int = EXIT_SERVICE) -> typer.Exit:
@@ -157,15 +198,25 @@ def resolve_bootstrap(settings: Settings) -> str:
     )
 
 
-def as_utc(v: datetime | None) -> datetime | None:
-    """A flag's datetime, read as UTC when it has no offset."""
-    return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+def parse_when(value: str | None, option: str) -> datetime | None:
+    """A ``--from``/``--to`` value: ISO-8601, read as UTC when it has no offset; else exit 2."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise fail(f"{option} {value!r} is not a date or time: use {WHEN}", EXIT_USAGE) from None
+    return check_time(when, option)
 
 
-def trigger_from_options(**given: str | None) -> tuple[str, str]:
-    """Exactly one trigger option -> (kind, id); else a usage error (exit 2)."""
+def trigger_from_options(start: str | None = None, end: str | None = None, **given: str | None) -> Trigger:
+    """Exactly one trigger option (and an optional window) -> the Trigger; else exit 2."""
     chosen = {k: v for k, v in given.items() if v}
     if len(chosen) != 1:
         names = ", ".join("--" + k.replace("_", "-") for k in given)
         raise fail(f"give exactly one trigger: {names}", EXIT_USAGE)
-    return next(iter(chosen.items()))
+    kind, ident = next(iter(chosen.items()))
+    ws, we = parse_when(start, "--from"), parse_when(end, "--to")
+    if ws is not None and we is not None and ws > we:
+        raise fail(f"--from {ws.isoformat()} is after --to {we.isoformat()}", EXIT_USAGE)
+    return Trigger(kind, ident, ws, we)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from queries import ForwardTrace, RecallImpact, Trigger, to_jsonable
+from queries import ForwardTrace, RecallImpact, to_jsonable
 from traceline.backend import open_backend
 from traceline.cli_common import (
     BenchOpt,
@@ -28,7 +28,6 @@ from traceline.cli_common import (
     SupplierLotOpt,
     SupplierOpt,
     ToOpt,
-    as_utc,
     handled,
     out,
     store_settings,
@@ -86,6 +85,14 @@ def _emit_units(
     out.print(t)
     if len(units) > limit:
         out.print(f"... {len(units) - limit} more (use --json or --csv for all)")
+    if not units and not past:
+        lots = len(result.lots)
+        out.print(
+            f"{title}: known to the store, and no unit holds (or held) anything from it: "
+            f"searched {lots} lot(s) in scope and every unit that consumed them or worked on them",
+            markup=False,
+            highlight=False,
+        )
     if past:
         out.print(f"{len(past)} units held an affected part in the PAST (removed in rework); see --json")
 
@@ -107,11 +114,8 @@ def trace_forward(
     dsn: DsnOpt = None,
 ) -> None:
     """Everything made from a lot: lots, units, assemblies, systems, customers."""
-    backend = open_backend(store_settings(data_dir, dsn))
-    try:
+    with open_backend(store_settings(data_dir, dsn)) as backend:
         result = backend.forward_trace(lot)
-    finally:
-        backend.close()
     _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
 
 
@@ -126,11 +130,8 @@ def trace_backward(
     dsn: DsnOpt = None,
 ) -> None:
     """Every component of a unit or system, with lots, operations and tests."""
-    backend = open_backend(store_settings(data_dir, dsn))
-    try:
+    with open_backend(store_settings(data_dir, dsn)) as backend:
         result = backend.backward_trace(serial)
-    finally:
-        backend.close()
     if as_json:
         out.print_json(data=to_jsonable(result))
         return
@@ -168,7 +169,9 @@ def recall(
     """Recall impact of a trigger: affected units now and in the past, by customer and status."""
     if ctx.invoked_subcommand is not None:
         return  # `recall report ...`: the subcommand takes its own trigger options
-    kind, ident = trigger_from_options(
+    trigger = trigger_from_options(
+        start,
+        end,
         lot=lot,
         supplier_lot=supplier_lot,
         supplier=supplier,
@@ -177,10 +180,6 @@ def recall(
         bench=bench,
         serial=serial,
     )
-    trigger = Trigger(kind, ident, as_utc(start), as_utc(end))
-    backend = open_backend(store_settings(data_dir, dsn))
-    try:
+    with open_backend(store_settings(data_dir, dsn)) as backend:
         result = backend.recall(trigger)
-    finally:
-        backend.close()
-    _emit_units(result, as_json, as_csv, f"recall {kind} {ident}", limit)
+    _emit_units(result, as_json, as_csv, f"recall {trigger.kind} {trigger.id}", limit)

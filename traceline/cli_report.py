@@ -8,7 +8,6 @@ embedded store, else the store directly.
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from queries import Trigger
 from traceline.backend import open_backend
 from traceline.cli_common import (
     BenchOpt,
@@ -30,7 +28,7 @@ from traceline.cli_common import (
     SupplierLotOpt,
     SupplierOpt,
     ToOpt,
-    as_utc,
+    env,
     err,
     fail,
     handled,
@@ -39,23 +37,31 @@ from traceline.cli_common import (
 )
 from traceline.cli_common import out as console
 from traceline.errors import EXIT_USAGE
+from traceline.settings import Settings
 
 __all__ = ["report_command", "drill_command"]
 
 FORMATS = ("html", "pdf", "csv")
 
 PreparedByOpt = Annotated[
-    str | None, typer.Option("--prepared-by", help="name on the 'prepared by' line (default: your login)")
+    str | None,
+    typer.Option(
+        "--prepared-by",
+        help="name on the 'prepared by' line (required, here or in the setting) "
+        + env("TRACELINE_REPORT_PREPARED_BY"),
+    ),
 ]
 
 
-def _prepared_by(name: str | None) -> str:
-    if name is not None:
-        return name
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return ""
+def _prepared_by(name: str | None, settings: Settings) -> str:
+    """The name on the report: the flag, else the configured one; never a guess."""
+    given = (name if name is not None else settings.report.prepared_by or "").strip()
+    if not given:
+        raise fail(
+            "a report names who prepared it: give --prepared-by NAME or set TRACELINE_REPORT_PREPARED_BY",
+            EXIT_USAGE,
+        )
+    return given
 
 
 @handled
@@ -69,7 +75,7 @@ def report_command(
     serial: SerialOpt = None,
     start: FromOpt = None,
     end: ToOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="html | pdf | csv")] = "html",
+    fmt: Annotated[str, typer.Option("--format", help="html | pdf | csv")] = "html",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -86,7 +92,9 @@ def report_command(
         raise fail(f"unknown format {fmt!r}: use html, pdf or csv", EXIT_USAGE)
     if out is not None and str(out) == "-" and fmt == "pdf":
         raise fail("a PDF cannot go to stdout: give --out FILE", EXIT_USAGE)
-    kind, ident = trigger_from_options(
+    trigger = trigger_from_options(
+        start,
+        end,
         lot=lot,
         supplier_lot=supplier_lot,
         supplier=supplier,
@@ -95,12 +103,10 @@ def report_command(
         bench=bench,
         serial=serial,
     )
-    trigger = Trigger(kind, ident, as_utc(start), as_utc(end))
-    backend = open_backend(store_settings(data_dir, dsn))
-    try:
-        made = backend.report(trigger, fmt, _prepared_by(prepared_by))
-    finally:
-        backend.close()
+    settings = store_settings(data_dir, dsn)
+    name = _prepared_by(prepared_by, settings)
+    with open_backend(settings) as backend:
+        made = backend.report(trigger, fmt, name)
     if out is not None and str(out) == "-":
         sys.stdout.buffer.write(made.content)
         sys.stdout.flush()
@@ -135,7 +141,9 @@ def drill_command(
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise fail(f"unknown format(s) {bad or formats!r}: use html, pdf, csv", EXIT_USAGE)
-    kind, ident = trigger_from_options(
+    trigger = trigger_from_options(
+        start,
+        end,
         lot=lot,
         supplier_lot=supplier_lot,
         supplier=supplier,
@@ -144,12 +152,10 @@ def drill_command(
         bench=bench,
         serial=serial,
     )
-    trigger = Trigger(kind, ident, as_utc(start), as_utc(end))
-    backend = open_backend(store_settings(data_dir, dsn))
-    try:
-        drill = backend.drill(trigger, fmts, out, _prepared_by(prepared_by))
-    finally:
-        backend.close()
+    settings = store_settings(data_dir, dsn)
+    name = _prepared_by(prepared_by, settings)
+    with open_backend(settings) as backend:
+        drill = backend.drill(trigger, fmts, out, name)
     t = Table(title=drill.headline)
     t.add_column("step")
     t.add_column("time", justify="right")

@@ -179,15 +179,19 @@ def main(argv: list[str] | None = None) -> int:
             t.add_row(u.uii, u.status, u.root_uii, str(u.customer_id or ""), " -> ".join(u.trace))
         console.print(t)
         console.rule("query further")
-        dd = f" --data-dir {args.data_dir}" if args.data_dir else ""
+        # absolute paths: the commands work from any directory
+        exe = Path(sys.executable).parent / "traceline"
+        dd = f" --data-dir {s.data_dir.resolve()}"
         system = units[0].root_uii if units else "PN:SN"
         console.print(
-            f"  .venv/bin/traceline recall --supplier-lot {supplier}:{supplier_lot}{dd}\n"
-            f"  .venv/bin/traceline trace forward --lot {lot}{dd} --csv > recall.csv\n"
-            f"  .venv/bin/traceline trace backward --serial {system}{dd}\n"
-            f"  .venv/bin/traceline recall report --lot {lot} --format pdf{dd}\n"
-            f"  .venv/bin/traceline alerts list{dd}\n"
-            f"  curl 'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (OpenAPI: /docs)"
+            f"  {exe} recall --supplier-lot {supplier}:{supplier_lot}{dd}\n"
+            f"  {exe} trace forward --lot {lot}{dd} --csv > recall.csv\n"
+            f"  {exe} trace backward --serial {system}{dd}\n"
+            f"  {exe} recall report --lot {lot} --format pdf --prepared-by 'Your Name'{dd}\n"
+            f"  {exe} alerts list{dd}\n"
+            f"  curl 'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (API docs: /docs)",
+            soft_wrap=True,
+            highlight=False,
         )
         if args.no_wait:
             return 0

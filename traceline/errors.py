@@ -4,6 +4,7 @@
 | --- | --- | --- | --- |
 | :class:`InvalidInputError` (any ``ValueError``) | 422 | 2 | a wrong argument or parameter |
 | :class:`EventValidationError` | 422 | 1 | an event does not match the contract |
+| :class:`NotFoundError` | 404 | 4 | a trigger or unit the store has never seen (with suggestions) |
 | any other :class:`TracelineError` | 503 | 3 | a service (Kafka, ClickHouse, ...) failed |
 
 Exit code 0 is success; ``traceline publish`` also exits 1 when some lines were invalid and 3
@@ -17,14 +18,23 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from schemas.errors import EventValidationError, InvalidInputError, TracelineError
+from schemas.errors import EventValidationError, InvalidInputError, NotFoundError, TracelineError
 
-__all__ = ["Failure", "classify", "EXIT_OK", "EXIT_INVALID_EVENTS", "EXIT_USAGE", "EXIT_SERVICE"]
+__all__ = [
+    "Failure",
+    "classify",
+    "EXIT_OK",
+    "EXIT_INVALID_EVENTS",
+    "EXIT_USAGE",
+    "EXIT_SERVICE",
+    "EXIT_NOT_FOUND",
+]
 
 EXIT_OK = 0
 EXIT_INVALID_EVENTS = 1
 EXIT_USAGE = 2
 EXIT_SERVICE = 3
+EXIT_NOT_FOUND = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ def classify(exc: BaseException) -> Failure | None:
         return Failure(422, EXIT_USAGE, _validation_text(exc))
     if isinstance(exc, InvalidInputError | ValueError):
         return Failure(422, EXIT_USAGE, str(exc))
+    if isinstance(exc, NotFoundError):
+        return Failure(404, EXIT_NOT_FOUND, str(exc))
     if isinstance(exc, TracelineError):
         return Failure(503, EXIT_SERVICE, str(exc))
     return None

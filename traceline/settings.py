@@ -15,6 +15,7 @@ Sections and their environment variables:
 | ``schema_registry`` | ``TRACELINE_SCHEMA_REGISTRY_`` | URL (Confluent wire format when set) |
 | ``alert_rules`` | ``TRACELINE_ALERTS_`` | thresholds of the alert rules (``streams.alerts.AlertRules``) |
 | ``notify`` | ``TRACELINE_ALERTS_`` | webhook / e-mail delivery (``streams.notify.NotifyConfig``) |
+| ``report`` | ``TRACELINE_REPORT_`` | the name on a report's "prepared by" line |
 | ``worker`` | ``TRACELINE_STREAMS_``, ``TRACELINE_WORKER_`` | the faust worker's id and supervisor |
 | ``local_stack`` | ``TRACELINE_`` | where the local broker's jars, cache and JVM options come from |
 
@@ -43,6 +44,7 @@ __all__ = [
     "SchemaRegistrySettings",
     "AlertRulesSettings",
     "NotifySettings",
+    "ReportSettings",
     "WorkerSettings",
     "LocalStackSettings",
     "Settings",
@@ -105,6 +107,14 @@ class NotifySettings(BaseSettings, NotifyConfig):
     model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
 
 
+class ReportSettings(BaseSettings):
+    """The auditor's report."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_REPORT_", extra="ignore")
+
+    prepared_by: str | None = Field(None, description="the name on a report's 'prepared by' line")
+
+
 class WorkerSettings(BaseSettings):
     """The faust stream worker."""
 
@@ -144,6 +154,7 @@ class Settings(BaseSettings):
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     alert_rules: AlertRulesSettings = Field(default_factory=AlertRulesSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local_stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
 

@@ -2,19 +2,22 @@
 
 The plant: ``producers.simulator`` events -> pydantic (``parse_event``) -> Avro records
 (``to_avro``) -> the sink's row builders; genealogy change records from ``tests.support.run_genealogy``
-over the same events. The PDF is parsed back with pypdf.
+over the same events, and nonconformances raised on a supplier lot, an upstream lot, a supplier
+and affected units (``ncs``). The PDF is parsed back with pypdf.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import pytest
 from producers.simulator import simulate
 from queries import Trigger, recall_impact
 from schemas.jsonform import parse_event
+from schemas.models import NonconformanceRaised
 from sinks.rows import SinkRecord, genealogy_rows, rows_for_batch
 from sinks.store import Store
 from tests.support import run_genealogy
@@ -83,11 +87,12 @@ def test_report_of_a_big_lot_renders_html_pdf_csv(
     from queries.report_csv import render_csv
     from queries.report_html import render_html
     from queries.report_pdf import render_pdf
+    from queries.report_sections import evidence_map
 
     store, fan = plant
     lot = _big_lot(fan)
     trigger = Trigger("lot", lot)
-    report = build_report(store, trigger, freshness={"streams": 0, "sink": 3}, prepared_by="Q. Engineer")
+    report = build_report(store, trigger, freshness={"streams": 0, "sink": 3}, prepared_by=" Q. Engineer ")
     impact = recall_impact(store, trigger)
 
     # the data: the recall's units, now and past, with totals and freshness
@@ -100,13 +105,14 @@ def test_report_of_a_big_lot_renders_html_pdf_csv(
     assert report.freshness.latest_event_time is not None
     assert report.freshness.consumer_lag == {"streams": 0, "sink": 3}
     assert report.test_count > 0
+    assert report.prepared_by == "Q. Engineer"
     assert all(
         u.met_trigger is not None and lot in u.met_trigger.consumed_lot_ids
         for u in report.now_units
         if u.trace[-2] == f"lot:{lot}"
     )
-    assert any(x.ref.startswith("AS9100D 8.5.2") for x in report.evidence)
-    assert any(x.ref.startswith("AQAP-2110") for x in report.evidence)
+    assert any(x.ref.startswith("AS9100D 8.5.2") for x in evidence_map(report))
+    assert any(x.ref.startswith("AQAP-2110") for x in evidence_map(report))
 
     # CSV: one row per unit
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
@@ -150,6 +156,9 @@ def test_report_api_serves_each_format(plant: tuple[Store, dict[str, int]]) -> N
     store, fan = plant
     client = TestClient(create_api(store, lag=lambda: {"streams": 0, "sink": 0}))
     lot = _big_lot(fan)
+    missing = client.get("/report", params={"kind": "lot", "id": lot, "format": "pdf"})
+    assert missing.status_code == 422 and "prepared_by" in missing.text
+    client.params = {"prepared_by": "Q. Engineer"}
     r = client.get("/report", params={"kind": "lot", "id": lot, "format": "pdf"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
     assert r.content.startswith(b"%PDF-")
@@ -157,13 +166,19 @@ def test_report_api_serves_each_format(plant: tuple[Store, dict[str, int]]) -> N
     r = client.get("/report", params={"kind": "lot", "id": lot, "format": "csv"})
     assert r.headers["content-type"].startswith("text/csv")
     assert r.text.splitlines()[0].startswith("document_number,holds,uii")
-    r = client.get("/report", params={"kind": "lot", "id": lot, "format": "html", "drill": "true"})
-    assert r.headers["content-type"].startswith("text/html") and "RECALL DRILL" in r.text
-    assert "caught up" in r.text
-    assert [s["step"] for s in json.loads(r.headers["x-traceline-drill"])][:2] == [
-        "forward trace",
-        "recall impact",
-    ]
+    r = client.get("/report", params={"kind": "lot", "id": lot, "format": "html"})
+    assert r.headers["content-type"].startswith("text/html") and "caught up" in r.text
+    assert "RECALL DRILL" not in r.text
+    # a drill: one request, every format from one report (the shape is traceline.api's)
+    r = client.get("/drill", params={"kind": "lot", "id": lot, "formats": "html,csv"})
+    assert r.status_code == 200, r.text
+    drill = r.json()
+    number = drill["document_number"]
+    assert [s["step"] for s in drill["steps"]][:2] == ["forward trace", "recall impact"]
+    html = base64.b64decode(drill["documents"]["html"]["content_base64"]).decode()
+    assert "RECALL DRILL" in html and number in html
+    table = base64.b64decode(drill["documents"]["csv"]["content_base64"]).decode()
+    assert {row["document_number"] for row in csv.DictReader(io.StringIO(table))} == {number}
     assert client.get("/report", params={"kind": "nope", "id": "x"}).status_code == 422
     assert client.get("/report", params={"kind": "lot", "id": lot, "format": "docx"}).status_code == 422
 
@@ -173,7 +188,7 @@ def test_drill_writes_every_format_with_timings(plant: tuple[Store, dict[str, in
 
     store, fan = plant
     lot = _big_lot(fan)
-    result = run_drill(store, Trigger("lot", lot), tmp_path / "drill")
+    result = run_drill(store, Trigger("lot", lot), tmp_path / "drill", prepared_by="Q. Engineer")
     assert set(result.files) == {"html", "pdf", "csv"}
     assert all(p.exists() and p.stat().st_size > 0 for p in result.files.values())
     steps = [s for s, _, _ in result.timings]
@@ -193,3 +208,149 @@ def test_drill_writes_every_format_with_timings(plant: tuple[Store, dict[str, in
     assert "RECALL DRILL" in page and "forward trace" in page and " ms" in page
     _, text = _pdf_text(result.files["pdf"].read_bytes())
     assert "RECALL DRILL" in text and "recall impact" in text and "render html" in text
+
+
+# ----------------------------------------------------------------------------- NCs in scope
+
+
+def _raise_ncs(store: Store, ncs: list[dict[str, Any]]) -> None:
+    now = datetime.now(UTC)
+    events = [
+        NonconformanceRaised(
+            event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"test-report-ncr:{x['ncr_id']}")),
+            event_time=now,
+            source="test-quality",
+            site="plant-a",
+            program="PRG-TEST",
+            severity="CRITICAL",
+            disposition="PENDING",
+            description="raised by the report test",
+            **x,
+        )
+        for x in ncs
+    ]
+    records = [
+        SinkRecord(e.type, e.to_avro(), "traceline.events", 0, 10**9 + i, now) for i, e in enumerate(events)
+    ]
+    store.write_batch(rows_for_batch(records), token="test-report-ncs")
+
+
+@pytest.fixture(scope="module")
+def ncs(plant: tuple[Store, dict[str, int]]) -> dict[str, str]:
+    """NCs like the demo's: on the supplier lot a plant lot was received as, on the lot (and the
+    supplier lot, and the supplier) a transformed lot was made from, on an affected unit and its
+    assembly. Returns what they are on."""
+    store, fan = plant
+    received = {
+        r["lot_id"]: r
+        for r in store.query("SELECT lot_id, supplier_id, supplier_lot, event_time FROM material_received")
+    }
+    made = store.query("SELECT lot_id, input_lot_ids FROM lot_transformed ORDER BY lot_id")
+    lot = max((x for x in fan if x in received), key=lambda x: (fan[x], x))
+    transformed, source = max(
+        (
+            (r["lot_id"], r["input_lot_ids"][0])
+            for r in made
+            if r["input_lot_ids"][0] in received and r["lot_id"] in fan
+        ),
+        key=lambda t: (fan[t[0]], t[0]),
+    )
+    unit = next(u for u in recall_impact(store, Trigger("lot", lot)).units if u.parent_uii)
+    rec, src = received[lot], received[source]
+    at = src["event_time"]
+    hour = timedelta(hours=1)
+    _raise_ncs(
+        store,
+        [
+            {
+                "ncr_id": "NCR-T-SLOT",
+                "target_kind": "SUPPLIER_LOT",
+                "target_id": f"{rec['supplier_id']}:{rec['supplier_lot']}",
+            },
+            {"ncr_id": "NCR-T-UP", "target_kind": "LOT", "target_id": source},
+            {
+                "ncr_id": "NCR-T-UPSLOT",
+                "target_kind": "SUPPLIER_LOT",
+                "target_id": f"{src['supplier_id']}:{src['supplier_lot']}",
+            },
+            {
+                "ncr_id": "NCR-T-SUP",
+                "target_kind": "SUPPLIER",
+                "target_id": src["supplier_id"],
+                "window_start": at - hour,
+                "window_end": at + hour,
+            },
+            {
+                "ncr_id": "NCR-T-SUP-OLD",
+                "target_kind": "SUPPLIER",
+                "target_id": src["supplier_id"],
+                "window_start": at - 900 * hour,
+                "window_end": at - 800 * hour,
+            },
+            {"ncr_id": "NCR-T-UNIT", "target_kind": "SERIAL", "target_id": unit.uii},
+            {"ncr_id": "NCR-T-ASSY", "target_kind": "SERIAL", "target_id": unit.parent_uii},
+        ],
+    )
+    return {
+        "lot": lot,
+        "transformed": transformed,
+        "source": source,
+        "unit": unit.uii,
+        "parent": unit.parent_uii or "",
+    }
+
+
+def _scopes(report: Any) -> dict[str, str]:
+    return {x["ncr_id"]: x["scope"] for x in report.nonconformances if x["ncr_id"].startswith("NCR-T-")}
+
+
+def test_report_of_a_transformed_lot_lists_ncs_upstream_on_its_supplier_lot_and_supplier(
+    plant: tuple[Store, dict[str, int]], ncs: dict[str, str]
+) -> None:
+    from queries.report import build_report
+    from queries.report_html import render_html
+
+    store, _ = plant
+    t, src = ncs["transformed"], ncs["source"]
+    report = build_report(store, Trigger("lot", t), prepared_by="Q. Engineer")
+    scopes = _scopes(report)
+    assert scopes["NCR-T-UP"] == f"on lot upstream of {t}"
+    assert scopes["NCR-T-UPSLOT"] == f"on supplier lot of {src} (upstream of {t})"
+    assert scopes["NCR-T-SUP"] == f"on supplier, window covers the receipt of {src} (upstream of {t})"
+    assert "NCR-T-SUP-OLD" not in scopes  # its window does not cover the receipt
+    page = render_html(report)
+    assert "NCR-T-UPSLOT" in page and f"on supplier lot of {src} (upstream of {t})" in page
+    assert "no nonconformance report recorded" not in page
+
+
+def test_drill_of_a_received_lot_lists_its_supplier_lot_nc_and_the_units_ncs_with_one_document_number(
+    plant: tuple[Store, dict[str, int]], ncs: dict[str, str]
+) -> None:
+    from queries.drill import drill_documents
+
+    store, _ = plant
+    lot = ncs["lot"]
+    report, docs, timings = drill_documents(
+        store, Trigger("lot", lot), ["html", "pdf", "csv"], prepared_by="Q. Engineer"
+    )
+    scopes = _scopes(report)
+    assert scopes["NCR-T-SLOT"] == f"on supplier lot of {lot}"
+    assert scopes["NCR-T-UNIT"] == f"on unit {ncs['unit']}"
+    assert scopes["NCR-T-ASSY"].startswith("on assembly holding") or scopes["NCR-T-ASSY"].startswith(
+        "on final system of"
+    )
+    assert ncs["unit"] in scopes["NCR-T-ASSY"] or "more)" in scopes["NCR-T-ASSY"]
+    note = dict((s, n) for s, _, n in timings)["lot origin, receipts, status and nonconformances"]
+    assert note.endswith(f"{len(report.nonconformances)} NCRs") and len(report.nonconformances) >= 3
+
+    # one drill, three formats, one document number
+    number = report.document_number
+    html = docs["html"].decode()
+    assert number in html and "NCR-T-SLOT" in html
+    _, text = _pdf_text(docs["pdf"])
+    assert number in text and "NCR-T-SLOT" in text.replace("\n", "")
+    numbers = re.compile(r"R[DR]-\d{8}-\d{6}-[0-9A-F]{6}")
+    assert set(numbers.findall(html)) == set(numbers.findall(text)) == {number}  # every page header too
+    rows = list(csv.DictReader(io.StringIO(docs["csv"].decode())))
+    assert rows and {r["document_number"] for r in rows} == {number}
+    assert [s for s, _, _ in timings][-3:] == ["render html", "render pdf", "render csv"]
