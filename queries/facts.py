@@ -3,10 +3,11 @@ read of the derived index ``unit_facts`` and the plumbing of every statement.
 
 * ``QueryStore``: the one method the queries need of a store (``sinks.store.Store`` has it);
 * ``FACT_COLS`` / ``F_SELECT``: the columns of a fact row and the SELECT that reads them
-  (``event_time`` as epoch milliseconds: cheaper to move and compare than datetimes);
+  (``event_time`` as epoch milliseconds: cheaper to move and compare than datetimes; ``eid``
+  the event id of a link fact, '' for the other kinds);
 * ``Facts``: the facts of the units fetched so far, reduced per unit as the rows arrive (latest
-  genealogy, shipment, verdict; consumers, assemblies, removals), with the exact set of units
-  it holds every fact for;
+  genealogy, shipment, verdict; consumers; every link event: install, consumption, removal),
+  with the exact set of units it holds every fact for;
 * ``columns`` / ``fact_rows``: a statement's result as plain column lists, moved as Arrow
   columns when the store can (no dict per row);
 * ``gc_paused``: the cyclic garbage collector paused for the length of a query;
@@ -28,7 +29,9 @@ __all__ = [
     "QueryStore",
     "part_of",
     "FACT_COLS",
+    "LINK_KINDS",
     "F_SELECT",
+    "LinkEvent",
     "FactRow",
     "ShipAttrs",
     "Facts",
@@ -48,12 +51,15 @@ def part_of(uii: str) -> str:
     return uii.split(":", 1)[0]
 
 
-FACT_COLS = ("uii", "kind", "link", "path", "seq", "event_time", "attrs")  # see docs/TABLES.md
-# event_time as epoch milliseconds: cheaper to move and compare than datetimes
+FACT_COLS = ("uii", "kind", "link", "path", "seq", "event_time", "attrs", "eid")  # see docs/TABLES.md
+#: the fact kinds that are link events of the genealogy (child ``uii`` -> parent ``link``)
+LINK_KINDS = ("ASSEMBLED", "REMOVED", "CONSUMED_BY")
+# event_time as epoch milliseconds: cheaper to move and compare than datetimes; the event id
+# only for link facts (it breaks ties between link events of the same millisecond; the other
+# kinds never need it, so they move an empty string)
 F_SELECT = (
-    "SELECT 'F' AS k, "
-    + ", ".join(FACT_COLS).replace("event_time", "toUnixTimestamp64Milli(event_time) AS event_time")
-    + " FROM unit_facts"
+    "SELECT 'F' AS k, uii, kind, link, path, seq, toUnixTimestamp64Milli(event_time) AS event_time,"
+    " attrs, if(kind IN ('" + "', '".join(LINK_KINDS) + "'), event_id, '') AS eid FROM unit_facts"
 )
 
 
@@ -61,18 +67,23 @@ def _key(attrs: Sequence[str | None]) -> tuple[str, ...]:  # a total order for t
     return tuple("" if a is None else a for a in attrs)
 
 
-# one fact row as it comes off the wire: (uii, kind, link, path, seq, event_time ms, attrs)
-FactRow = tuple[str, str, "str | None", list[str], int, int, list["str | None"]]
+# one fact row as it comes off the wire: (uii, kind, link, path, seq, event_time ms, attrs, eid)
+FactRow = tuple[str, str, "str | None", list[str], int, int, list["str | None"], str]
+# one link event of a child: (time ms, event id, is a removal, parent, removal reason); sorted,
+# the first four give the genealogy's version order (a removal after an install of the same
+# version)
+LinkEvent = tuple[int, str, bool, str, "str | None"]
 ShipAttrs = list["str | None"]  # [shipment_id, customer_id, destination_site, end_system]
 
 
 class Facts:
     """The facts of the units fetched so far, reduced per unit and kind as they arrive (one
     pass over the rows, no per-row objects kept): the latest genealogy (highest (seq, time),
-    the first row on a tie), the latest shipment and test (highest (time, attrs)), and the
-    consumption / assembly / removal rows. ``fetched`` is exactly the set of units it holds
-    every fact for; asking about another unit notes it in ``missing`` (the recall fetches
-    those and reruns, see ``queries.recall``)."""
+    the first row on a tie), the latest shipment and test (highest (time, attrs)), the latest
+    consumption per consumer, and every link event (install, consumption, removal) as a
+    ``LinkEvent``. ``fetched`` is exactly the set of units it holds every fact for; asking
+    about another unit notes it in ``missing`` (the recall fetches those and reruns, see
+    ``queries.recall``)."""
 
     __slots__ = (
         "fetched",
@@ -82,8 +93,7 @@ class Facts:
         "_ship",
         "_test",
         "_consumed",
-        "_assembled",
-        "_removed",
+        "_links",
     )
 
     def __init__(self) -> None:
@@ -94,23 +104,21 @@ class Facts:
         self._ship: dict[str, tuple[int, ShipAttrs]] = {}  # (time, attrs)
         self._test: dict[str, tuple[int, list[str | None]]] = {}  # (time, attrs)
         self._consumed: dict[str, dict[str, tuple[int, str | None]]] = {}  # consumer -> (time, site)
-        self._assembled: dict[str, list[tuple[str, int]]] = {}  # (parent, time)
-        self._removed: dict[str, list[tuple[str | None, int, str | None]]] = {}  # (parent, time, reason)
+        self._links: dict[str, list[LinkEvent]] = {}  # child -> its link events, in row order
 
     @property
     def units(self) -> list[str]:
         """Units any row came back for."""
         return list(self._adj)
 
-    @property
-    def assembled(self) -> dict[str, list[tuple[str, int]]]:
-        """Unit -> every (parent, time) it was assembled into (fetched units only)."""
-        return self._assembled
-
-    @property
-    def removed(self) -> dict[str, list[tuple[str | None, int, str | None]]]:
-        """Unit -> every (parent, time, reason) it was removed from (fetched units only)."""
-        return self._removed
+    def links(self, uii: str) -> list[LinkEvent]:
+        """Every link event of ``uii`` as a child (installs into a parent: UnitAssembled, or the
+        unit consumed by an operation of the parent; removals), in no particular order; one
+        per event (the statements return one row per (uii, kind, link, event id))."""
+        if uii not in self.fetched:
+            self.missing.add(uii)
+            return []
+        return self._links.get(uii, [])
 
     def _linked(self, keys: Iterable[str]) -> set[str]:
         out = set(keys)
@@ -120,7 +128,7 @@ class Facts:
         return out
 
     def _forget(self, u: str) -> None:
-        for d in (self._gen, self._ship, self._test, self._consumed, self._assembled, self._removed):
+        for d in (self._gen, self._ship, self._test, self._consumed, self._links):
             d.pop(u, None)
 
     def add(self, rows: Iterable[FactRow], seeds: Iterable[str]) -> None:
@@ -128,11 +136,12 @@ class Facts:
         statement returned for it), then mark the seeds and two links around them fetched:
         exactly what the recall's facts statement fetched (``queries.recall``)."""
         fetched, adj, gen, ship, test = self.fetched, self._adj, self._gen, self._ship, self._test
+        links = self._links
         batch: set[str] = set()
         prev: str | None = None
         skip = True
         a: list[str] = []
-        for u, kind, link, path, seq, t, attrs in rows:
+        for u, kind, link, path, seq, t, attrs, eid in rows:
             if u != prev:  # rows come grouped by uii; the checks below hold for any order
                 prev = u
                 skip = u in fetched
@@ -167,7 +176,7 @@ class Facts:
                 if v is None or t > v[0] or (t == v[0] and _key(attrs) > _key(v[1])):
                     test[u] = (t, attrs)
             elif kind == "ASSEMBLED":
-                self._assembled.setdefault(u, []).append((link, t))  # type: ignore[arg-type]
+                links.setdefault(u, []).append((t, eid, False, link, None))  # type: ignore[arg-type]
             elif kind == "SHIPPED":
                 sh = ship.get(u)
                 if sh is None or t > sh[0] or (t == sh[0] and _key(attrs) > _key(sh[1])):
@@ -176,8 +185,10 @@ class Facts:
                 c = self._consumed.setdefault(u, {})
                 if link not in c or t > c[link][0]:
                     c[link] = (t, attrs[0])  # type: ignore[index]
+                links.setdefault(u, []).append((t, eid, False, link, None))  # type: ignore[arg-type]
             elif kind == "REMOVED":
-                self._removed.setdefault(u, []).append((link, t, attrs[0] if attrs else None))
+                reason = attrs[0] if attrs else None
+                links.setdefault(u, []).append((t, eid, True, link, reason))  # type: ignore[arg-type]
         self.fetched |= self._linked(self._linked(seeds))
 
     def need(self, keys: Iterable[str]) -> None:

@@ -36,18 +36,55 @@ Status of an affected unit (``status``):
   * ``in_stock`` - not shipped, and the latest test of its root (the final system, or the unit
     itself when it is not assembled) has verdict PASS;
   * ``in_work``  - otherwise.
+
+Past exposure (``past``: one ``PastHolder`` per hold)
+-----------------------------------------------------
+The *bad units* of a recall are the units that met the trigger themselves: the units whose
+operations consumed one of the suspect lots (the trigger's lots and every lot made from them),
+the suspect serial, the units worked at the station or by the operator, the units tested on
+the bench. A unit that consumed a bad unit (a module that consumed a suspect die) is listed
+among the affected ``units`` but is not a bad unit of its own: it holds the bad material only
+from the moment it consumed it, and from that moment it is on the bad unit's chain anyway.
+
+A unit X *held bad unit B in the past* if, at some moment t, X was on B's ancestor chain (B's
+parent, that parent's parent, ... up to the final system) as the links stood at t, and X is
+not on B's ancestor chain now. "As the links stood at t": a child's parent at t is the result
+of its link events up to and including t (installs: UnitAssembled, or the child consumed by an
+operation on the parent; removals: UnitRemoved), applied in the order of (event_time,
+event_id), where a removal detaches the child only from the parent it has at that moment; the
+genealogy's own rule (``streams.genealogy``, "Removal semantics") applied as of t instead of
+as of now. "Now" is the same rule over every link event stored. So time order decides:
+
+* a unit fitted into an LRU after the LRU left system S was never in S: S is not listed;
+* when B leaves a sub-assembly SA, then SA and everything above SA at that moment (the LRU,
+  its system) held B, and are listed, each with the same end of hold.
+
+Each entry is one *hold*: a longest stretch of time [``held_from``, ``held_until``) during
+which X was on B's chain (times in milliseconds; the link events of one millisecond take
+effect together). So a unit that held bad material is listed once per (X, B, hold): once per
+bad unit it held (several entries when it held several bad units), and twice for the same
+B only if it held B, let go of it and held it again later. Each entry names the link whose
+break ended the hold: ``removed_uii`` was taken out of ``removed_from_uii`` at
+``removed_at`` (= ``held_until``); of the links between B and X that changed at that moment,
+the one closest to B. ``removal_reason`` is the reason of the latest UnitRemoved of that link
+at that moment (None when the child was moved by an install elsewhere, without a removal).
+``child_uii`` is the unit just below X on B's chain at the end of the hold; ``root_uii``,
+``status`` and ``customer_id`` describe X now. A chain stops at a unit already on it (a
+cycle in bad data) and after ``MAX_HOPS`` ancestors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from queries.facts import (
     F_SELECT,
     MAX_HOPS,
     Facts,
+    LinkEvent,
     QueryStore,
     ShipAttrs,
     columns,
@@ -124,11 +161,13 @@ _LINKED = (
 def _facts_sql(seeds: str) -> str:
     """Facts of the units ``seeds`` (a subquery or an array parameter) and two links around.
 
-    Only the latest row per (uii, kind, link) comes back: older genealogy versions under the same
-    parent, re-tests and repeated shipments are never needed (fewer rows to move and parse)."""
+    Only the latest row per (uii, kind, link) comes back, and every link event (one row per event
+    id: ``eid`` is '' for the other kinds): older genealogy versions under the same parent,
+    re-tests and repeated shipments are never needed (fewer rows to move and parse); the past
+    exposure replays every install and removal."""
     return (
         f"SELECT * FROM ({F_SELECT} WHERE uii IN ({_LINKED} WHERE uii IN ({_LINKED} WHERE uii IN ({seeds})))"
-        " ORDER BY uii, kind, link, seq DESC, event_time DESC LIMIT 1 BY uii, kind, link)"
+        " ORDER BY uii, kind, link, seq DESC, event_time DESC LIMIT 1 BY uii, kind, link, eid)"
     )
 
 
@@ -167,7 +206,8 @@ _LOT_UNITS_SQL = (
     " CAST([], 'Array(String)'), toUInt64(0) FROM lot_lineage WHERE input_lot_id IN {lots:Array(String)}"
 )
 _LOT_UNITS_COLS = ("k", "a", "b", "c", "path", "seq")
-# every fact of exactly the given units (the latest row per uii, kind, link; returning every row
+# every fact of exactly the given units (the latest row per uii, kind, link, and every link event,
+# as in _facts_sql; returning every row
 # unsorted and reducing in Python was measured at 10M serials: -0.7 ms for a 200-board lot, +3 ms
 # for a 2,500-board one, whose units carry ~2.6 genealogy versions each). The keys go in as one
 # string, separated by _SEP: binding a long Array(String) costs ~4 us per element in the client
@@ -175,7 +215,7 @@ _LOT_UNITS_COLS = ("k", "a", "b", "c", "path", "seq")
 _SEP = "\x1f"  # ASCII unit separator
 _EXACT_FACTS_SQL = (
     f"SELECT * FROM ({F_SELECT} WHERE uii IN splitByChar('\\x1F', {{keys:String}})"
-    " ORDER BY uii, kind, link, seq DESC, event_time DESC LIMIT 1 BY uii, kind, link)"
+    " ORDER BY uii, kind, link, seq DESC, event_time DESC LIMIT 1 BY uii, kind, link, eid)"
 )
 _EXACT_FACTS_ARRAY_SQL = _EXACT_FACTS_SQL.replace(
     "splitByChar('\\x1F', {keys:String})", "{keys:Array(String)}"
@@ -350,58 +390,156 @@ def _build_units(facts: Facts, hits: Hits) -> list[AffectedUnit]:
     return units
 
 
-def _past_holders(facts: Facts, units: list[AffectedUnit]) -> list[PastHolder]:
-    """Parents that once held an affected unit, or one of its current ancestors, but do not now."""
-    # every node on an affected chain -> (the path of the last affected unit it was seen on, its
-    # index there: its current ancestors are the path after it) and the affected unit it leads
-    # to (the first one)
-    where: dict[str, tuple[list[str], int]] = {}
-    leads_to: dict[str, str] = {}
-    for au in units:
-        u, path = au.uii, au.path
-        where[u] = (path, -1)
-        if u not in leads_to:
-            leads_to[u] = u
-        for i, node in enumerate(path):
-            where[node] = (path, i)
-            if node not in leads_to:
-                leads_to[node] = u
-    facts.need(where)
-    assembled_of, removed_of = facts.assembled, facts.removed
-    assembled: dict[tuple[str, str], int] = {}
-    removed: dict[tuple[str, str | None], tuple[int, str | None]] = {}
-    above: dict[str, list[str]] = {}
-    for node in sorted(where.keys() & assembled_of.keys()):
-        path, i = where[node]
-        above[node] = path[i + 1 :]
-        for p, t in assembled_of[node]:
-            key = (node, p)
-            if key not in assembled or t > assembled[key]:
-                assembled[key] = t
-        for rp, rt, reason in removed_of.get(node, ()):
-            rkey = (node, rp)
-            if rkey not in removed or rt > removed[rkey][0]:
-                removed[rkey] = (rt, reason)
-    # a past parent is one the child was assembled into and is not (directly or higher up) in now
-    past = [(c, p) for (c, p) in assembled if p not in above[c]]
-    if not past:
+# One parent of a child over time: (parent, from ms, until ms or None while it still is, the
+# reason of the latest removal of (child, parent) at ``until``).
+Segment = tuple[str, int, int | None, str | None]
+# A stretch of time a unit spent on a bad unit's chain: (from, until or None, the link whose
+# break ends it: (child, parent, reason) or None while open, the unit below it on the chain)
+Piece = tuple[int, int | None, tuple[str, str, str | None] | None, str]
+_VERSION = itemgetter(0, 1, 2, 3)  # (ms, event id, removal after install, parent)
+_BEFORE_ALL = -(2**63)
+
+
+def _segments(events: list[LinkEvent]) -> tuple[Segment, ...]:
+    """The parents of a child over time, from its link events: each millisecond's events folded
+    in version order (a removal detaches only from the parent of that moment), one segment per
+    longest run of the same parent (see "Past exposure" above)."""
+    if len(events) == 1:  # the common case: installed once, never moved
+        t, _eid, rm, p, _reason = events[0]
+        return () if rm else ((p, t, None, None),)
+    evs = sorted(events, key=_VERSION)
+    out: list[Segment] = []
+    cur: str | None = None
+    since = 0
+    i, n = 0, len(evs)
+    while i < n:
+        t = evs[i][0]
+        new = cur
+        reasons: dict[str, str | None] = {}  # parent -> reason of its latest removal at t
+        while i < n and evs[i][0] == t:
+            _t, _eid, rm, p, reason = evs[i]
+            if rm:
+                reasons[p] = reason
+                if p == new:
+                    new = None
+            else:
+                new = p
+            i += 1
+        if new != cur:
+            if cur is not None:
+                out.append((cur, since, t, reasons.get(cur)))
+            cur, since = new, t
+    if cur is not None:
+        out.append((cur, since, None, None))
+    return tuple(out)
+
+
+def _chain_pieces(segments: Callable[[str], tuple[Segment, ...]], bad: str) -> dict[str, list[Piece]]:
+    """Every unit that was ever on ``bad``'s ancestor chain -> the stretches it was there. A
+    unit's stretch on the chain is cut to the stretches of the links below it: walking up, the
+    parent ``p`` of ``c`` is on the chain while ``c`` is and ``p`` is ``c``'s parent."""
+    pieces: dict[str, list[Piece]] = {}
+    stack: list[tuple[str, int, int | None, tuple[str, str, str | None] | None, tuple[str, ...]]] = [
+        (bad, _BEFORE_ALL, None, None, (bad,))
+    ]
+    hi: int | None
+    hc: tuple[str, str, str | None] | None
+    while stack:
+        c, s, e, cause, route = stack.pop()
+        for p, f, u, reason in segments(c):
+            lo = f if f > s else s
+            if u is not None and (e is None or u < e):
+                hi, hc = u, (c, p, reason)  # this link breaks first
+            else:
+                hi, hc = e, cause  # a link below breaks first (or at the same moment: the lower one)
+            if (hi is not None and hi <= lo) or p in route:
+                continue  # not on the chain then, or a cycle
+            pieces.setdefault(p, []).append((lo, hi, hc, c))
+            if len(route) < MAX_HOPS:
+                stack.append((p, lo, hi, hc, (*route, p)))
+    return pieces
+
+
+def _holds(pieces: list[Piece]) -> list[Piece]:
+    """A past holder's pieces merged into holds (stretches that touch are one hold); [] if one
+    is still open (the unit is on the chain now: not a past holder)."""
+    if any(hi is None for _lo, hi, _hc, _c in pieces):
         return []
-    gen, ships, verdicts = _state(facts, {p for _c, p in past})
+    out: list[Piece] = []
+    for lo, hi, hc, c in sorted(pieces, key=itemgetter(0, 1)):
+        if out and lo <= out[-1][1]:  # type: ignore[operator]
+            if hi > out[-1][1]:  # type: ignore[operator]
+                out[-1] = (out[-1][0], hi, hc, c)
+        else:
+            out.append((lo, hi, hc, c))
+    return out
+
+
+def _past_holders(facts: Facts, bad: Iterable[str]) -> list[PastHolder]:
+    """Units that held one of the ``bad`` units in the past (see "Past exposure" above)."""
+    seg_memo: dict[str, tuple[Segment, ...]] = {}
+    steady: dict[str, bool] = {}
+
+    def segments(u: str) -> tuple[Segment, ...]:
+        seg = seg_memo.get(u)
+        if seg is None:
+            seg = seg_memo[u] = _segments(facts.links(u))
+        return seg
+
+    def is_steady(u: str) -> bool:
+        """Neither ``u`` nor any unit above it ever changed parent: no unit ever left its chain
+        (a lot without rework never walks its units' histories)."""
+        chain: list[str] = []
+        ok = True
+        cur = u
+        while True:
+            known = steady.get(cur)
+            if known is not None:
+                ok = known
+                break
+            if cur in chain or len(chain) > MAX_HOPS:
+                ok = False
+                break
+            chain.append(cur)
+            seg = segments(cur)
+            if not seg:
+                break
+            if len(seg) > 1 or seg[0][2] is not None:
+                ok = False
+                break
+            cur = seg[0][0]
+        for c in chain:
+            steady[c] = ok
+        return ok
+
+    found: list[tuple[str, str, Piece]] = []
+    for b in sorted(set(bad)):
+        if is_steady(b):
+            continue
+        for x, pieces in _chain_pieces(segments, b).items():
+            found.extend((x, b, hold) for hold in _holds(pieces))
+    if not found:
+        return []
+    gen, ships, verdicts = _state(facts, {x for x, _b, _h in found})
     out = []
-    for c, p in sorted(past):
-        _parent, root, path = gen[p]
-        status, ship, _su = _status(p, path, root, ships, verdicts)
-        rm = removed.get((c, p))
+    for x, b, (lo, hi, hc, c) in sorted(found, key=lambda r: (r[0], r[1], r[2][0])):
+        _parent, root, path = gen[x]
+        status, ship, _su = _status(x, path, root, ships, verdicts)
+        assert hi is not None and hc is not None  # a closed hold ends with a broken link
         out.append(
             PastHolder(
-                uii=p,
+                uii=x,
                 child_uii=c,
-                affected_uii=leads_to[c],
+                affected_uii=b,
                 root_uii=root,
                 status=status,
                 customer_id=ship[1] if ship else None,
-                removed_at=_ms(rm[0]) if rm else None,
-                removal_reason=rm[1] if rm else None,
+                removed_at=_ms(hi),
+                removal_reason=hc[2],
+                held_from=_ms(lo),
+                held_until=_ms(hi),
+                removed_uii=hc[0],
+                removed_from_uii=hc[1],
             )
         )
     return out
@@ -410,7 +548,7 @@ def _past_holders(facts: Facts, units: list[AffectedUnit]) -> list[PastHolder]:
 def _impact(store: QueryStore, facts: Facts, seeds: Hits) -> tuple[list[AffectedUnit], list[PastHolder]]:
     def derive() -> tuple[list[AffectedUnit], list[PastHolder]]:
         units = _build_units(facts, _unit_closure(facts, seeds))
-        return units, _past_holders(facts, units)
+        return units, _past_holders(facts, seeds)  # the seeds are the bad units
 
     return _resolve(store, facts, derive)
 
@@ -537,8 +675,9 @@ def forward_trace(store: QueryStore, lot_id: str) -> ForwardTrace:
 @gc_paused
 def recall_impact(store: QueryStore, trigger: Trigger) -> RecallImpact:
     """Impact of a suspect lot / supplier lot / supplier / serial / station / operator / bench
-    (window). ``units`` are where the suspect part is installed now; ``past`` lists parents that
-    held it (or one of its assemblies) before a removal, flagged ``past``."""
+    (window). ``units`` are where the suspect part is installed now; ``past`` lists the units that
+    held a bad unit in the past and do not now (module docstring, "Past exposure"), flagged
+    ``past``."""
     return recall_impacts(store, [trigger])[0]
 
 

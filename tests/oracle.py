@@ -30,13 +30,24 @@ Recall (``Plant``, the forward closure a lot recall must report, stated independ
 * hit units: every unit whose OperationCompleted consumed one of those lots, plus every unit
   whose OperationCompleted consumed (consumed_units) a hit unit, transitively;
 * impacted: the hit units and all their current ancestors (genealogy above);
-* past holders: for every node N on an impacted chain (a hit unit or one of its current
-  ancestors), every parent P that N was ever *assembled* into (UnitAssembled) and that is not
-  a current ancestor of N -> the pair (P, N).
+* bad units: the units whose OperationCompleted consumed one of the descendant lots
+  (``lot_users``); the units that consumed a bad unit are hit units, not bad units;
+* past exposure (``past_exposure``): replay every link event in time order, one millisecond
+  at a time (that millisecond's events per child in version order, a removal clearing the
+  parent only when it names it). After each millisecond, walk every bad unit's ancestor chain
+  as the parents stand then (stop at a repeat or after ``MAX_DEPTH`` ancestors). A unit X
+  holds B from the first millisecond it is on B's chain until the first one it is not; at
+  that end, the link that broke is the lowest link of the chain before it (from B up to X)
+  whose child has another parent now, and the reason is that of the latest removal of that
+  link in that millisecond (None if none). (X, B) is a past exposure when X is not on B's
+  chain after the last event; its holds are reported, else none.
+* past holders (``Plant.past_holders``): the (X, unit just below X at the end of the hold)
+  pairs of the past exposure of the given units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -160,6 +171,95 @@ def past_parents(events: list[dict[str, Any]], uii: str) -> set[str]:
     return genealogy(events).past_parents.get(uii, set())
 
 
+# --------------------------------------------------------------------------- past exposure
+
+# one link event: (ms, event_id, is_removal, child, parent, reason)
+LinkEv = tuple[int, str, int, str, str, "str | None"]
+# one hold: (held_from ms, held_until ms, the unit below X at the end, broken link's child,
+# broken link's parent, removal reason)
+Hold = tuple[int, int, str, str, str, "str | None"]
+
+
+def link_events(events: Iterable[dict[str, Any]]) -> list[LinkEv]:
+    """Every install / removal of the events, once each (a re-sent event is the same event)."""
+    out: set[LinkEv] = set()
+    for ev in events:
+        kind = _kind(ev)
+        if kind not in _LINK_TYPES:
+            continue
+        ms, eid = _millis(ev["event_time"]), ev["event_id"]
+        if kind == "OperationCompleted":
+            for ref in ev.get("consumed_units") or []:
+                out.add((ms, eid, 0, _key(ref), _key(ev["unit"]), None))
+        elif kind == "UnitRemoved":
+            out.add((ms, eid, 1, _key(ev["unit"]), _key(ev["parent"]), ev.get("reason")))
+        else:
+            out.add((ms, eid, 0, _key(ev["unit"]), _key(ev["parent"]), None))
+    return sorted(out, key=lambda e: e[:5])
+
+
+def replay_exposure(links: list[LinkEv], bad: Iterable[str]) -> dict[tuple[str, str], list[Hold]]:
+    """(X, B) -> X's holds of B, for every X that held a bad unit B in the past and not now."""
+    parent: dict[str, str] = {}
+    chains: dict[str, list[str]] = {b: [] for b in bad}  # B -> its ancestors now, parent first
+    since: dict[tuple[str, str], int] = {}  # (X, B) -> when X got on B's chain
+    holds: dict[tuple[str, str], list[Hold]] = {}
+    watch: dict[str, set[str]] = {b: {b} for b in chains}  # unit -> the B whose chain it is on (or is)
+
+    def chain_of(b: str) -> list[str]:
+        out: list[str] = []
+        cur = parent.get(b)
+        while cur is not None and cur != b and cur not in out and len(out) < MAX_DEPTH:
+            out.append(cur)
+            cur = parent.get(cur)
+        return out
+
+    i = 0
+    while i < len(links):
+        t = links[i][0]
+        reasons: dict[tuple[str, str], str | None] = {}
+        changed: set[str] = set()
+        while i < len(links) and links[i][0] == t:
+            _ms, _eid, rm, child, par, reason = links[i]
+            if rm:
+                reasons[(child, par)] = reason
+                if parent.get(child) == par:
+                    del parent[child]
+            else:
+                parent[child] = par
+            changed.add(child)
+            i += 1
+        todo: set[str] = set()
+        for c in changed:
+            todo |= watch.get(c, set())
+        for b in sorted(todo):
+            old, new = chains[b], chain_of(b)
+            if old == new:
+                continue
+            for x in old:
+                if x not in new:  # X lets go of B: the lowest link below X that broke ended it
+                    full = [b, *old]
+                    j = full.index(x)
+                    k = next(k for k in range(j) if parent.get(full[k]) != full[k + 1])
+                    link = (full[k], full[k + 1])
+                    holds.setdefault((x, b), []).append(
+                        (since.pop((x, b)), t, full[j - 1], *link, reasons.get(link))
+                    )
+                watch[x].discard(b)
+            for x in new:
+                if x not in old:
+                    since[(x, b)] = t
+                watch.setdefault(x, set()).add(b)
+            chains[b] = new
+    return {xb: hs for xb, hs in holds.items() if xb not in since}
+
+
+def past_exposure(events: list[dict[str, Any]], bad: Iterable[str]) -> dict[tuple[str, str], list[Hold]]:
+    """(X, B) -> [(held_from ms, held_until ms, child below X, removed unit, removed from, reason)]:
+    every unit X that held one of the ``bad`` units B in the past and does not now."""
+    return replay_exposure(link_events(events), bad)
+
+
 # --------------------------------------------------------------------------- recall oracle
 
 
@@ -168,10 +268,10 @@ class Plant:
 
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.gen = genealogy(events)
+        self.links = link_events(events)
         self.lot_outputs: dict[str, set[str]] = {}  # input lot -> output lots
         self.lot_users: dict[str, set[str]] = {}  # lot -> units whose operation consumed it
         self.unit_users: dict[str, set[str]] = {}  # consumed unit -> consuming units
-        self.assembled_into: dict[str, set[str]] = {}  # child -> every UnitAssembled parent
         self.lots: set[str] = set()
         for ev in events:
             kind = ev.get("type") or _kind(ev)
@@ -190,8 +290,6 @@ class Plant:
                     self.lot_users.setdefault(lot["lot_id"], set()).add(unit)
                 for ref in ev.get("consumed_units") or []:
                     self.unit_users.setdefault(_key(ref), set()).add(unit)
-            elif kind == "UnitAssembled":
-                self.assembled_into.setdefault(_key(ev["unit"]), set()).add(_key(ev["parent"]))
 
     def descendant_lots(self, lot: str) -> set[str]:
         seen, todo = {lot}, [lot]
@@ -226,14 +324,18 @@ class Plant:
             out.update(self.ancestors(u))
         return out
 
-    def past_holders(self, units: set[str]) -> set[tuple[str, str]]:
-        """(past parent, the chain node it held) for the given hit units."""
-        out: set[tuple[str, str]] = set()
-        for u in units:
-            chain = (u, *self.ancestors(u))
-            for i, node in enumerate(chain):
-                above = set(chain[i + 1 :])
-                for p in self.assembled_into.get(node, ()):
-                    if p not in above:
-                        out.add((p, node))
+    def bad_units(self, lot: str) -> set[str]:
+        """The units whose operations consumed the lot or a lot made from it."""
+        out: set[str] = set()
+        for lt in self.descendant_lots(lot):
+            out |= self.lot_users.get(lt, set())
         return out
+
+    def past_exposure(self, bad: Iterable[str]) -> dict[tuple[str, str], list[Hold]]:
+        return replay_exposure(self.links, bad)
+
+    def past_holders(self, units: set[str]) -> set[tuple[str, str]]:
+        """(past holder, the unit below it at the end of the hold) of the given units (taken as
+        the bad units; the hit units of a lot give the same pairs as its bad units when every
+        consumption of a unit comes before that consumer's own installs, as in the simulator)."""
+        return {(x, h[2]) for (x, _b), hs in self.past_exposure(units).items() for h in hs}

@@ -314,11 +314,21 @@ def test_forward_trace_of_a_raw_lot(plant: Store) -> None:
         "SYS:2": "in_stock",
         "DIE:9": "in_work",
     }
-    # PCB:4 sat in LRU:1 (now in shipped SYS:1) before its rework: kept apart, flagged past
+    # PCB:4 sat in LRU:1 (now in shipped SYS:1) before its rework: kept apart, flagged past;
+    # LRU:1 was in SYS:1 from 31h, so SYS:1 held PCB:4 too, until the same removal at 32h
     assert [
         (p.uii, p.child_uii, p.affected_uii, p.root_uii, p.status, p.customer_id, p.removal_reason, p.past)
         for p in ft.past
-    ] == [("LRU:1", "PCB:4", "PCB:4", "SYS:1", "shipped", "CUST-X", "rework", True)]
+    ] == [
+        ("LRU:1", "PCB:4", "PCB:4", "SYS:1", "shipped", "CUST-X", "rework", True),
+        ("SYS:1", "LRU:1", "PCB:4", "SYS:1", "shipped", "CUST-X", "rework", True),
+    ]
+    h = timedelta(hours=1)
+    held = [(p.held_from, p.held_until, p.removed_at, p.removed_uii, p.removed_from_uii) for p in ft.past]
+    assert held == [
+        (D1 + 30 * h, D1 + 32 * h, D1 + 32 * h, "PCB:4", "LRU:1"),
+        (D1 + 31 * h, D1 + 32 * h, D1 + 32 * h, "PCB:4", "LRU:1"),
+    ]
     assert to_jsonable(ft)["units"][0]["uii"]
 
 
@@ -346,7 +356,7 @@ def test_recall_impact_supplier_lot_equals_lot(plant: Store) -> None:
     assert by_lot.by_status == {"in_stock": 2, "in_work": 1, "shipped": 2}
     assert by_lot.by_customer == {"(none)": 3, "CUST-X": 2}
     assert by_lot.by_site == {"BASE-1": 2, "plant-a": 3}
-    assert [p.uii for p in by_lot.past] == ["LRU:1"]
+    assert [p.uii for p in by_lot.past] == ["LRU:1", "SYS:1"]
     assert recall_impact(plant, Trigger("supplier", "SUP-B")).by_status == {"in_stock": 1, "in_work": 1}
 
 

@@ -5,6 +5,7 @@ the GC pause."""
 from __future__ import annotations
 
 import gc
+import itertools
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from clickhouse_connect.driver.binding import format_bind_value
 from queries import recall as r
 from queries import trace as tr
 from queries.facts import FactRow, Facts, gc_paused
+from tests import oracle
 
 
 class _FakeStore:
@@ -104,8 +106,9 @@ def _f(
     seq: int = 0,
     t: int = 0,
     attrs: list[str | None] | None = None,
+    eid: str = "",
 ) -> FactRow:
-    return (uii, kind, link, path or [], seq, t, attrs or [])
+    return (uii, kind, link, path or [], seq, t, attrs or [], eid)
 
 
 def test_facts_reduce_per_unit_like_the_latest_row() -> None:
@@ -187,3 +190,207 @@ def test_first_row_per_event_in_row_order() -> None:
     ]
     assert tr._first_per_event([dict(x) for x in rows]) == rows[:2]
     assert tr._first_per_event([dict(x) for x in rows], drop=True) == [{"uii": "PCB:2"}, {"uii": "PCB:1"}]
+
+
+# ----------------------------------------------------------------------------- past exposure
+# Hand-written link histories, as events (the oracle's input) and as the fact rows the recall
+# reads (``unit_facts``); both must give exactly the expected holds.
+
+_eids = itertools.count(1)
+
+
+def _asm(child: str, parent: str, t: int, eid: str | None = None) -> dict[str, Any]:
+    return {"type": "UnitAssembled", "event_id": eid or f"a{next(_eids):04d}", "event_time": t,
+            "unit": _ref(child), "parent": _ref(parent)}  # fmt: skip
+
+
+def _rm(
+    child: str, parent: str, t: int, reason: str | None = "rework", eid: str | None = None
+) -> dict[str, Any]:
+    return {"type": "UnitRemoved", "event_id": eid or f"r{next(_eids):04d}", "event_time": t,
+            "unit": _ref(child), "parent": _ref(parent), "reason": reason}  # fmt: skip
+
+
+def _use(child: str, consumer: str, t: int, eid: str | None = None) -> dict[str, Any]:
+    """An operation on ``consumer`` that consumed the unit ``child`` (an install)."""
+    return {"type": "OperationCompleted", "event_id": eid or f"o{next(_eids):04d}", "event_time": t,
+            "unit": _ref(consumer), "consumed_units": [_ref(child)], "consumed_lots": []}  # fmt: skip
+
+
+def _ref(uii: str) -> dict[str, str]:
+    pn, sn = uii.split(":")
+    return {"part_number": pn, "serial_number": sn}
+
+
+def _uii(ref: dict[str, str]) -> str:
+    return f"{ref['part_number']}:{ref['serial_number']}"
+
+
+def _link_rows(events: list[dict[str, Any]]) -> list[FactRow]:
+    out: list[FactRow] = []
+    for e in events:
+        t, eid = e["event_time"], e["event_id"]
+        if e["type"] == "UnitAssembled":
+            out.append(_f(_uii(e["unit"]), "ASSEMBLED", _uii(e["parent"]), t=t, attrs=[None], eid=eid))
+        elif e["type"] == "UnitRemoved":
+            out.append(_f(_uii(e["unit"]), "REMOVED", _uii(e["parent"]), t=t, attrs=[e["reason"]], eid=eid))
+        else:
+            for ref in e["consumed_units"]:
+                out.append(_f(_uii(ref), "CONSUMED_BY", _uii(e["unit"]), t=t, attrs=["plant-a"], eid=eid))
+    return out
+
+
+Hold = tuple[str, str, int, int, str, "str | None", "str | None", "str | None"]
+
+
+def _ms_of(d: Any) -> int:
+    return round(d.timestamp() * 1000)
+
+
+def _recall_holds(events: list[dict[str, Any]], bad: list[str]) -> list[Hold]:
+    """(X, B, held_from, held_until, child below X, removed unit, removed from, reason), as the
+    recall answers (in its order), after checking the oracle gives the same set."""
+    facts = Facts()
+    rows = _link_rows(events)
+    facts.add(rows, [])
+    facts.fetched.update(u for row in rows for u in (row[0], row[2]) if u is not None)
+    past = r._past_holders(facts, bad)
+    assert not facts.missing
+    got = [
+        (p.uii, p.affected_uii, _ms_of(p.held_from), _ms_of(p.held_until), p.child_uii, p.removed_uii,
+         p.removed_from_uii, p.removal_reason)
+        for p in past
+    ]  # fmt: skip
+    assert all(p.removed_at == p.held_until and p.past for p in past)
+    expected = {(x, b, *h) for (x, b), hs in oracle.past_exposure(events, bad).items() for h in hs}
+    assert set(got) == expected and len(got) == len(expected)
+    return got
+
+
+def test_past_exposure_an_lru_that_left_its_system_before_the_bad_part_came() -> None:
+    """Issue, case 1: LRU:1 left SYS:1, only then was PCB:1 (bad) fitted into it: SYS:1 never
+    held PCB:1 (the old answer listed it: LRU:1, on PCB:1's chain now, was once in SYS:1)."""
+    events = [_asm("LRU:1", "SYS:1", 10), _rm("LRU:1", "SYS:1", 20), _asm("PCB:1", "LRU:1", 30)]
+    assert _recall_holds(events, ["PCB:1"]) == []
+    # LRU:1 moves on to SYS:2 (held now: not past), then PCB:1 leaves LRU:1: LRU:1 and SYS:2 held it
+    events += [_asm("LRU:1", "SYS:2", 40), _rm("PCB:1", "LRU:1", 50, "NCR-7")]
+    assert _recall_holds(events, ["PCB:1"]) == [
+        ("LRU:1", "PCB:1", 30, 50, "PCB:1", "PCB:1", "LRU:1", "NCR-7"),
+        ("SYS:2", "PCB:1", 40, 50, "LRU:1", "PCB:1", "LRU:1", "NCR-7"),
+    ]
+
+
+def test_past_exposure_every_level_above_the_removal_held_the_part() -> None:
+    """Issue, case 2: PCB:1 leaves sub-assembly SA:1 while SA:1 sits in LRU:1 in SYS:1: all three
+    held it until that removal (the old answer listed SA:1 only)."""
+    events = [
+        _asm("PCB:1", "SA:1", 10),
+        _asm("SA:1", "LRU:1", 20),
+        _asm("LRU:1", "SYS:1", 30),
+        _rm("PCB:1", "SA:1", 40),
+        _asm("PCB:1", "SA:2", 50),  # its new home: held now, not past
+        _asm("SA:2", "LRU:2", 60),
+    ]
+    assert _recall_holds(events, ["PCB:1"]) == [
+        ("LRU:1", "PCB:1", 20, 40, "SA:1", "PCB:1", "SA:1", "rework"),
+        ("SA:1", "PCB:1", 10, 40, "PCB:1", "PCB:1", "SA:1", "rework"),
+        ("SYS:1", "PCB:1", 30, 40, "LRU:1", "PCB:1", "SA:1", "rework"),
+    ]
+
+
+def test_past_exposure_of_a_past_holders_own_past_ancestors() -> None:
+    """B in SA:1 in LRU:1 in SYS:1; SA:1 moves (with B) to LRU:2; later B leaves SA:1. LRU:1 and
+    SYS:1 held B until SA:1 left, SA:1 and LRU:2 until B left."""
+    events = [
+        _asm("LRU:1", "SYS:1", 5),
+        _asm("PCB:1", "SA:1", 10),
+        _asm("SA:1", "LRU:1", 20),
+        _rm("SA:1", "LRU:1", 30, "swap"),
+        _asm("SA:1", "LRU:2", 35),
+        _asm("LRU:2", "SYS:2", 36),
+        _rm("PCB:1", "SA:1", 40),
+    ]
+    assert _recall_holds(events, ["PCB:1"]) == [
+        ("LRU:1", "PCB:1", 20, 30, "SA:1", "SA:1", "LRU:1", "swap"),
+        ("LRU:2", "PCB:1", 35, 40, "SA:1", "PCB:1", "SA:1", "rework"),
+        ("SA:1", "PCB:1", 10, 40, "PCB:1", "PCB:1", "SA:1", "rework"),
+        ("SYS:1", "PCB:1", 20, 30, "LRU:1", "SA:1", "LRU:1", "swap"),
+        ("SYS:2", "PCB:1", 36, 40, "LRU:2", "PCB:1", "SA:1", "rework"),
+    ]
+
+
+def test_past_exposure_holds_moves_ties_and_consumption() -> None:
+    # two holds of the same part (back into SA:1 after a repair); a move by a plain install
+    # elsewhere (no removal: no reason); a removal naming another parent is ignored
+    events = [
+        _asm("PCB:1", "SA:1", 10),
+        _rm("PCB:1", "SA:1", 20),
+        _asm("PCB:1", "SA:1", 30),
+        _rm("PCB:1", "SA:9", 35),  # not its parent: ignored
+        _asm("PCB:1", "SA:2", 40),  # moved without a removal
+        _rm("PCB:1", "SA:2", 50),
+    ]
+    assert _recall_holds(events, ["PCB:1"]) == [
+        ("SA:1", "PCB:1", 10, 20, "PCB:1", "PCB:1", "SA:1", "rework"),
+        ("SA:1", "PCB:1", 30, 40, "PCB:1", "PCB:1", "SA:1", None),
+        ("SA:2", "PCB:1", 40, 50, "PCB:1", "PCB:1", "SA:2", "rework"),
+    ]
+    # the same millisecond: the event ids order one child's events (install "b" after removal
+    # "a": installed); links of different children take effect together (SA:1 left LRU:1 in
+    # the very millisecond PCB:1 came: LRU:1 never held it)
+    tie = [
+        _asm("PCB:1", "SA:1", 10, eid="b"),
+        _rm("PCB:1", "SA:1", 10, eid="a"),
+        _asm("SA:1", "LRU:1", 5),
+        _rm("SA:1", "LRU:1", 10),
+        _rm("PCB:1", "SA:1", 20),
+    ]
+    assert _recall_holds(tie, ["PCB:1"]) == [("SA:1", "PCB:1", 10, 20, "PCB:1", "PCB:1", "SA:1", "rework")]
+    # a removal with the very same version as the install counts as later: never held
+    same = [_asm("PCB:1", "SA:1", 10, eid="x"), _rm("PCB:1", "SA:1", 10, eid="x")]
+    assert _recall_holds(same, ["PCB:1"]) == []
+    # consumption is an install: MOD:1 consumed the bad DIE:1 at 30. LRU:1 held MOD:1 only
+    # before that (not exposed); LRU:2 held it after (exposed, through MOD:1)
+    used = [
+        _asm("MOD:1", "LRU:1", 10),
+        _rm("MOD:1", "LRU:1", 20),
+        _use("DIE:1", "MOD:1", 30),
+        _asm("MOD:1", "LRU:2", 40),
+        _rm("MOD:1", "LRU:2", 50),
+    ]
+    assert _recall_holds(used, ["DIE:1"]) == [("LRU:2", "DIE:1", 40, 50, "MOD:1", "MOD:1", "LRU:2", "rework")]
+
+
+def test_past_exposure_once_per_bad_unit_and_nothing_for_a_steady_plant() -> None:
+    # two bad parts in one LRU that left its system: the system held each of them
+    events = [
+        _asm("PCB:1", "LRU:1", 10),
+        _asm("PCB:2", "LRU:1", 11),
+        _asm("LRU:1", "SYS:1", 20),
+        _rm("LRU:1", "SYS:1", 30),
+    ]
+    assert _recall_holds(events, ["PCB:1", "PCB:2"]) == [
+        ("SYS:1", "PCB:1", 20, 30, "LRU:1", "LRU:1", "SYS:1", "rework"),
+        ("SYS:1", "PCB:2", 20, 30, "LRU:1", "LRU:1", "SYS:1", "rework"),
+    ]
+    # built once, never reworked: nobody held anything in the past
+    steady = [_asm(f"PCB:{i}", f"LRU:{i % 3}", i) for i in range(30)] + [
+        _asm(f"LRU:{i}", "SYS:1", 100 + i) for i in range(3)
+    ]
+    assert _recall_holds(steady, [f"PCB:{i}" for i in range(30)]) == []
+
+
+def test_segments_fold_each_millisecond_in_version_order() -> None:
+    ev = [
+        (10, "b", False, "P:1", None),
+        (10, "a", True, "P:1", "r1"),  # before the install (smaller id): no effect
+        (20, "c", True, "Q:1", "other"),  # names another parent: ignored
+        (30, "d", False, "Q:1", None),  # moved without a removal
+        (40, "e", True, "Q:1", "r2"),
+        (40, "f", False, "Q:1", None),  # re-installed in the same millisecond: still in Q:1
+        (50, "g", True, "Q:1", "r3"),
+    ]
+    for order in (ev, ev[::-1]):
+        assert r._segments(list(order)) == (("P:1", 10, 30, None), ("Q:1", 30, 50, "r3"))
+    assert r._segments([(5, "a", False, "P:1", None)]) == (("P:1", 5, None, None),)
+    assert r._segments([(5, "a", True, "P:1", "x")]) == ()
