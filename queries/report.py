@@ -141,8 +141,11 @@ class ReportUnit:
     shipment_id: str | None = None
     held_uii: str | None = None  # PAST: what it held (an affected unit or an ancestor of one)
     affected_uii: str | None = None  # PAST: the affected unit the chain leads to
-    removed_at: datetime | None = None
+    removed_at: datetime | None = None  # PAST: the end of the hold
     removal_reason: str | None = None
+    held_from: datetime | None = None  # PAST: the start of the hold
+    removed_uii: str | None = None  # PAST: the link whose break ended the hold: this unit ...
+    removed_from_uii: str | None = None  # ... taken out of this one
     met_trigger: Operation | None = None  # the operation where the unit met the trigger
     tests: list[TestRecord] = field(default_factory=list)
     operations: list[Operation] = field(default_factory=list)
@@ -163,9 +166,15 @@ class ReportUnit:
     def trace_text(self) -> str:
         """NOW: the path from the trigger to the unit; PAST: what it held, until when, and why."""
         if self.holds == "PAST":
+            link = (
+                f"; {self.removed_uii} removed from {self.removed_from_uii}"
+                if self.removed_uii and self.removed_from_uii
+                else ""
+            )
+            why = f" ({self.removal_reason})" if self.removal_reason else ""
             return (
-                f"held {self.held_uii} (leads to {self.affected_uii}) until {day(self.removed_at)}"
-                f"{f' ({self.removal_reason})' if self.removal_reason else ''}"
+                f"held {self.affected_uii} (via {self.held_uii}) from {ts(self.held_from)} "
+                f"until {ts(self.removed_at)}{link}{why}"
             )
         return " > ".join(self.trace)
 
@@ -577,6 +586,9 @@ def units_from_impact(impact: RecallImpact) -> list[ReportUnit]:
             affected_uii=p.affected_uii,
             removed_at=utc(p.removed_at),
             removal_reason=p.removal_reason,
+            held_from=utc(p.held_from),
+            removed_uii=p.removed_uii,
+            removed_from_uii=p.removed_from_uii,
         )
         for p in impact.past
     ]

@@ -150,7 +150,7 @@ def _title(r: RecallReport) -> Section:
         ("Consumer lag", f.lag_text),
         (
             "Scope",
-            f"{len(r.now_units)} units hold the part now; {len(r.past_units)} held it in the past; "
+            f"{len(r.now_units)} units hold the part now; {_past_text(r)}; "
             f"{plural(r.systems, 'final system')}; {plural(len(r.lots), 'lot')}; {r.test_count} tests "
             f"({r.ooc_count} out of calibration)",
         ),
@@ -335,9 +335,7 @@ def _units(r: RecallReport) -> Section:
         )
         for i, u in enumerate(r.units, 1)
     ]
-    heading = (
-        f"3. Affected units ({len(r.now_units)} hold the part now, {len(r.past_units)} held it in the past)"
-    )
+    heading = f"3. Affected units ({len(r.now_units)} hold the part now; {_past_text(r)})"
     table = Table("units", cols, rows, note=_UNITS_NOTE, empty="no affected units", dense=True)
     return Section(heading, [table], new_page=True)
 
@@ -502,3 +500,12 @@ def evidence_map(r: RecallReport) -> list[EvidenceItem]:
             "disposition; material_received.supplier_id, supplier_lot; lot_status",
         ),
     ]
+
+
+def _past_text(r: RecallReport) -> str:
+    """Past holders: distinct units, and their holds when one unit held several bad parts."""
+    holds = r.past_units
+    units = len({u.uii for u in holds})
+    if units == len(holds):
+        return f"{units} held it in the past"
+    return f"{units} held it in the past ({len(holds)} holds)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -61,7 +62,9 @@ def _emit_units(
         for u in units:
             w.writerow([_cell(getattr(u, c)) for c in _CSV_COLUMNS] + ["now"])
         for p in past:
-            held = f"held {p.child_uii} until {p.removed_at.isoformat() if p.removed_at else None}"
+            link = f"; {p.removed_uii} removed from {p.removed_from_uii}" if p.removed_uii else ""
+            span = f"from {_when(p.held_from)} until {_when(p.removed_at)}"
+            held = f"held {p.affected_uii} via {p.child_uii} {span}{link}"
             w.writerow([p.uii, p.status, p.root_uii, "", p.customer_id, "", "", held, "past"])
         return
     if isinstance(result, RecallImpact):
@@ -94,7 +97,15 @@ def _emit_units(
             highlight=False,
         )
     if past:
-        out.print(f"{len(past)} units held an affected part in the PAST (removed in rework); see --json")
+        holders = len({p.uii for p in past})
+        out.print(
+            f"{holders} units held an affected part in the PAST ({len(past)} holds, each with its interval "
+            "and the removal that ended it); see --json or --csv"
+        )
+
+
+def _when(v: datetime | None) -> str:
+    return v.isoformat() if v is not None else "?"
 
 
 def _cell(v: Any) -> str:
