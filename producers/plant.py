@@ -19,6 +19,15 @@ Boards are made at one site, the higher levels at the next. Per level: the opera
 ``Bench``, ``build_benches``) and their measurements (``MEAS``). ``CUSTOMERS`` with their
 destination sites; the reason texts of holds, rejections and test-failure NCRs.
 
+The plant's quality system (``Lot``, ``Trace``, ``Nc``, ``QualityGate``): what the floor
+knows when a unit is about to ship. Each lot knows its hold (from, until) and the lots it was
+made from; each unit's ``Trace`` holds what its backward trace will show (its lots, operations,
+tests and components); the gate knows every NC that gates, and when its review-board decision
+releases it. A shipment waits until nothing it holds gates any more (or stays in stock when
+something gates for good); ``P_SHIP_ANYWAY`` of gated shipments leave anyway and
+``P_HOLD_IGNORED`` of holds are not honoured on the floor: the deliberate breaches the alert
+engine must catch.
+
 Plant time is epoch milliseconds (``SEC`` ... ``DAY``).
 """
 
@@ -66,6 +75,16 @@ __all__ = [
     "Bench",
     "build_catalogue",
     "build_benches",
+    "FOREVER",
+    "GATING",
+    "P_HOLD_IGNORED",
+    "P_SHIP_ANYWAY",
+    "Lot",
+    "MatState",
+    "Batch",
+    "Trace",
+    "Nc",
+    "QualityGate",
 ]
 
 SEC = 1_000
@@ -408,3 +427,155 @@ def build_benches(
                 lst.append(Bench(f"{code}-{prefix}-{i:02d}", t0, period, overrun, salt))
             benches[(si, lvl)] = lst
     return benches
+
+
+# ---------------------------------------------------------------------------------------------
+# The quality system: what the floor knows when a unit is about to ship
+# ---------------------------------------------------------------------------------------------
+
+FOREVER = 1 << 62
+GATING = frozenset({"PENDING", "SCRAP", "RETURN_TO_SUPPLIER"})  # NC dispositions that stop shipping
+P_HOLD_IGNORED = 0.05  # a hold the floor does not honour: the lot is used while held
+P_SHIP_ANYWAY = 0.02  # a shipment the gate stops that leaves anyway
+
+
+class Lot:
+    """A lot on the floor: what is left, its hold, and what it was made from / received as."""
+
+    __slots__ = ("lot_id", "remaining", "blocked_from", "held_from", "held_until", "inputs", "supplier",
+                 "supplier_lot", "received")  # fmt: skip
+
+    def __init__(self, lot_id: str, remaining: int, inputs: tuple[Lot, ...] = (), supplier: str = "",
+                 supplier_lot: str = "", received: int = 0) -> None:  # fmt: skip
+        self.lot_id = lot_id
+        self.remaining = remaining
+        self.blocked_from = FOREVER  # the floor stops using the lot from this time (held)
+        self.held_from = FOREVER  # on hold / quarantine from (its status events) ...
+        self.held_until: int | None = FOREVER  # ... until released (None: scrapped, for good)
+        self.inputs = inputs
+        self.supplier = supplier
+        self.supplier_lot = supplier_lot
+        self.received = received
+
+
+
+class MatState:
+    """A production area's open lot of one material, and the lots it is made from."""
+
+    __slots__ = ("usable", "sources")
+
+    def __init__(self, n: int) -> None:
+        self.usable: Lot | None = None
+        self.sources: list[Lot | None] = [None] * n
+
+
+class Batch:
+    """One batch of systems of a programme: where each level's work stands, its work orders."""
+
+    __slots__ = ("no", "start", "prog", "cursor", "step", "wos")
+
+    def __init__(self, no: int, start: int, prog: Program, n_sys: int) -> None:
+        self.no = no
+        self.start = start
+        self.prog = prog
+        self.cursor = [start + lvl * STAGE for lvl in range(5)]
+        # spread the starts of each level's units over ~100 minutes of its stage
+        self.step = [int(100 * MIN / max(1.0, prog.per_level[lvl] * n_sys)) for lvl in range(5)]
+        self.wos: dict[str, str] = {}
+
+
+Op = tuple[str, str, int, int]  # station, operator, start, end
+Test = tuple[str, int, int]  # bench, start, end
+
+
+class Trace:
+    """What a unit's backward trace shows: its lots, operations (station, operator, start, end),
+    tests (bench, start, end), and its components and consumed units (their traces)."""
+
+    __slots__ = ("uii", "lots", "ops", "tests", "kids")
+
+    def __init__(self, uii: str) -> None:
+        self.uii = uii
+        self.lots: list[Lot] = []
+        self.ops: list[Op] = []
+        self.tests: list[Test] = []
+        self.kids: list[Trace] = []
+
+    def contents(self) -> tuple[set[str], list[Lot], list[Op], list[Test]]:
+        """Units, lots (with the lots they were made from), operations and tests of the tree."""
+        units: set[str] = set()
+        direct: list[Lot] = []
+        ops: list[Op] = []
+        tests: list[Test] = []
+        stack = [self]
+        while stack:
+            x = stack.pop()
+            units.add(x.uii)
+            direct += x.lots
+            ops += x.ops
+            tests += x.tests
+            stack += x.kids
+        lots: dict[int, Lot] = {}
+        todo = direct
+        while todo:
+            lot = todo.pop()
+            if id(lot) not in lots:
+                lots[id(lot)] = lot
+                todo += lot.inputs
+        return units, list(lots.values()), ops, tests
+
+
+class Nc:
+    """A nonconformance that gates from ``opened`` until ``closes`` (its review-board decision;
+    ``FOREVER``: never)."""
+
+    __slots__ = ("kind", "target", "ws", "we", "opened", "closes")
+
+    def __init__(self, kind: str, target: str, window: tuple[int, int] | None, opened: int,
+                 closes: int) -> None:  # fmt: skip
+        self.kind = kind
+        self.target = target
+        self.ws, self.we = window if window else (-FOREVER, FOREVER)
+        self.opened = opened
+        self.closes = closes
+
+    def matches(self, units: set[str], lots: list[Lot], ops: list[Op], tests: list[Test]) -> bool:
+        """The backward statement of the recall rules (``streams.alerts.nc_matches``)."""
+        k, tid, ws, we = self.kind, self.target, self.ws, self.we
+        if k == "LOT":
+            return any(x.lot_id == tid for x in lots)
+        if k == "SERIAL":
+            return tid in units
+        if k == "SUPPLIER_LOT":
+            return any(x.supplier and f"{x.supplier}:{x.supplier_lot}" == tid for x in lots)
+        if k == "SUPPLIER":
+            return any(x.supplier == tid and ws <= x.received <= we for x in lots)
+        if k in ("STATION", "OPERATOR"):
+            i = 0 if k == "STATION" else 1
+            return any(op[i] == tid and op[3] >= ws and op[2] <= we for op in ops)
+        if k == "BENCH":
+            return any(b == tid and e >= ws and s <= we for b, s, e in tests)
+        return False
+
+
+class QualityGate:
+    """The NCs that gate shipping, and the check a shipment passes."""
+
+    def __init__(self) -> None:
+        self.ncs: list[Nc] = []
+
+    def add(self, nc: Nc) -> None:
+        self.ncs.append(nc)
+
+    def prune(self, t: int) -> None:
+        """Forget the NCs released before ``t`` (no check comes earlier)."""
+        self.ncs = [n for n in self.ncs if n.closes > t]
+
+    def blocking(self, trace: Trace, t: int) -> list[int | None]:
+        """For a shipment of ``trace`` at ``t``: when each cause that gates it stops (None: never)."""
+        units, lots, ops, tests = trace.contents()
+        out = [x.held_until for x in lots if x.held_from <= t and (x.held_until is None or t < x.held_until)]
+        for n in self.ncs:
+            if n.opened <= t < n.closes and n.matches(units, lots, ops, tests):
+                out.append(None if n.closes >= FOREVER else n.closes)
+        return out

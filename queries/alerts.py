@@ -7,7 +7,8 @@
 * :func:`load_state`: the rules' state rebuilt from ClickHouse at start-up (lots with a
   status, NCs, part test counts, the highest version and fingerprint per alert), so alerts
   raised before a restart are known and not raised again.
-* :func:`list_alerts`: the latest version of each alert, newest first, filtered.
+* :func:`list_alerts`: the latest version of each alert, newest first by event time, filtered
+  and paged (:class:`AlertPage`: the rows of one page and the total that match).
 """
 
 from __future__ import annotations
@@ -21,19 +22,22 @@ from typing import Any, Protocol
 from queries.recall import recall_impacts
 from queries.results import BackwardTrace, Trigger
 from queries.trace import backward_traces
-from schemas.alert import Alert
+from schemas.alert import Alert, AlertRule, AlertSeverity
+from schemas.errors import InvalidInputError
 from schemas.uii import uii_of
 from streams.alerts import (
     HELD_STATUSES,
     AlertRules,
     AlertState,
     BenchTests,
+    HoldPeriod,
     Impact,
     LotState,
     LotUsage,
     LotYield,
     NcState,
     UnitContents,
+    consumed_held,
     held_lot_used,
     is_out_of_calibration,
     lot_held_after_use,
@@ -46,7 +50,7 @@ from streams.alerts import (
     window_start,
 )
 
-__all__ = ["AlertEvaluator", "load_state", "list_alerts"]
+__all__ = ["AlertEvaluator", "AlertPage", "load_state", "list_alerts", "MAX_PAGE"]
 
 _NTS = "Nullable(DateTime64(3, 'UTC'))"
 # measurement columns of unit_tests a yield alert lists (read as m_<name>)
@@ -96,15 +100,18 @@ def _contents(uii: str, bt: BackwardTrace) -> UnitContents:
 
 
 def load_state(store: _Store) -> AlertState:
-    """Rebuild the engine state from ClickHouse (small: lots with a status, NCs, part counts,
-    one (version, fingerprint) per alert)."""
+    """Rebuild the engine state from ClickHouse (small: the status history of lots that have
+    one, NCs, part counts, one (version, fingerprint) per alert, the shipments each
+    shipping-gate alert listed)."""
     st = AlertState()
     for r in store.query(
-        "SELECT lot_id, argMax(tuple(status, event_time, event_id, reason, site, program),"
-        " tuple(event_time, event_id)) AS s FROM lot_status GROUP BY lot_id"
+        "SELECT lot_id, status, event_time, event_id, reason, site, program FROM lot_status"
+        " ORDER BY lot_id, event_time, event_id LIMIT 1 BY lot_id, event_id"
     ):
-        status, t, eid, reason, site, program = r["s"]
-        st.set_lot(r["lot_id"], LotState(status, _utc(t), eid, reason, site, program))
+        st.set_lot(
+            r["lot_id"],
+            LotState(r["status"], _utc(r["event_time"]), r["event_id"], r["reason"], r["site"], r["program"]),
+        )
     for r in store.query(
         "SELECT ncr_id, argMax(tuple(target_kind, target_id, window_start, window_end, severity,"
         " disposition, event_time, event_id, description, site, program), tuple(event_time, event_id)) AS s"
@@ -120,10 +127,59 @@ def load_state(store: _Store) -> AlertState:
     ):
         st.part_tests[r["part_number"]] = [int(r["n"]), int(r["f"])]
     for r in store.query(
-        "SELECT alert_id, max(version) AS v, argMax(fingerprint, version) AS fp FROM alerts GROUP BY alert_id"
+        "SELECT alert_id, max(version) AS v, argMax(fingerprint, version) AS fp,"
+        " argMax(details['shipments'], version) AS ships, any(rule) AS rule FROM alerts GROUP BY alert_id"
     ):
         st.remember(r["alert_id"], int(r["v"]), r["fp"])
+        if r["rule"] == AlertRule.SHIPPING_GATE:
+            st.remember_gate(r["alert_id"], r["ships"])
     return st
+
+
+# the latest version of each alert (the table's sort key is (alert_id, version), so FINAL keeps
+# every version: it only folds a version landed twice)
+_LATEST = (
+    "(SELECT * EXCEPT (kafka_partition, kafka_offset) FROM alerts"
+    " ORDER BY alert_id, version DESC LIMIT 1 BY alert_id)"
+)
+
+MAX_PAGE = 10_000
+"""The most rows :func:`list_alerts` returns at once."""
+
+
+@dataclass(frozen=True)
+class AlertPage:
+    """One page of :func:`list_alerts`: ``rows`` (at most ``limit``, from ``offset``) and the
+    ``total`` number of alerts that match the filter."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset of the next page, or None on the last one."""
+        end = self.offset + len(self.rows)
+        return end if end < self.total else None
+
+
+def _choice(value: str | None, allowed: type[AlertSeverity] | type[AlertRule], name: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    v = value.strip().upper()
+    known = [m.value for m in allowed]
+    if v not in known:
+        raise InvalidInputError(f"unknown {name} {value!r}: one of {', '.join(known)}", name)
+    return v
+
+
+def _aware(t: datetime | None, name: str) -> datetime | None:
+    if t is None:
+        return None
+    if not isinstance(t, datetime):
+        raise InvalidInputError(f"{name} must be a date and time", name)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def list_alerts(
@@ -132,23 +188,41 @@ def list_alerts(
     severity: str | None = None,
     rule: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 100,
-) -> list[dict[str, Any]]:
-    """The latest version of each alert, newest first, filtered."""
-    rows = store.query(
-        "SELECT * EXCEPT (kafka_partition, kafka_offset) FROM alerts FINAL"
+    offset: int = 0,
+) -> AlertPage:
+    """The latest version of each alert, filtered, newest first, one page of it.
+
+    Filters: ``severity`` (INFO / WARNING / CRITICAL) and ``rule`` (``schemas.alert.AlertRule``),
+    any case; ``since`` (inclusive) / ``until`` (exclusive) on the alert's ``event_time``: the
+    floor time of the event that raised its latest version (for an alert updated in place, the
+    latest event of the incident); a naive datetime is UTC. Order: ``event_time`` newest first,
+    then ``alert_id``. Raises :class:`InvalidInputError` (with the field) for an unknown severity
+    or rule, ``limit`` outside 1..``MAX_PAGE`` or a negative ``offset``.
+    """
+    sev = _choice(severity, AlertSeverity, "severity")
+    rul = _choice(rule, AlertRule, "rule")
+    start, end = _aware(since, "since"), _aware(until, "until")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be 1..{MAX_PAGE}, not {limit!r}", "limit")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInputError(f"offset must be 0 or more, not {offset!r}", "offset")
+    where = (
         " WHERE ({sev:Nullable(String)} IS NULL OR severity = {sev:Nullable(String)})"
         " AND ({rule:Nullable(String)} IS NULL OR rule = {rule:Nullable(String)})"
-        f" AND ({{since:{_NTS}}} IS NULL OR raised_at >= {{since:{_NTS}}})"
-        " ORDER BY raised_at DESC, alert_id LIMIT {limit:UInt32}",
-        {
-            "sev": severity.upper() if severity else None,
-            "rule": rule.upper() if rule else None,
-            "since": since,
-            "limit": limit,
-        },
+        f" AND ({{since:{_NTS}}} IS NULL OR event_time >= {{since:{_NTS}}})"
+        f" AND ({{until:{_NTS}}} IS NULL OR event_time < {{until:{_NTS}}})"
     )
-    return rows
+    params: dict[str, Any] = {"sev": sev, "rule": rul, "since": start, "until": end}
+    total = int(store.query(f"SELECT count() AS n FROM {_LATEST}{where}", params)[0]["n"])
+    page = " ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
+    rows: list[dict[str, Any]] = []
+    if offset < total:
+        rows = store.query(
+            f"SELECT * FROM {_LATEST}{where}{page}", {**params, "limit": limit, "offset": offset}
+        )
+    return AlertPage(rows, total, offset, limit)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -228,17 +302,22 @@ class AlertEvaluator:
             for t, ri in zip(triggers, recall_impacts(self.store, triggers), strict=True)
         }
 
-    def lot_usage(self, lot_id: str, held_from: datetime, until: datetime | None) -> LotUsage:
+    def lot_uses(self, lot_id: str, held_from: datetime, until: datetime | None) -> list[dict[str, Any]]:
+        """The units that consumed the lot in [held_from, until): the first such consumption of
+        each (uii, event_time, station_id, operator_id, work_order), by uii."""
         rows = self.store.query(
-            "SELECT uii, min(event_time) AS used_at, any(station_id) AS station_id,"
-            " any(operator_id) AS operator_id, any(work_order) AS work_order FROM lot_consumption"
+            "SELECT uii, argMin(tuple(event_time, station_id, operator_id, work_order),"
+            " tuple(event_time, event_id)) AS u FROM lot_consumption"
             " WHERE lot_id = {l:String} AND event_time >= {t:DateTime64(3, 'UTC')}"
             f" AND ({{u:{_NTS}}} IS NULL OR event_time < {{u:{_NTS}}})"
             " GROUP BY uii ORDER BY uii",
             {"l": lot_id, "t": held_from, "u": until},
         )
-        used = [{**r, "event_time": r.pop("used_at")} for r in rows]
-        return LotUsage(self.impact(Trigger("lot", lot_id)), used)
+        keys = ("event_time", "station_id", "operator_id", "work_order")
+        return [{"uii": r["uii"], **dict(zip(keys, map(_utc, r["u"]), strict=True))} for r in rows]
+
+    def lot_usage(self, lot_id: str, held_from: datetime, until: datetime | None) -> LotUsage:
+        return LotUsage(self.impact(Trigger("lot", lot_id)), self.lot_uses(lot_id, held_from, until))
 
     def lots_of(self, uii: str) -> list[str]:
         if self._batch_lots is not None and uii in self._batch_lots:
@@ -285,13 +364,18 @@ class AlertEvaluator:
         return _Yields(start, end, consumers, tests)
 
     def bench_tests(self, bench: str, calibration_id: str) -> BenchTests:
+        """The tests run on the bench under this calibration record past its due date."""
         r = self.store.query(
-            "SELECT uniqExact(event_id) AS n, uniqExact(uii) AS u,"
-            " arraySort(groupUniqArray({cap:UInt32})(uii)) AS units FROM unit_tests"
-            " WHERE bench_id = {b:String} AND calibration_id = {c:String} AND finished_at > calibration_due",
+            "SELECT count() AS n, uniqExact(uii) AS u, arraySlice(arraySort(groupUniqArray(uii)), 1,"
+            " {cap:UInt32}) AS units, arraySlice(arraySort(groupArray(tuple(finished_at, uii, verdict))),"
+            " 1, {cap:UInt32}) AS tests, arraySort(groupUniqArray(program)) AS programs"
+            " FROM (SELECT uii, finished_at, verdict, program FROM unit_tests"
+            " WHERE bench_id = {b:String} AND calibration_id = {c:String} AND finished_at > calibration_due"
+            " LIMIT 1 BY event_id)",
             {"b": bench, "c": calibration_id, "cap": self.rules.max_units_listed},
         )[0]
-        return BenchTests(int(r["n"]), list(r["units"]), int(r["u"]))
+        tests = [{"serial": u, "finished_at": _utc(t), "verdict": v} for t, u, v in r["tests"]]
+        return BenchTests(int(r["n"]), list(r["units"]), int(r["u"]), tests, list(r["programs"]))
 
     def contents(self, uii: str) -> UnitContents:
         if self._batch_contents is not None and uii in self._batch_contents:
@@ -333,7 +417,9 @@ class AlertEvaluator:
         # NCs raised and lots held: their recall impacts, the facts read once for all of them
         triggers: dict[tuple[Any, ...], Trigger] = {}
         for t, r in events:
-            if t == "NonconformanceRaised" and r["disposition"] != "USE_AS_IS":
+            if t == "NonconformanceRaised" and (
+                r["disposition"] != "USE_AS_IS" or f"NC_RAISED:{r['ncr_id']}" in self.state.raised
+            ):
                 trig = _nc_trigger(r)
             elif t == "LotStatusChanged" and r["status"] in HELD_STATUSES:
                 trig = Trigger("lot", r["lot_id"])
@@ -358,16 +444,24 @@ class AlertEvaluator:
         st.apply(type_name, rec)
         out: list[Alert | None] = []
         if type_name == "NonconformanceRaised":
-            out.append(st.admit(self._nc_alert(rec, now)))
+            out.append(st.admit(self._nc_alert(st.ncs[rec["ncr_id"]], now)))
         elif type_name == "LotStatusChanged":
-            if rec["status"] in HELD_STATUSES:
-                hold = LotState.from_event(rec)
-                out.append(st.admit(self._lot_held(rec["lot_id"], hold, now)))
+            lot = rec["lot_id"]
+            period = st.period_of(lot, LotState.from_event(rec))
+            # a held status raises / updates its period's alert; a release updates it if raised
+            if period is not None and (
+                rec["status"] in HELD_STATUSES or f"LOT_HELD_AFTER_USE:{period.key(lot)}" in st.raised
+            ):
+                out.append(st.admit(self._lot_held(lot, period, now)))
         elif type_name == "OperationCompleted":
-            alerts, recheck = held_lot_used(rec, st, now)
-            out += [st.admit(a) for a in alerts]
+            breaches, recheck = consumed_held(rec, st)
+            for lot, period in breaches:
+                uses = self.lot_uses(lot, period.since, None)
+                out.append(st.admit(held_lot_used(lot, period, uses, rec, cfg, now)))
             for lot in recheck:
-                out.append(st.admit(self._lot_held(lot, st.lots[lot], now)))
+                held = st.held(lot)
+                if held is not None:
+                    out.append(st.admit(self._lot_held(lot, held, now)))
         elif type_name == "UnitTested":
             if is_out_of_calibration(rec):
                 tests = self.bench_tests(rec["bench_id"], rec["calibration_id"])
@@ -382,20 +476,21 @@ class AlertEvaluator:
         elif type_name == "UnitShipped":
             if st.any_held or st.open_ncs():
                 contents = self.contents(uii_of(rec["unit"]))
-                out.append(st.admit(shipping_gate(rec, st, contents, cfg, now)))
+                out += [st.admit(a) for a in shipping_gate(rec, st, contents, cfg, now)]
         return [a for a in out if a is not None]
 
-    def _nc_alert(self, rec: Mapping[str, Any], now: datetime) -> Alert | None:
-        if rec["disposition"] == "USE_AS_IS":
+    def _nc_alert(self, nc: NcState, now: datetime) -> Alert | None:
+        """The alert of an NC from its latest record (a USE_AS_IS one only updates a raised alert)."""
+        alerted = f"NC_RAISED:{nc.ncr_id}" in self.state.raised
+        if nc.disposition == "USE_AS_IS" and not alerted:
             return None
-        return nc_raised(rec, self.impact(_nc_trigger(rec)), self.rules, now)
+        rec = nc.as_record()
+        return nc_raised(rec, self.impact(_nc_trigger(rec)), self.rules, now, alerted=alerted)
 
-    def _lot_held(self, lot_id: str, hold: LotState, now: datetime) -> Alert | None:
-        cur = self.state.lots.get(lot_id)
-        until = (
-            cur.time if cur is not None and cur.time > hold.time and cur.status not in HELD_STATUSES else None
-        )
-        return lot_held_after_use(lot_id, hold, self.lot_usage(lot_id, hold.time, until), self.rules, now)
+    def _lot_held(self, lot_id: str, period: HoldPeriod, now: datetime) -> Alert | None:
+        until = period.end.time if period.end is not None else None
+        usage = self.lot_usage(lot_id, period.since, until)
+        return lot_held_after_use(lot_id, period, usage, self.rules, now)
 
     def refresh_open_ncs(self, budget_s: float | None = None) -> list[Alert]:
         """Re-evaluate the impact of open NCs (units made since): changed ones update.
@@ -414,13 +509,7 @@ class AlertEvaluator:
             if budget_s is not None and time.monotonic() - started > budget_s:
                 self.refresh_done = False
                 break
-            rec = {
-                "ncr_id": nc.ncr_id, "target_kind": nc.target_kind, "target_id": nc.target_id,
-                "window_start": nc.window_start, "window_end": nc.window_end, "severity": nc.severity,
-                "disposition": nc.disposition, "description": nc.description, "event_time": nc.time,
-                "event_id": nc.event_id, "site": nc.site, "program": nc.program,
-            }  # fmt: skip
-            a = self.state.admit(self._nc_alert(rec, now))
+            a = self.state.admit(self._nc_alert(nc, now))
             if a is not None:
                 out.append(a)
             self._refresh_after = nc.ncr_id

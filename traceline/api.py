@@ -3,7 +3,9 @@ documentation at ``/docs`` (Swagger UI) and ``/redoc`` from assets in the packag
 
 | route | what |
 | --- | --- |
-| ``GET /health`` | pipeline health: sink position and counters, alert engine, stream worker |
+| ``GET /health`` | liveness, with the status derived from every part (ok / degraded / failing) |
+| ``GET /ready`` | readiness: 200 when every part is ok, else 503 with the problems |
+| ``GET /ledger`` | the sink's ledger per events partition |
 | ``GET /trace/forward?lot=`` | forward trace: lot -> lots -> units -> systems -> customers |
 | ``GET /trace/backward?serial=`` | backward trace: unit or system -> components, lots, operations, tests |
 | ``GET /recall?kind=&id=&from=&to=`` | recall impact of a trigger (lot, supplier lot, station, ...) |
@@ -28,14 +30,14 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from queries import Trigger, to_jsonable
 from queries.report_render import MEDIA_TYPES
 from schemas.errors import NotFoundError
 from sinks.store import Store, check_time
-from traceline.backend import StoreBackend
+from traceline.backend import AlertQuery, StoreBackend
 from traceline.errors import classify
 
 __all__ = ["create_api", "STATIC_DIR"]
@@ -51,10 +53,11 @@ def create_api(
     *,
     health: Callable[[], dict[str, Any]] | None = None,
     lag: Callable[[], Mapping[str, int] | None] | None = None,
+    ledger: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The API over one open store (the store serialises calls on its handle). ``health``
-    reports the parts of the running server; ``lag`` measures the consumer lag a report prints
-    as data freshness."""
+    reports the status derived from every part of the running server; ``lag`` measures the
+    consumer lag a report prints as data freshness; ``ledger`` the sink's per-partition ledger."""
     api = FastAPI(
         title="traceline",
         version="0.1.0",
@@ -89,9 +92,28 @@ def create_api(
     def trigger(kind: str, ident: str, start: datetime | None, end: datetime | None) -> Trigger:
         return answer(lambda: Trigger(kind, ident, start, end))
 
-    @api.get("/health", summary="Pipeline health: sink position, freshness, worker state")
+    @api.get("/health", summary="Liveness, and the status derived from every part of the pipeline")
     def get_health() -> dict[str, Any]:
-        return {"status": "ok", **(health() if health else {})}
+        """200 while the server answers; ``status`` is ok / degraded / failing with the
+        problems (a part dead, crash-looping or stalled, store write errors, a ledger gap)."""
+        if health is None:
+            return {"status": "unknown", "problems": ["no pipeline runs in this process"]}
+        return health()
+
+    @api.get(
+        "/ready",
+        summary="Readiness: 200 when every part of the pipeline is ok, 503 otherwise",
+        responses={503: {"description": "a part is not ok: see problems"}},
+    )
+    def get_ready() -> Response:
+        state = health() if health is not None else {"status": "unknown", "problems": ["no pipeline"]}
+        code = 200 if state.get("status") == "ok" else 503
+        body = {"status": state.get("status"), "problems": state.get("problems", []), "lag": state.get("lag")}
+        return JSONResponse(body, status_code=code)
+
+    @api.get("/ledger", summary="The sink's ledger per events partition: read = landed + accounted for")
+    def get_ledger() -> dict[str, Any]:
+        return ledger() if ledger is not None else {"partitions": {}, "gap": {}, "since": None}
 
     @api.get("/trace/forward", summary="Forward trace: lot -> lots -> units -> systems -> customers")
     def get_forward(lot: str = Query(..., min_length=1, description="lot_id")) -> Any:
@@ -146,15 +168,25 @@ def create_api(
         fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
         return answer(lambda: to_jsonable(backend.drill_documents(t, fmts, prepared_by)))
 
-    @api.get("/alerts", summary="Alerts (latest version of each), newest first")
+    @api.get("/alerts", summary="Alerts (latest version of each), newest event first, one page")
     def get_alerts(
         severity: str | None = Query(None, description="INFO | WARNING | CRITICAL"),
         rule: str | None = Query(None, description="e.g. NC_RAISED, HELD_LOT_USED, SHIPPING_GATE"),
-        since: datetime | None = Query(None, description=f"raised at or after ({_WHEN})"),
+        since: datetime | None = Query(None, description=f"event time at or after ({_WHEN})"),
+        until: datetime | None = Query(None, description=f"event time before ({_WHEN})"),
         limit: int = Query(100, ge=1, le=10_000),
+        offset: int = Query(0, ge=0, le=1_000_000_000),
     ) -> Any:
-        since_at = answer(lambda: check_time(since, "since"))
-        return answer(lambda: backend.alerts(severity=severity, rule=rule, since=since_at, limit=limit))
+        """``{rows, total, offset, limit}``: ``total`` counts every alert the filter matches, so a
+        page never hides that there are more."""
+
+        def page() -> Any:
+            query = AlertQuery(
+                severity, rule, check_time(since, "since"), check_time(until, "until"), limit, offset
+            )
+            return to_jsonable(backend.alerts(query))
+
+        return answer(page)
 
     @api.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

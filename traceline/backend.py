@@ -29,7 +29,7 @@ from queries import BackwardTrace, ForwardTrace, RecallImpact, Trigger, from_jso
 from queries import backward_trace as _backward_trace
 from queries import forward_trace as _forward_trace
 from queries import recall_impact as _recall_impact
-from queries.alerts import list_alerts
+from queries.alerts import AlertPage, list_alerts
 from queries.drill import DrillResult, drill_documents
 from queries.lookup import require_known
 from queries.report import RecallReport, build_report, measure_freshness
@@ -50,6 +50,7 @@ __all__ = [
     "DrillDocuments",
     "DrillDocument",
     "DrillStep",
+    "AlertQuery",
     "open_backend",
     "open_store",
     "serve_state",
@@ -77,6 +78,28 @@ class ReportFile:
     filename: str
     document_number: str
     summary: str  # "<document number>: N units now, M past"
+
+
+@dataclass
+class AlertQuery:
+    """Which alerts: filters on severity, rule and event time [since, until), one page."""
+
+    severity: str | None = None
+    rule: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "rule": self.rule,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
 
 
 @dataclass
@@ -122,9 +145,7 @@ class Backend(Protocol):
 
     def backward_trace(self, uii: str) -> BackwardTrace: ...
 
-    def alerts(
-        self, *, severity: str | None, rule: str | None, since: datetime | None, limit: int
-    ) -> list[dict[str, Any]]: ...
+    def alerts(self, query: AlertQuery) -> AlertPage: ...
 
     def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile: ...
 
@@ -255,16 +276,8 @@ class ServerBackend:
     def backward_trace(self, uii: str) -> BackwardTrace:
         return self._typed(BackwardTrace, "/trace/backward", {"serial": uii})
 
-    def alerts(
-        self, *, severity: str | None, rule: str | None, since: datetime | None, limit: int
-    ) -> list[dict[str, Any]]:
-        params = {
-            "severity": severity,
-            "rule": rule,
-            "since": since.isoformat() if since else None,
-            "limit": limit,
-        }
-        return list(self._get("/alerts", params).json())
+    def alerts(self, query: AlertQuery) -> AlertPage:
+        return self._typed(AlertPage, "/alerts", query.params())
 
     def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile:
         params = {"kind": trigger.kind, "id": trigger.id, "format": fmt, "prepared_by": prepared_by}
@@ -378,11 +391,17 @@ class StoreBackend:
             require_known(self.store, "serial", uii)
         return result
 
-    def alerts(
-        self, *, severity: str | None, rule: str | None, since: datetime | None, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = list_alerts(self.store, severity=severity, rule=rule, since=since, limit=limit)
-        return list(to_jsonable(rows))
+    def alerts(self, query: AlertQuery) -> AlertPage:
+        page = list_alerts(
+            self.store,
+            severity=query.severity,
+            rule=query.rule,
+            since=query.since,
+            until=query.until,
+            limit=query.limit,
+            offset=query.offset,
+        )
+        return AlertPage([to_jsonable(r) for r in page.rows], page.total, page.offset, page.limit)
 
     # -- documents ------------------------------------------------------------------------
     def report_document(self, trigger: Trigger, fmt: str, prepared_by: str) -> tuple[RecallReport, bytes]:

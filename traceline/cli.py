@@ -39,6 +39,7 @@ from traceline.cli_common import (
 )
 from traceline.cli_query import recall_app, trace_app
 from traceline.cli_report import drill_command, report_command
+from traceline.cli_status import status_command
 from traceline.errors import EXIT_INVALID_EVENTS, EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.serve import ServeOptions, Server
 
@@ -284,6 +285,7 @@ app.add_typer(recall_app, name="recall")
 app.command("report")(report_command)
 recall_app.command("report")(report_command)  # the same command as `traceline recall report`
 app.command("drill")(drill_command)
+app.command("status")(status_command)
 app.add_typer(alerts_app, name="alerts")
 
 

@@ -16,10 +16,11 @@ from confluent_kafka import Consumer, KafkaError
 from rich.console import Console
 from rich.table import Table
 
+from queries import to_jsonable
 from schemas.alert import decode_alert
 from schemas.errors import DecodeError
 from schemas.kafka import consumer_config
-from traceline.backend import open_backend
+from traceline.backend import AlertQuery, open_backend
 from traceline.cli_common import (
     WHEN,
     BootstrapOpt,
@@ -117,29 +118,43 @@ def tail(
 @handled
 def list_cmd(
     severity: Annotated[str | None, typer.Option(help="INFO | WARNING | CRITICAL")] = None,
-    rule: Annotated[str | None, typer.Option(help="e.g. NC_RAISED, HELD_LOT_USED, SHIPPING_GATE")] = None,
-    since: Annotated[str | None, typer.Option("--since", help=f"raised at or after: {WHEN}")] = None,
-    limit: Annotated[int, typer.Option(help="rows")] = 100,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            help="NC_RAISED | HELD_LOT_USED | LOT_HELD_AFTER_USE | SUSPECT_LOT_YIELD | "
+            "OUT_OF_CALIBRATION | SHIPPING_GATE"
+        ),
+    ] = None,
+    since: Annotated[str | None, typer.Option("--since", help=f"event time at or after: {WHEN}")] = None,
+    until: Annotated[str | None, typer.Option("--until", help=f"event time before: {WHEN}")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="rows per page")] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="skip this many (the next page)")] = 0,
     as_json: JsonOpt = False,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """The latest version of each alert, newest first."""
-    since_at = parse_when(since, "--since")
+    """The latest version of each alert, newest event first, one page (with the total)."""
+    query = AlertQuery(
+        severity, rule, parse_when(since, "--since"), parse_when(until, "--until"), limit, offset
+    )
     with open_backend(settings_for(data_dir=data_dir)) as backend:
-        rows = backend.alerts(severity=severity, rule=rule, since=since_at, limit=limit)
+        page = backend.alerts(query)
     if as_json:
-        _out.print_json(data=rows)
+        _out.print_json(data=to_jsonable(page))
         return
-    table = Table("severity", "raised", "rule", "v", "units", "title", show_lines=False)
-    for a in rows:
+    table = Table("severity", "event time", "rule", "v", "units", "title", show_lines=False)
+    for a in page.rows:
         sev = a["severity"]
         table.add_row(
             f"[{_STYLE.get(sev, '')}]{sev}[/]",
-            str(a["raised_at"])[:19].replace("T", " "),
+            str(a.get("event_time") or a["raised_at"])[:19].replace("T", " "),
             a["rule"],
             str(a["version"]),
             str(a["unit_count"]),
             a["title"],
         )
     _out.print(table)
-    _out.print(f"{len(rows)} alert(s)", style="dim")
+    first = page.offset + 1 if page.rows else 0
+    shown = f"{first}-{page.offset + len(page.rows)} of {page.total} alert(s)"
+    if page.next_offset is not None:
+        shown += f"; {page.total - page.next_offset} more: --offset {page.next_offset}"
+    _out.print(shown, style="dim", highlight=False)

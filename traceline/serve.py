@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -43,8 +42,9 @@ from streams.notify import Notifier
 from traceline.api import create_api
 from traceline.backend import clear_serve_state, open_store, write_serve_state
 from traceline.settings import Settings
+from traceline.supervisor import PartState, ProgressWatch, SupervisedProcess, SupervisedThread, derive_health
 
-__all__ = ["Server", "ServeOptions", "WorkerProcess"]
+__all__ = ["Server", "ServeOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -63,51 +63,8 @@ class ServeOptions:
     # sink_batch_size first): 0.25 s halves the publish -> queryable p50 of 0.5 s at half load
     # (977 -> 606 ms) for ~0.06 more cores; the ingest rate is unchanged (docs/BENCHMARKS.md)
     sink_batch_seconds: float = 0.25
-
-
-class WorkerProcess:
-    """A supervised ``python -m traceline.worker worker`` child."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "traceline.worker", "worker", "-l", "info", "--without-web"],
-            # its own session (a terminal's Ctrl-C reaches only the server, which stops it);
-            # it stops by itself if this process dies without stopping it (traceline.orphans)
-            env=self.env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        logf.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check(self) -> None:
-        """Restart the worker if it died (it resumes from committed offsets and its table)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            log.warning("stream worker exited with %s; restarting", self.proc.returncode)
-            self.restarts += 1
-            self.start()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive or self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+    stall_after: float = 60.0  # lag that has not shrunk for this long while nothing lands: stalled
+    monitor_seconds: float = 5.0  # how often the consumer lag is measured for health
 
 
 class Server:
@@ -119,16 +76,40 @@ class Server:
         self.topics: TopicNames = settings.topics
         self.store: Store | None = None  # the sink's handle (and the API's when there is no sink)
         self._readers: list[Store] = []  # own handles of the alert engine and the API (see _reader)
-        self.sink: SinkWorker | None = None
-        self.alerts: AlertEngine | None = None
+        self._sink: SupervisedThread | None = None
+        self._alerts: SupervisedThread | None = None
         self.notifier: Notifier | None = None
-        self.worker: WorkerProcess | None = None
+        self.worker: SupervisedProcess | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.started_at = datetime.now(UTC)
-        self.sink_error: str | None = None
-        self.alerts_error: str | None = None
         self._stopped = False
+        # what the monitor saw (see _monitor): consumer lag, stalls, store write errors
+        self._lag: dict[str, int] | None = None
+        self._lag_error: str | None = None
+        self._sink_watch = ProgressWatch(opts.stall_after)
+        self._worker_watch = ProgressWatch(opts.stall_after)
+        self._store_retries_seen = 0
+        self._store_error: str | None = None
+
+    # -- the parts, as they are now --------------------------------------------------------
+    @property
+    def sink(self) -> SinkWorker | None:
+        """The running ingest sink (a new one after each restart)."""
+        return self._sink.part if self._sink else None
+
+    @property
+    def alerts(self) -> AlertEngine | None:
+        return self._alerts.part if self._alerts else None
+
+    @property
+    def sink_error(self) -> str | None:
+        """Why the sink is not running now (None while it runs; its history is in health)."""
+        return _down_because(self._sink)
+
+    @property
+    def alerts_error(self) -> str | None:
+        return _down_because(self._alerts)
 
     # -- what runs, in order ------------------------------------------------------------------
     def start(self) -> None:
@@ -141,7 +122,7 @@ class Server:
         if o.with_sink or o.with_api:
             self.store = open_store(s)
         if o.with_sink:
-            self._start_sink()
+            self._sink = SupervisedThread("sink", self._build_sink).start()
             if o.with_alerts:
                 self._start_alerts()
         self._thread("supervisor", self._supervise)
@@ -154,13 +135,14 @@ class Server:
     def _start_worker(self) -> None:
         s = self.settings
         env = s.worker_env(self.opts.bootstrap, parent_pid=os.getpid())
-        self.worker = WorkerProcess(env, s.data_dir / "streams.log")
+        argv = [sys.executable, "-m", "traceline.worker", "worker", "-l", "info", "--without-web"]
+        self.worker = SupervisedProcess("stream worker", argv, env, s.data_dir / "streams.log")
         self.worker.start()
 
-    def _start_sink(self) -> None:
+    def _build_sink(self) -> SinkWorker:
         s, o = self.settings, self.opts
         assert self.store is not None
-        self.sink = SinkWorker(
+        return SinkWorker(
             o.bootstrap,
             self.store,
             topics=self.topics,
@@ -169,49 +151,105 @@ class Server:
             batch_seconds=o.sink_batch_seconds,
             serde=AvroSerde(registry_url=s.schema_registry.url, topic=self.topics.events),
         )
-        self._thread("sink", self._run_sink)
 
-    def _run_sink(self) -> None:
-        assert self.sink is not None
-        try:
-            self.sink.run()
-        except Exception as exc:  # noqa: BLE001 - reported in /health and the log, not swallowed
-            self.sink_error = f"{type(exc).__name__}: {exc}"
-            log.exception("the ClickHouse sink stopped")
+    def _landed(self) -> dict[tuple[str, int], int]:
+        """What the current sink has landed (the alert engine waits for it)."""
+        sink = self.sink
+        return dict(sink_positions(sink)()) if sink is not None else {}
 
     def _start_alerts(self) -> None:
         s = self.settings
-        assert self.sink is not None
         notifier = Notifier(s.notify)
         self.notifier = notifier.start() if notifier.enabled else None
-        self.alerts = AlertEngine(
-            self.opts.bootstrap,
-            AlertEvaluator(self._reader(), s.alert_rules),
-            topics=self.topics,
-            group_id=s.alerts_group,
-            sink_group=s.sink_group,
-            landed=sink_positions(self.sink),
-            notifier=self.notifier,
-        )
-        self._thread("alerts", self._run_alerts)
+        reader = self._reader()
 
-    def _run_alerts(self) -> None:
-        assert self.alerts is not None
-        try:
-            self.alerts.run()
-        except Exception as exc:  # noqa: BLE001 - reported in /health and the log
-            self.alerts_error = f"{type(exc).__name__}: {exc}"
-            log.exception("the alert engine stopped")
+        def build() -> AlertEngine:
+            return AlertEngine(
+                self.opts.bootstrap,
+                AlertEvaluator(reader, s.alert_rules),
+                topics=self.topics,
+                group_id=s.alerts_group,
+                sink_group=s.sink_group,
+                landed=self._landed,
+                notifier=self.notifier,
+            )
+
+        self._alerts = SupervisedThread("alert engine", build).start()
 
     def _supervise(self) -> None:
-        while not self._stop.wait(2.0):
+        """Restart a dead worker (after its back-off) and watch the pipeline for health."""
+        next_look = 0.0
+        while not self._stop.wait(1.0):
             if self.worker is not None:
                 self.worker.check()
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + self.opts.monitor_seconds
+                self._monitor()
+
+    def _monitor(self) -> None:
+        """Consumer lag against progress (stalls) and store write errors, for health."""
+        try:
+            self._lag, self._lag_error = self.lag(), None
+        except Exception as exc:  # noqa: BLE001 - reported as a health problem, not raised
+            self._lag, self._lag_error = None, str(exc)
+        sink = self.sink
+        if self._lag is not None:
+            st = sink.stats if sink is not None else None
+            progress = (st.events_landed + st.changes_landed + st.dead_letters_landed) if st else 0
+            self._sink_watch.observe(self._lag["sink"], progress)
+            self._worker_watch.observe(self._lag["streams"], 0)
+        if sink is not None:
+            retries = sink.stats.store_retries
+            self._store_error = sink.stats.last_error if retries > self._store_retries_seen else None
+            self._store_retries_seen = retries
 
     # -- what the API reports --------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def parts(self) -> dict[str, PartState]:
+        out: dict[str, PartState] = {}
+        if self.worker is not None:
+            out["stream worker"] = self.worker.status
+        if self._sink is not None:
+            out["sink"] = self._sink.status
+        if self._alerts is not None:
+            out["alert engine"] = self._alerts.status
+        return out
+
+    def ledger_gap(self) -> dict[Any, int]:
+        sink = self.sink
+        gap = getattr(sink, "ledger_gap", None)
+        return dict(gap()) if callable(gap) else {}
+
+    def ledger(self) -> dict[str, Any]:
+        sink = self.sink
         return {
+            "partitions": dict(getattr(sink.stats, "ledger", {}) or {}) if sink is not None else {},
+            "gap": self.ledger_gap(),
+            "since": self._sink.status.started_at.isoformat()
+            if self._sink and self._sink.status.started_at
+            else None,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """The status derived from every part (``traceline.supervisor.derive_health``) and their
+        details: ok, degraded (a part restarting) or failing (dead, crash-looping, stalled,
+        store write errors, a ledger gap)."""
+        stalled = {}
+        if self._sink is not None:
+            stalled["sink"] = self._sink_watch.stalled_for if self._sink_watch.stalled else 0.0
+        if self.worker is not None:
+            stalled["stream worker"] = self._worker_watch.stalled_for if self._worker_watch.stalled else 0.0
+        derived = derive_health(
+            self.parts(),
+            stalled=stalled,
+            store_error=self._store_error,
+            ledger_gap=self.ledger_gap(),
+            lag=self._lag,
+            lag_error=self._lag_error,
+        )
+        return {
+            **derived,
             "started_at": self.started_at.isoformat(),
+            "parts": {k: v.as_dict() for k, v in self.parts().items()},
             "worker_alive": self.worker.alive if self.worker else None,
             "worker_restarts": self.worker.restarts if self.worker else 0,
             "sink": self.sink.stats.as_dict() if self.sink else None,
@@ -247,10 +285,10 @@ class Server:
             return
         self._stopped = True
         self._stop.set()
-        if self.alerts is not None:
-            self.alerts.stop()
-        if self.sink is not None:
-            self.sink.stop()
+        if self._alerts is not None:
+            self._alerts.stop()
+        if self._sink is not None:
+            self._sink.stop()
         for t in self._threads:
             t.join(timeout=30)
         if self.notifier is not None:
@@ -269,7 +307,7 @@ class Server:
         write_serve_state(self.settings.data_dir, url, self.started_at)
         try:
             if self.opts.with_api and self.store is not None:
-                api = create_api(self._reader(), health=self.health, lag=self.lag)
+                api = create_api(self._reader(), health=self.health, lag=self.lag, ledger=self.ledger)
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -279,3 +317,13 @@ class Server:
             pass
         finally:
             self.stop()
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def _down_because(part: SupervisedThread | None) -> str | None:
+    if part is None or part.status.state == "running":
+        return None
+    return part.status.last_error or part.status.state

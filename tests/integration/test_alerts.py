@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from queries.alerts import AlertEvaluator, list_alerts, load_state
 from schemas.alert import Alert, decode_alert
+from schemas.errors import InvalidInputError
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.rows import SinkRecord, alert_rows, genealogy_rows, rows_for_batch
@@ -242,15 +244,21 @@ def test_late_hold_alerts_for_earlier_consumption_and_restart_does_not_repeat(st
     assert [a.rule for a in alerts] == ["LOT_HELD_AFTER_USE", "HELD_LOT_USED"]
     late, used = alerts
     assert late.units == [u1] and late.severity == "WARNING"
-    assert used.details["serial"] == u2 and used.details["operator_id"] == "OP-1"
+    assert used.units == [u2] and used.severity == "CRITICAL"
+    assert [(x["uii"], x["operator_id"]) for x in json.loads(used.details["uses"])] == [(u2, "OP-1")]
+    # a second unit uses the held lot: the same alert (lot and hold), one more unit
+    u3 = f"PCB:{_p('lh')}"
+    again_used = _run(ev, store, [operation(u3, [lot], T0 + timedelta(hours=4))])
+    assert [(a.alert_id, a.version, a.units) for a in again_used] == [(used.alert_id, 2, sorted([u2, u3]))]
+    alerts += again_used
     # a consumption from *before* the hold landing late: the late-hold alert is updated
     early = operation(f"PCB:{_p('lh')}", [lot], T0 + timedelta(minutes=30))
     upd = _run(ev, store, [early])
-    # (now every unit that used the lot: u1, u2, the early one; u2 used it while held)
+    # (now every unit that used the lot: u1, u2, u3, the early one; u2 and u3 used it while held)
     assert [(a.rule, a.version, a.unit_count, a.severity) for a in upd] == [
-        ("LOT_HELD_AFTER_USE", 2, 3, "CRITICAL")
+        ("LOT_HELD_AFTER_USE", 2, 4, "CRITICAL")
     ]
-    assert upd[0].details["used_while_held_count"] == "1"
+    assert upd[0].details["used_while_held_count"] == "2"
     # duplicates of every trigger: nothing
     assert _run(ev, store, [*events, early]) == []
     # restart: the state comes back from the store (alerts landed from the topic)
@@ -278,7 +286,7 @@ def test_nc_alert_and_shipping_gate(store: Store) -> None:
     ]
     assert alerts[0].reference == f"/recall?kind=lot&id={lot}"
     gate = _run(ev, store, [shipped(sys_, "CUST-X", T0 + timedelta(hours=4))])
-    assert [(a.rule, a.subject_id) for a in gate] == [("SHIPPING_GATE", sys_)]
+    assert [(a.alert_id, a.subject_id, a.units) for a in gate] == [(f"SHIPPING_GATE:NC:{ncr}", lot, [sys_])]
     # near miss: a unit without the lot ships after the NC is closed (USE_AS_IS) -> nothing
     other = f"SYS:{_p('n')}"
     _run(ev, store, [operation(other, [_p("CLEAN")], T0 + timedelta(hours=5))])
@@ -340,8 +348,10 @@ def test_batched_shipping_gate_equals_the_per_event_gate(store: Store) -> None:
     assert [(a.alert_id, a.version, a.details) for a in in_batch] == [
         (a.alert_id, a.version, a.details) for a in per_event
     ]
-    gates = sorted(a.subject_id for a in per_event if a.rule == "SHIPPING_GATE")
-    assert gates == sorted([systems[1], systems[4]])  # the held lot and the NC'd one, not the clean ones
+    gates = {a.alert_id: a.units for a in per_event if a.rule == "SHIPPING_GATE"}
+    # the NC'd one and the held lot's one (one alert per cause), not the clean ones
+    assert sorted(gates.values()) == sorted([[systems[1]], [systems[4]]])
+    assert sorted(k.split(":")[1] for k in gates) == ["LOT", "NC"]
 
 
 def test_batched_impacts_equal_the_per_event_impacts(store: Store) -> None:
@@ -402,6 +412,116 @@ def test_suspect_lot_and_out_of_calibration_on_the_store(store: Store) -> None:
         {"b": bench},
     )
     assert {r["uii"]: r["out_of_calibration"] for r in flags} == {base[0]: False, base[1]: True}
+
+
+def _land_alerts(store: Store, alerts: list[Alert]) -> None:
+    """What the sink does with the alerts topic."""
+    now = datetime.now(UTC)
+    store.write_batch(alert_rows([(a, 0, next(_offsets), now) for a in alerts]), token=_p("al"))
+
+
+def test_one_calibration_lapse_with_many_tests_is_one_alert(store: Store) -> None:
+    due = T0 + timedelta(days=2)
+    bench = _p("BENCH-")
+    units = [f"AMP:{_p('oc')}" for _ in range(4)]
+    late = [unit_tested(u, "PASS", due + timedelta(hours=i + 1), due, bench) for i, u in enumerate(units)]
+    ev = _evaluator(store)
+    alerts = _run(ev, store, [unit_tested(units[0], "PASS", due - timedelta(hours=1), due, bench), *late])
+    assert {a.alert_id for a in alerts} == {f"OUT_OF_CALIBRATION:{bench}:CAL-{bench}"}
+    assert [(a.version, a.unit_count, a.units) for a in alerts] == [
+        (i, i, sorted(units[:i])) for i in range(1, 5)
+    ]
+    assert len(json.loads(alerts[-1].details["tests"])) == 4
+    # replays (also after a restart that reloads the state from the alerts table): nothing
+    assert _run(ev, store, late) == []
+    _land_alerts(store, alerts)
+    assert _run(_evaluator(store), store, late[:2]) == []
+
+
+def test_one_nc_gating_many_shipments_is_one_alert_until_closed(store: Store) -> None:
+    lot = _p("SG")
+    systems = [f"SYS:{_p('sg')}" for _ in range(4)]
+    boards = [f"PCB:{_p('sg')}" for _ in systems]
+    build = [received(lot, T0)]
+    for s_, b in zip(systems, boards, strict=True):
+        build += [operation(b, [lot], T0 + timedelta(hours=1)), assembled(b, s_, T0 + timedelta(hours=2))]
+    land(store, build)
+    land_genealogy(store, build)
+    ev = _evaluator(store)
+    ncr = _p("NCR-SG")
+    [raised] = _run(ev, store, [nc(ncr, "LOT", lot, T0 + timedelta(hours=3))])
+    assert (raised.severity, raised.unit_count) == ("WARNING", 4)  # the boards, all in work
+    ships = [
+        shipped(s_, "CUST-A", T0 + timedelta(hours=4, minutes=i), f"SHP-SG{i}")
+        for i, s_ in enumerate(systems)
+    ]
+    gates = _run(ev, store, ships[:3])
+    assert {a.alert_id for a in gates} == {f"SHIPPING_GATE:NC:{ncr}"}
+    assert [(a.version, a.units) for a in gates] == [(i, sorted(systems[:i])) for i in range(1, 4)]
+    assert gates[-1].by_customer == {"CUST-A": 3}
+    # replayed, and after a restart: nothing new; the next shipment: the same alert, grown
+    assert _run(ev, store, ships[:3]) == []
+    _land_alerts(store, [raised, *gates])
+    again = _evaluator(store)
+    assert _run(again, store, ships[:3]) == []
+    [grown] = _run(again, store, ships[3:])
+    assert (grown.alert_id, grown.version, grown.unit_count) == (gates[0].alert_id, 4, 4)
+    # the review board accepts the lot: the NC alert is closed in place; nothing gates any more
+    closed = _run(again, store, [nc(ncr, "LOT", lot, T0 + timedelta(days=1), disposition="USE_AS_IS")])
+    assert [(a.alert_id, a.version, a.severity) for a in closed] == [(raised.alert_id, 2, "INFO")]
+    assert _run(again, store, [shipped(systems[0], "CUST-B", T0 + timedelta(days=2), "SHP-SG9")]) == []
+
+
+def _alert(aid: str, sev: str, event_time: datetime, raised_at: datetime, version: int = 1) -> Alert:
+    return Alert(
+        alert_id=aid, version=version, rule="NC_RAISED" if aid.startswith("NC") else "SHIPPING_GATE",
+        severity=sev, title=aid, subject_kind="lot", subject_id="L", raised_at=raised_at,
+        event_time=event_time, trigger_event_id="e", trigger_type="NonconformanceRaised", site="s",
+        program="p",
+    )  # fmt: skip
+
+
+def test_list_alerts_pages_newest_event_first_with_the_total(dsn: str) -> None:
+    store = Store.open(dsn, f"la_{uuid.uuid4().hex[:8]}")
+    try:
+        late = datetime(2027, 1, 1, tzinfo=UTC)  # raised (processed) in the reverse order of event time
+        rows = [
+            _alert(f"NC_RAISED:N{i:02d}", "WARNING", T0 + timedelta(hours=i), late - timedelta(hours=i))
+            for i in range(12)
+        ]
+        rows.append(_alert("SHIPPING_GATE:NC:N05", "CRITICAL", T0 + timedelta(hours=5), late))  # a tie
+        # an alert updated in place: its latest version counts (severity and event time)
+        rows.append(_alert("NC_RAISED:N03", "INFO", T0 + timedelta(hours=20), late, version=2))
+        _land_alerts(store, rows)
+        _land_alerts(store, rows[:2])  # landed twice (a redelivery): still one row per alert
+        page = list_alerts(store, limit=5)
+        assert page.total == 13 and page.next_offset == 5
+        assert [r["alert_id"] for r in page.rows] == [
+            "NC_RAISED:N03", "NC_RAISED:N11", "NC_RAISED:N10", "NC_RAISED:N09", "NC_RAISED:N08",
+        ]  # fmt: skip
+        assert page.rows[0]["version"] == 2
+        seen = [r["alert_id"] for o in (0, 5, 10) for r in list_alerts(store, limit=5, offset=o).rows]
+        assert len(seen) == len(set(seen)) == 13
+        assert seen.index("NC_RAISED:N05") < seen.index("SHIPPING_GATE:NC:N05")  # then by alert_id
+        assert list_alerts(store, offset=13).rows == []
+        # event time, not processing time; inclusive since, exclusive until
+        window = list_alerts(store, since=T0 + timedelta(hours=5), until=T0 + timedelta(hours=7))
+        assert [r["alert_id"] for r in window.rows] == [
+            "NC_RAISED:N06",
+            "NC_RAISED:N05",
+            "SHIPPING_GATE:NC:N05",
+        ]
+        naive = list_alerts(store, since=(T0 + timedelta(hours=10)).replace(tzinfo=None))
+        assert naive.total == 3  # N03 (updated at 20 h), N10, N11
+        crit = list_alerts(store, severity="critical")
+        assert [r["alert_id"] for r in crit.rows] == ["SHIPPING_GATE:NC:N05"] and crit.total == 1
+        assert list_alerts(store, severity="WARNING").total == 11  # not N03: its latest version is INFO
+        assert list_alerts(store, rule="SHIPPING_GATE", severity="WARNING").total == 0
+        with pytest.raises(InvalidInputError) as exc:
+            list_alerts(store, severity="BOGUS")
+        assert exc.value.field == "severity"
+    finally:
+        store.close()
 
 
 def test_batched_yield_reads_equal_the_per_event_reads(store: Store) -> None:
@@ -616,9 +736,9 @@ def test_engine_end_to_end_and_restart(kafka_bootstrap: str, topic_prefix: str, 
         assert nc_alert.unit_count >= 1 and u1 in nc_alert.units
         # the sink lands the alerts topic in the alerts table
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(list_alerts(store)) < 3:
+        while time.monotonic() < deadline and list_alerts(store).total < 3:
             time.sleep(0.2)
-        assert sorted(r["rule"] for r in list_alerts(store)) == rules
+        assert sorted(r["rule"] for r in list_alerts(store).rows) == rules
         # let the first engine finish every event (a later event may still update an alert's
         # impact) and the sink land every version it published, before restarting
         deadline = time.monotonic() + 20

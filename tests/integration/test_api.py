@@ -155,6 +155,9 @@ def test_no_input_makes_a_server_error(app: FastAPI) -> None:
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def call(case: Any) -> None:
             response = case.call()
+            if case.path == "/ready":  # 503 is its documented answer while a part is not ok
+                assert response.status_code in (200, 503), response.text[:300]
+                return
             assert response.status_code < 500, (case.method, case.path, case.query, response.text[:300])
 
         call()

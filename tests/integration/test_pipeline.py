@@ -365,35 +365,27 @@ def test_worker_sigkill_midstream_recovers_exactly(
 
 
 def _crash_sink(server: Server) -> SinkWorker:
-    """The sink writes a batch to ClickHouse and dies before committing its offsets; a new
-    sink (a restarted process: empty memory) takes over the same group and store."""
+    """The sink writes a batch to ClickHouse and dies before committing its offsets; the
+    supervisor builds a new sink (a restarted process: empty memory), which takes over the same
+    group and store."""
     old = server.sink
     assert old is not None
     wrote = threading.Event()
 
     def commit_lost(_msgs: Any) -> None:  # the write happened; the commit never does
         wrote.set()
-        old._stop.set()
+        raise RuntimeError("the sink died between its write and its commit")
 
     old._commit = commit_lost  # type: ignore[method-assign,assignment]
     assert wrote.wait(60), "the sink never wrote a batch"
-    for t in server._threads:
-        if t.name == "sink":
-            t.join(30)
-            assert not t.is_alive()
-    s = server.settings
-    new = SinkWorker(
-        server.opts.bootstrap,
-        store_of(server),
-        topics=server.topics,
-        group_id=s.sink_group,
-        batch_size=server.opts.sink_batch_size,
-        batch_seconds=server.opts.sink_batch_seconds,
-    )
-    server.sink = new
-    t = threading.Thread(target=server._run_sink, name="sink", daemon=True)
-    t.start()
-    server._threads.append(t)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.sink is old:
+        time.sleep(0.1)
+    new = server.sink
+    assert new is not None and new is not old, "the supervisor did not restart the sink"
+    sink_part = server.health()["parts"]["sink"]
+    assert sink_part["restarts"] == 1
+    assert "died between its write and its commit" in (sink_part["last_error"] or "")
     return new
 
 
