@@ -490,7 +490,19 @@ def _read_ncrs(store: _Store, keys: Iterable[tuple[str, str]]) -> list[dict[str,
             " ORDER BY event_time, event_id LIMIT 1 BY event_id",
             params,
         )
-    return rows
+    return _latest_per_ncr(rows)
+
+
+def _latest_per_ncr(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per NCR: its latest record (the current disposition, severity, description), with
+    ``event_time`` the time it was first raised; rows in (event_time, event_id) order."""
+    first: dict[str, Any] = {}
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:  # ordered by (event_time, event_id)
+        first.setdefault(r["ncr_id"], r["event_time"])
+        latest[r["ncr_id"]] = r
+    out = [{**r, "event_time": first[ncr]} for ncr, r in latest.items()]
+    return sorted(out, key=lambda r: (r["event_time"], r["ncr_id"]))
 
 
 def scope_records(

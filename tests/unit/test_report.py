@@ -369,3 +369,18 @@ def test_a_report_file_name_is_safe_ascii(ident: str) -> None:
     assert filename(r, "pdf") == "RR-TEST-0001_lot-_x.pdf"
     with pytest.raises(InvalidInputError):
         filename(r, "docx")
+
+
+def test_an_ncr_decided_later_is_listed_once_with_its_current_disposition() -> None:
+    from queries.report import _latest_per_ncr
+
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    raised = {"ncr_id": "NCR-1", "disposition": "PENDING", "severity": "MAJOR", "event_time": t0}
+    decided = {**raised, "disposition": "SCRAP", "event_time": t0 + timedelta(days=2)}
+    earlier = t0 - timedelta(hours=1)
+    other = {"ncr_id": "NCR-0", "disposition": "REWORK", "severity": "MINOR", "event_time": earlier}
+    got = _latest_per_ncr([other, raised, decided])
+    assert [(r["ncr_id"], r["disposition"], r["event_time"]) for r in got] == [
+        ("NCR-0", "REWORK", t0 - timedelta(hours=1)),
+        ("NCR-1", "SCRAP", t0),  # the current disposition, raised at the first record
+    ]
