@@ -4,6 +4,11 @@ SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash o
 publishing process and a power cut. Rows leave the outbox only when Kafka's delivery report
 for them arrives (see :mod:`producers.publisher`). The outbox is bounded; when it is full the
 caller gets :class:`OutboxFullError` and nothing is dropped silently.
+
+One row per pending ``event_id``: a row whose id is already pending (or earlier in the same
+call) is not stored again. :meth:`Outbox.add` says which rows those were and whether each is
+an identical repeat (same topic, key and value: the same event) or a conflict (same id,
+other content: refused, the pending row stays as it is).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from schemas.errors import OutboxFullError
 
-__all__ = ["Outbox", "OutboxRow"]
+__all__ = ["Outbox", "OutboxRow", "AddResult", "Repeat"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -39,6 +44,35 @@ class OutboxRow:
     value: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """A row :meth:`Outbox.add` did not store because its event_id was already there."""
+
+    index: int  # position of the row in the rows given
+    event_id: str
+    first: int | None  # position of the earlier row of this call with that id; None: pending before
+    identical: bool  # same topic, key and value (the same event again); False: a conflict
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What :meth:`Outbox.add` did: ``added`` rows stored, the ``repeats`` not stored."""
+
+    added: int
+    repeats: tuple[Repeat, ...] = ()
+
+    @property
+    def identical(self) -> int:
+        return sum(r.identical for r in self.repeats)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(not r.identical for r in self.repeats)
+
+
+_IN_CHUNK = 500  # event ids per "IN (...)" lookup (SQLite's default limit is 999 parameters)
+
+
 class Outbox:
     """A bounded, durable FIFO of encoded events waiting for a Kafka delivery report."""
 
@@ -59,32 +93,70 @@ class Outbox:
     def add_many(self, rows: Sequence[tuple[str, str, bytes | None, bytes]]) -> int:
         """Store ``(event_id, topic, key, value)`` rows in one durable transaction.
 
-        A row whose event_id is already pending is not stored twice (it is the same event).
+        A row whose event_id is already pending is not stored twice (see :meth:`add`).
         Returns the number of rows newly stored. Raises :class:`OutboxFullError` (storing
         nothing) if the rows would not fit.
         """
+        return self.add(rows).added
+
+    def add(self, rows: Sequence[tuple[str, str, bytes | None, bytes]]) -> AddResult:
+        """Store ``(event_id, topic, key, value)`` rows in one durable transaction, and say
+        which were not stored: a row whose event_id is pending already, or is on an earlier
+        row of ``rows``, is an identical repeat (same topic, key, value) or a conflict (the
+        first one stays). Raises :class:`OutboxFullError` (storing nothing) if the new rows
+        would not fit.
+        """
         if not rows:
-            return 0
+            return AddResult(0)
+        ids = list(dict.fromkeys(row[0] for row in rows))
         with self._lock:
-            if self._count + len(rows) > self.max_pending:
-                raise OutboxFullError(pending=self._count, limit=self.max_pending)
-            before = self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                pending = self._pending_rows(ids)
+                first: dict[str, int] = {}
+                repeats: list[Repeat] = []
+                new_rows = []
+                for i, row in enumerate(rows):
+                    eid, content = row[0], tuple(row[1:])
+                    if eid in pending:
+                        repeats.append(Repeat(i, eid, None, pending[eid] == content))
+                    elif (j := first.get(eid)) is not None:
+                        repeats.append(Repeat(i, eid, j, tuple(rows[j][1:]) == content))
+                    else:
+                        first[eid] = i
+                        new_rows.append(row)
+                if self._count + len(new_rows) > self.max_pending:
+                    raise OutboxFullError(pending=self._count, limit=self.max_pending)
+                before = self._db.total_changes
                 self._db.executemany(
-                    # only a pending duplicate event_id is skipped (OR IGNORE would also
-                    # swallow NOT NULL violations, i.e. silently drop a broken row)
+                    # ids checked above, under the write lock; only a pending duplicate would be
+                    # skipped (OR IGNORE would also swallow NOT NULL violations, i.e. silently
+                    # drop a broken row)
                     "INSERT INTO outbox(event_id, topic, key, value) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(event_id) DO NOTHING",
-                    rows,
+                    new_rows,
                 )
+                added = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            added = self._db.total_changes - before
             self._count += added
-            return added
+            return AddResult(added, tuple(repeats))
+
+    def _pending_rows(self, event_ids: list[str]) -> dict[str, tuple[str, bytes | None, bytes]]:
+        """(topic, key, value) of the given event ids that are pending (inside a transaction)."""
+        found: dict[str, tuple[str, bytes | None, bytes]] = {}
+        for i in range(0, len(event_ids), _IN_CHUNK):
+            chunk = event_ids[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cur = self._db.execute(
+                f"SELECT event_id, topic, key, value FROM outbox WHERE event_id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            for eid, topic, key, value in cur:
+                found[eid] = (topic, key, value)
+        return found
 
     def pending(self, *, after_seq: int = 0, limit: int = 10_000) -> list[OutboxRow]:
         """Pending rows in publish order, starting after ``after_seq``."""

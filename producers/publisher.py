@@ -8,6 +8,9 @@ timeout), the publisher waits until nothing is in flight and re-sends everything
 the outbox in publish order, so per-key order is kept. After a restart of the process the
 pending rows are sent first. Delivery is at-least-once: a consumer deduplicates on
 ``event_id`` (every sink in traceline does).
+
+Without a bootstrap (``Publisher(None, path)``) it only stores: the events wait on disk until
+a publisher with a broker (``traceline outbox flush``) sends them.
 """
 
 from __future__ import annotations
@@ -21,25 +24,31 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from producers.outbox import Outbox
+from producers.outbox import AddResult, Outbox
 from schemas.errors import BrokerUnavailableError
 from schemas.kafka import producer_config
 from schemas.models import EventBase
 from schemas.serde import AvroSerde
 
-__all__ = ["Publisher", "DEFAULT_TOPIC"]
+__all__ = ["Publisher", "DEFAULT_TOPIC", "Row"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "traceline.events"
 
+Row = tuple[str, str, bytes | None, bytes]
+"""An encoded event as the outbox stores it: ``(event_id, topic, key, value)``."""
+
 
 class Publisher:
-    """Publish events durably: on disk before ``publish`` returns, in Kafka eventually."""
+    """Publish events durably: on disk before ``publish`` returns, in Kafka eventually.
+
+    ``bootstrap=None``: store only (no Kafka client); ``flush`` and ``close`` leave every row
+    on disk for a later publisher."""
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | None,
         outbox_path: str | Path,
         *,
         topic: str = DEFAULT_TOPIC,
@@ -53,9 +62,11 @@ class Publisher:
         self.serde = serde or AvroSerde(topic=topic)
         self.outbox = Outbox(outbox_path, max_pending=max_pending)
         self.max_in_flight = max_in_flight
-        self._producer = Producer(
-            producer_config(bootstrap, error_cb=self._on_error, **(producer_overrides or {}))
-        )
+        self._producer: Producer | None = None
+        if bootstrap:
+            self._producer = Producer(
+                producer_config(bootstrap, error_cb=self._on_error, **(producer_overrides or {}))
+            )
         self._cursor = 0  # highest outbox seq handed to the producer in this round
         self._in_flight = 0
         self._delivered: list[int] = []
@@ -73,15 +84,22 @@ class Publisher:
 
     def publish_many(self, events: Iterable[EventBase]) -> int:
         """Store events durably (one transaction) and start sending them."""
-        topic = self.topic
-        rows = [(str(e.event_id), topic, e.kafka_key().encode(), self.serde.encode_event(e)) for e in events]
-        return self.publish_encoded(rows)
+        return self.publish_encoded([self.encode(e) for e in events])
 
-    def publish_encoded(self, rows: Sequence[tuple[str, str, bytes | None, bytes]]) -> int:
+    def encode(self, event: EventBase) -> Row:
+        """The outbox row of an event: ``(event_id, topic, key, value)``."""
+        return (str(event.event_id), self.topic, event.kafka_key().encode(), self.serde.encode_event(event))
+
+    def publish_encoded(self, rows: Sequence[Row]) -> int:
         """Store already-encoded ``(event_id, topic, key, value)`` rows and start sending."""
-        added = self.outbox.add_many(rows)
+        return self.publish_rows(rows).added
+
+    def publish_rows(self, rows: Sequence[Row]) -> AddResult:
+        """Like :meth:`publish_encoded`, saying which rows were not stored because their
+        event_id was pending already (identical repeats and conflicts, see ``Outbox.add``)."""
+        result = self.outbox.add(rows)
         self.pump()
-        return added
+        return result
 
     # -- delivery ---------------------------------------------------------------------
     def _on_error(self, err: KafkaError) -> None:
@@ -99,6 +117,8 @@ class Publisher:
 
     def pump(self, timeout: float = 0.0) -> None:
         """Serve delivery reports, drop delivered rows, hand pending rows to the producer."""
+        if self._producer is None:
+            return  # store only
         self._producer.poll(timeout)
         self._settle()
         if self._failed:
@@ -139,6 +159,8 @@ class Publisher:
 
     def flush(self, timeout: float = 30.0, *, progress: Any = None) -> int:
         """Deliver what is pending, for at most ``timeout`` seconds. Returns how many remain."""
+        if self._producer is None:
+            return len(self.outbox)  # store only: everything waits on disk
         deadline = time.monotonic() + timeout
         while len(self.outbox) > 0 and time.monotonic() < deadline:
             self.pump(0.1)
@@ -150,23 +172,26 @@ class Publisher:
 
     def check_broker(self, timeout: float = 5.0) -> None:
         """Raise :class:`BrokerUnavailableError` if no broker answers a metadata request."""
+        if self._producer is None:
+            raise BrokerUnavailableError("(none)", "no bootstrap servers given")
         try:
             self._producer.list_topics(timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - any client failure means "unreachable"
-            raise BrokerUnavailableError(self.bootstrap, str(exc)) from exc
+            raise BrokerUnavailableError(self.bootstrap or "(none)", str(exc)) from exc
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush for up to ``timeout`` seconds and close the outbox; pending rows stay on disk."""
         if self._closed:
             return self._remaining
-        self.flush(timeout)
-        # Stop the client now (its threads would otherwise keep reconnecting and re-sending until
-        # the garbage collector finds the producer <-> callback cycle). What it still holds stays
-        # in the outbox and goes out with the next publisher.
-        self._producer.purge()
-        self._producer.poll(0)
-        self._settle()
-        self._producer.close()
+        if self._producer is not None:
+            self.flush(timeout)
+            # Stop the client now (its threads would otherwise keep reconnecting and re-sending
+            # until the garbage collector finds the producer <-> callback cycle). What it still
+            # holds stays in the outbox and goes out with the next publisher.
+            self._producer.purge()
+            self._producer.poll(0)
+            self._settle()
+            self._producer.close()
         self._remaining = len(self.outbox)
         self.outbox.close()
         self._closed = True

@@ -18,6 +18,22 @@ because impact lists come from the store and faust agents never do ClickHouse I/
 The evaluator's state is rebuilt from ClickHouse at start-up (``evaluator.reload()``), after
 the sink has landed the alerts topic up to its end, so alerts raised before a restart are
 known and are not raised again.
+
+Kafka failures do not kill the loop (every one is counted in :class:`AlertEngineStats` and
+kept in ``last_error``):
+
+* a commit that fails retriably (coordinator moving or not known yet, ``_WAIT_COORD``, a
+  timeout) is retried with back-off for up to ``commit_retry_seconds``;
+* a commit refused because the group moved on (``UNKNOWN_MEMBER_ID``, ``ILLEGAL_GENERATION``,
+  ``REBALANCE_IN_PROGRESS``, assignment lost) gives the batch up: its alerts are out already,
+  the offsets are committed by a later batch or the batch is re-read after the rebalance, and
+  the dedup state absorbs the replay;
+* alerts Kafka does not acknowledge within ``publish_timeout`` raise
+  :class:`AlertPublishError` inside the loop: the batch is not committed, the alerts not yet
+  acknowledged are published again after a back-off;
+* a fatal client error (``KafkaError.fatal()``: the consumer or producer cannot go on) ends
+  ``run()`` with :class:`AlertEngineFatalError`, and a start-up that cannot read the alerts
+  topic with :class:`AlertEngineError`: the supervisor builds a new engine (new clients).
 """
 
 from __future__ import annotations
@@ -27,7 +43,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Literal, Protocol
 
 from confluent_kafka import (
     Consumer,
@@ -47,7 +64,15 @@ from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from streams.alerts import RULE_TYPES, AlertRules, AlertState
 
-__all__ = ["AlertEngine", "AlertEngineStats", "AlertPublishError", "Evaluator", "sink_positions"]
+__all__ = [
+    "AlertEngine",
+    "AlertEngineError",
+    "AlertEngineFatalError",
+    "AlertEngineStats",
+    "AlertPublishError",
+    "Evaluator",
+    "sink_positions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +97,98 @@ class _Notifier(Protocol):
     def submit(self, alert: Alert) -> bool: ...
 
 
+class ConsumerClient(Protocol):
+    """The part of ``confluent_kafka.Consumer`` the engine uses (a test passes a fake)."""
+
+    def subscribe(self, topics: list[str]) -> None: ...
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: Literal[False]) -> Any: ...
+
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = ...) -> Any: ...
+
+    def close(self) -> object: ...
+
+
+class ProducerClient(Protocol):
+    """The part of ``confluent_kafka.Producer`` the engine uses (a test passes a fake)."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes | None = ...,
+        key: bytes | None = ...,
+        on_delivery: Callable[[Any, Any], None] | None = ...,
+    ) -> None: ...
+
+    def poll(self, timeout: float = ...) -> int: ...
+
+    def flush(self, timeout: float = ...) -> int: ...
+
+    def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
+
+
 class AlertPublishError(TracelineError):
+    """Kafka did not acknowledge alerts (in time): the batch is retried, not committed."""
+
     def __init__(self, reason: str, alert_id: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.alert_id = alert_id
+
+
+class AlertEngineError(TracelineError):
+    """The alert engine stopped and cannot go on with its clients: build a new engine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"alert engine stopped: {reason}; restart it")
+        self.reason = reason
+
+
+class AlertEngineFatalError(AlertEngineError):
+    """A fatal Kafka client error (``KafkaError.fatal()``): the consumer or producer is unusable."""
+
+    def __init__(self, where: str, error: Any) -> None:
+        super().__init__(f"fatal Kafka {where} error: {error}")
+        self.where = where
+        self.error = error
+
+
+# a commit refused because the group moved on: give the batch up (it is re-read, or a later
+# batch commits past it); retried commits: the coordinator is moving, not known yet, or slow
+_REBALANCED = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError.STALE_MEMBER_EPOCH,
+    }
+)
+_RETRIED = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+
+
+def _kafka_error(exc: BaseException) -> KafkaError | None:
+    arg = exc.args[0] if exc.args else None
+    return arg if isinstance(arg, KafkaError) else None
+
+
+def _backoff(attempt: int, cap: float = 30.0) -> float:
+    return float(min(cap, 0.5 * 2 ** min(attempt, 6)))
 
 
 def sink_positions(sink: Any) -> Landed:
@@ -99,6 +211,11 @@ class AlertEngineStats:
     undecodable_skipped: int = 0
     alerts_published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
+    commits: int = 0  # batches whose offsets Kafka took
+    commit_retries: int = 0  # commits tried again after a retriable error (back-off)
+    commits_given_up: int = 0  # batches not committed: group rebalanced, or retries ran out
+    publish_retries: int = 0  # alert publications tried again (not acknowledged in time)
+    consumer_errors: int = 0  # errors the consumer reported (partition EOF excluded)
     waits_for_sink_s: float = 0.0
     evaluate_s: float = 0.0  # wall seconds in the rules and their reads (evaluate_batch)
     refresh_s: float = 0.0  # wall seconds re-evaluating open NCs
@@ -126,6 +243,10 @@ class AlertEngine:
         batch_seconds: float = 0.05,
         consumer_overrides: dict[str, Any] | None = None,
         catch_up_timeout: float = 30.0,
+        publish_timeout: float = 30.0,
+        commit_retry_seconds: float = 120.0,
+        consumer: ConsumerClient | None = None,
+        producer: ProducerClient | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -138,6 +259,8 @@ class AlertEngine:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.catch_up_timeout = catch_up_timeout
+        self.publish_timeout = publish_timeout
+        self.commit_retry_seconds = commit_retry_seconds
         self.stats = AlertEngineStats()
         self._stop = threading.Event()
         self._committed: dict[tuple[str, int], int] = {}
@@ -148,9 +271,15 @@ class AlertEngine:
         # waits): under a large backlog that wait is minutes, which must not count as a dead
         # consumer (librdkafka's default 5 min would make it leave the group and re-read)
         conf = {"max.poll.interval.ms": 3_600_000, **(consumer_overrides or {})}
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **conf))
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
+        # "is None", not "or": a real Producer is falsy while its queue is empty (__len__)
+        if consumer is None:
+            consumer = Consumer(consumer_config(bootstrap, group_id, **conf))
+        if producer is None:
+            producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
+        self._consumer: ConsumerClient = consumer
+        self._producer: ProducerClient = producer
         self._started = False
+        self._closed = False
 
     @property
     def state(self) -> AlertState:
@@ -166,8 +295,12 @@ class AlertEngine:
                 break
             except KafkaException as exc:
                 # a just-created topic may answer NOT_LEADER_FOR_PARTITION for a moment
+                self.stats.last_error = f"alerts topic: {exc}"
                 if time.monotonic() > deadline or self._stop.is_set():
-                    raise
+                    raise AlertEngineError(
+                        f"cannot read the end of the alerts topic {self.topics.alerts} "
+                        f"after {self.catch_up_timeout:.0f}s: {exc}"
+                    ) from exc
                 log.info("alerts topic not ready yet (%s); retrying", exc)
                 self._stop.wait(0.5)
         self._wait_landed(ends, timeout=max(1.0, deadline - time.monotonic()))
@@ -181,15 +314,32 @@ class AlertEngine:
         self._stop.set()
 
     def close(self) -> None:
-        self._consumer.close()
+        """Close the clients (once); a failure here is logged, never raised over the real one."""
+        if self._closed:
+            return
+        self._closed = True
+        steps = (("consumer close", self._consumer.close), ("producer flush", self._flush_on_close))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - closing: report, do not mask why run() ended
+                log.warning("alert engine %s failed: %s", what, exc)
+
+    def _flush_on_close(self) -> None:
         self._producer.flush(10)
 
     def run(self) -> None:
+        """Loop until ``stop()``. Retriable Kafka failures are handled inside; it raises only
+        :class:`AlertEngineError` (a fatal client error, or the start-up could not read the
+        alerts topic) or an unexpected error: the engine is then closed, build a new one."""
         try:
             if not self._started:
                 self.start()
             while not self._stop.is_set():
                 self.poll_once()
+        except Exception as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self.close()
 
@@ -247,14 +397,36 @@ class AlertEngine:
         return False
 
     # -- one batch ----------------------------------------------------------------------
-    def poll_once(self) -> int:
+    def _consume(self) -> list[Message]:
+        """One poll. A fatal consumer error raises :class:`AlertEngineFatalError`; any other
+        error is counted (``consumer_errors``, ``last_error``) and the loop goes on."""
+        try:
+            got = self._consumer.consume(num_messages=self.batch_size, timeout=self.batch_seconds)
+        except KafkaException as exc:
+            kerr = _kafka_error(exc)
+            if kerr is not None and kerr.fatal():
+                self.stats.last_error = f"consumer: {kerr}"
+                raise AlertEngineFatalError("consumer", kerr) from exc
+            self.stats.consumer_errors += 1
+            self.stats.last_error = f"consumer: {exc}"
+            log.warning("alert engine consumer error: %s", exc)
+            self._stop.wait(_backoff(0))
+            return []
         msgs: list[Message] = []
-        for m in self._consumer.consume(num_messages=self.batch_size, timeout=self.batch_seconds):
+        for m in got:
             err = m.error()
             if err is None:
                 msgs.append(m)
             elif err.code() != KafkaError._PARTITION_EOF:
-                self.stats.last_error = str(err)
+                self.stats.last_error = f"consumer: {err}"
+                if err.fatal():
+                    raise AlertEngineFatalError("consumer", err)
+                self.stats.consumer_errors += 1
+                log.warning("alert engine consumer error: %s", err)
+        return msgs
+
+    def poll_once(self) -> int:
+        msgs = self._consume()
         alerts: list[Alert] = []
         if msgs:
             need: dict[tuple[str, int], int] = {}
@@ -289,43 +461,158 @@ class AlertEngine:
             self.stats.refresh_s += time.monotonic() - t0
             if self.evaluator.refresh_done:
                 self._last_refresh = time.monotonic()
-        if alerts:
-            self._publish(alerts)
+        if alerts and not self._publish_until_acknowledged(alerts):
+            return 0  # stopping: nothing committed, the batch is read again next time
         if msgs:
             hi: dict[tuple[str, int], int] = {}
             for m in msgs:
                 t, p, o = message_position(m)
                 hi[(t, p)] = max(hi.get((t, p), -1), o)
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in hi.items()], asynchronous=False
-            )
+            self._commit([TopicPartition(t, p, o + 1) for (t, p), o in hi.items()])
             self.stats.batches += 1
         for a in alerts:
             if self.notifier is not None:
                 self.notifier.submit(a)
         return len(msgs)
 
-    def _publish(self, alerts: list[Alert]) -> None:
-        errors: list[str] = []
-
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for a in alerts:
-            self._producer.produce(
-                self.topics.alerts, key=a.alert_id.encode(), value=encode_alert(a), on_delivery=on_delivery
-            )
-        while self._producer.flush(1.0) > 0 and not self._stop.is_set():
-            pass
-        if errors or len(self._producer) > 0:
-            # forget them, so a replay of the (uncommitted) batch raises them again
-            for a in alerts:
+    # -- publish and commit, with their failures ------------------------------------------
+    def _publish_until_acknowledged(self, alerts: list[Alert]) -> bool:
+        """Publish until Kafka acknowledged every alert, backing off between attempts (only
+        the alerts not acknowledged yet go again). False if the engine stops first: the
+        alerts not acknowledged are forgotten, so the uncommitted batch raises them again."""
+        pending = alerts
+        attempt = 0
+        while True:
+            try:
+                pending = self._publish(pending)
+            except _NotAcknowledged as exc:
+                pending = exc.pending
+                self.stats.publish_retries += 1
+                self.stats.last_error = str(exc)
+                wait = _backoff(attempt)
+                log.warning("alerts not published (%s); retrying in %.1fs", exc, wait)
+                attempt += 1
+                if not self._stop.wait(wait):
+                    continue
+            if not pending:
+                return True
+            for a in pending:
                 self.state.raised.pop(a.alert_id, None)
-            raise AlertPublishError(f"alerts not delivered: {errors[:3]}")
+            return False
+
+    def _publish(self, alerts: list[Alert]) -> list[Alert]:
+        """Produce the alerts and wait up to ``publish_timeout`` for Kafka's acknowledgement.
+
+        Returns [] when all were acknowledged, or what is left if the engine is stopping.
+        Raises :class:`AlertPublishError` (``_NotAcknowledged``: the alerts not acknowledged
+        in ``pending``) when some were refused or not acknowledged in time, and
+        :class:`AlertEngineFatalError` when the producer cannot go on.
+        """
+        acked: set[int] = set()
+        errors: list[KafkaError] = []
+
+        def on_delivery(i: int, err: Any, _msg: Any) -> None:
+            if err is None:
+                acked.add(i)
+            else:
+                errors.append(err)
+
+        try:
+            for i, a in enumerate(alerts):
+                self._produce(a, partial(on_delivery, i))
+            deadline = time.monotonic() + self.publish_timeout
+            left = 1
+            while not self._stop.is_set():
+                left = self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+                if left == 0 or time.monotonic() >= deadline:
+                    break
+            if left:
+                # what is still queued would go out later, beside the retry: take it back
+                self._producer.purge(in_queue=True, in_flight=False, blocking=True)
+                self._producer.poll(0)  # their delivery reports (purged)
+        except KafkaException as exc:
+            kerr = _kafka_error(exc)
+            if kerr is not None and kerr.fatal():
+                raise AlertEngineFatalError("producer", kerr) from exc
+            errors.append(kerr or KafkaError(KafkaError._FAIL, str(exc)))
+        fatal = next((e for e in errors if isinstance(e, KafkaError) and e.fatal()), None)
+        if fatal is not None:
+            raise AlertEngineFatalError("producer", fatal)
+        done = [a for i, a in enumerate(alerts) if i in acked]
+        rest = [a for i, a in enumerate(alerts) if i not in acked]
+        self._count_published(done)
+        if rest and not self._stop.is_set():
+            why = [str(e) for e in errors[:3]] or [f"no acknowledgement in {self.publish_timeout:.0f}s"]
+            raise _NotAcknowledged(rest, f"{len(rest)} of {len(alerts)} alerts not delivered: {why}")
+        return rest
+
+    def _produce(self, a: Alert, on_delivery: Callable[[Any, Any], None]) -> None:
+        while True:
+            try:
+                value = encode_alert(a)
+                self._producer.produce(
+                    self.topics.alerts, key=a.alert_id.encode(), value=value, on_delivery=on_delivery
+                )
+                return
+            except BufferError:  # the local queue is full: serve delivery reports, try again
+                self._producer.poll(0.1)
+                if self._stop.is_set():
+                    raise _NotAcknowledged([a], "stopping with the producer queue full") from None
+
+    def _count_published(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
         self.stats.alerts_published += len(alerts)
         for a in alerts:
             self.stats.by_rule[a.rule] = self.stats.by_rule.get(a.rule, 0) + 1
         log.info(
             "published %d alert(s): %s", len(alerts), ", ".join(f"{a.alert_id}#{a.version}" for a in alerts)
         )
+
+    def _commit(self, offsets: list[TopicPartition]) -> bool:
+        """Commit the batch's offsets. Retriable failures are retried with back-off for up to
+        ``commit_retry_seconds``; a rebalance (or retries running out, or another refusal)
+        gives the batch up: its alerts are published, so a replay is only a re-read that the
+        dedup state absorbs. Raises only :class:`AlertEngineFatalError`."""
+        t0 = time.monotonic()
+        attempt = 0
+        while True:
+            kerr: KafkaError | None
+            try:
+                res = self._consumer.commit(offsets=offsets, asynchronous=False)
+                kerr = next((tp.error for tp in res or () if getattr(tp, "error", None)), None)
+                if kerr is None:
+                    self.stats.commits += 1
+                    return True
+                what: Any = kerr
+            except KafkaException as exc:
+                kerr, what = _kafka_error(exc), exc
+            self.stats.last_error = f"commit: {what}"
+            code = kerr.code() if kerr is not None else None
+            if kerr is not None and kerr.fatal():
+                raise AlertEngineFatalError("consumer", kerr)
+            if code in _REBALANCED:
+                reason = "the group rebalanced; the batch is re-read or committed by a later one"
+            elif (code in _RETRIED or (kerr is not None and kerr.retriable())) and (
+                time.monotonic() - t0 < self.commit_retry_seconds
+            ):
+                self.stats.commit_retries += 1
+                wait = _backoff(attempt, cap=5.0)
+                attempt += 1
+                log.warning("commit failed (%s); retrying in %.1fs", what, wait)
+                if self._stop.wait(wait):
+                    return False  # stopping: the batch is read again next time
+                continue
+            else:
+                reason = "giving the batch up; it is re-read or committed by a later one"
+            self.stats.commits_given_up += 1
+            log.warning("commit failed (%s): %s", what, reason)
+            return False
+
+
+class _NotAcknowledged(AlertPublishError):
+    """Some alerts were not acknowledged: ``pending`` are the ones to publish again."""
+
+    def __init__(self, pending: list[Alert], reason: str) -> None:
+        super().__init__(reason, pending[0].alert_id if pending else "")
+        self.pending = pending

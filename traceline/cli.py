@@ -7,21 +7,23 @@ Exit codes: 0 ok, 1 some input was invalid (reported line by line), 2 wrong argu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, BinaryIO
 
 import typer
 
 from producers.outbox import Outbox
-from producers.publisher import Publisher
+from producers.publisher import Publisher, Row
 from producers.simulator import simulate as run_simulation
 from producers.simulator import write_jsonl
 from schemas.errors import TracelineError
 from schemas.jsonform import parse_event, parse_line
 from schemas.serde import AvroSerde
 from traceline import localstack
+from traceline.backend import local_bootstrap
 from traceline.cli_alerts import alerts_app
 from traceline.cli_common import (
     BootstrapOpt,
@@ -40,8 +42,10 @@ from traceline.cli_common import (
 from traceline.cli_query import recall_app, trace_app
 from traceline.cli_report import drill_command, report_command
 from traceline.cli_status import status_command
+from traceline.cli_worker import worker_app
 from traceline.errors import EXIT_INVALID_EVENTS, EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.serve import ServeOptions, Server
+from traceline.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -105,6 +109,64 @@ def _open_input(file: str) -> BinaryIO:
     return p.open("rb")
 
 
+_DELIVER_LATER = (
+    "start a broker (`traceline stack up`, or set TRACELINE_KAFKA_BOOTSTRAP / --bootstrap) and deliver "
+    "them with `traceline outbox flush`"
+)
+
+
+def _kafka_target(s: Settings) -> tuple[str | None, str | None]:
+    """Where to send: ``(bootstrap, None)`` for a configured broker or the running local one;
+    with neither, the local broker's last bootstrap (or None if it never ran) and why nothing
+    answers there now. Never an error: publishing stores the events either way."""
+    boot = local_bootstrap(s)
+    if boot:
+        return boot, None
+    last = localstack.last_bootstrap(s.kafka_dir)
+    if last:
+        return last, f"no Kafka broker is configured and the local one (last on {last}) is stopped"
+    return None, "no Kafka broker is configured and the local one never ran"
+
+
+def _unreachable(pub: Publisher, why: str | None) -> str | None:
+    """``why`` unless the broker answers after all (a quick probe), None if there is no reason."""
+    if why is None or pub.bootstrap is None:
+        return why
+    try:
+        pub.check_broker(timeout=3.0)
+    except TracelineError:
+        return why
+    return None
+
+
+class _Notes:
+    """Per-line notes on stderr, at most ``limit`` of each kind, then a count of the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, text: str) -> None:
+        n = self.counts[kind] = self.counts.get(kind, 0) + 1
+        if n <= self.limit:
+            # the text quotes the input: never interpret it as rich markup
+            err.print(text, markup=False, highlight=False)
+
+    def rest(self) -> None:
+        for kind, n in self.counts.items():
+            if n > self.limit:
+                err.print(f"... and {n - self.limit} more {kind}", markup=False, highlight=False)
+
+
+def _fingerprint(row: Row) -> bytes:
+    """What makes two rows with one event id the same event: topic, key and value."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (row[1].encode(), row[2] or b"", row[3]):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
 @app.command()
 @handled
 def publish(
@@ -114,26 +176,56 @@ def publish(
     data_dir: DataDirOpt = None,
     schema_registry: RegistryOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Kafka to acknowledge")] = 60.0,
-    max_errors_shown: Annotated[int, typer.Option(help="invalid lines to print in full")] = 50,
+    max_errors_shown: Annotated[int, typer.Option(help="invalid lines (and repeats) to print in full")] = 50,
 ) -> None:
     """Validate and publish events from a JSON Lines file (see schemas/README.md).
 
     Each valid event is stored in the local outbox before it is sent, so nothing is lost
-    when the broker is down: it is delivered by this or the next run. Invalid lines are
-    reported with their line number and reason and do not stop the valid ones.
+    when the broker is down (or none is configured): it waits on disk and is delivered by this
+    or the next run, or by `traceline outbox flush`. Invalid lines are reported with their line
+    number and reason and do not stop the valid ones. An event id on more than one line is
+    reported too: an identical repeat is dropped (counted), a repeat with other content is a
+    conflict and refused (both line numbers, exit 1). Exit codes: 0 all delivered, 1 invalid
+    lines or conflicts, 3 events still waiting in the outbox.
     """
     s = settings_for(bootstrap, data_dir, topic, schema_registry)
     stream = _open_input(file)  # a missing file is a usage error (2), checked before Kafka
-    boot = resolve_bootstrap(s)
+    boot, down = _kafka_target(s)
     size = Path(file).stat().st_size if file != "-" else None
     serde = AvroSerde(registry_url=s.schema_registry.url, topic=s.kafka.events_topic)
     pub = Publisher(boot, s.outbox_path, topic=s.kafka.events_topic, serde=serde)
+    down = _unreachable(pub, down)
     if len(pub.outbox):
         err.print(
-            f"{len(pub.outbox)} events from an earlier run are pending in the outbox; sending them first"
+            f"{len(pub.outbox)} events from an earlier run are pending in the outbox; "
+            + ("they keep waiting" if down else "sending them first")
         )
-    bad = valid = 0
-    batch: list[Any] = []
+    notes = _Notes(max_errors_shown)
+    bad = valid = stored = identical = conflicts = 0
+    seen: dict[str, tuple[int, bytes]] = {}  # event id -> (its first line, fingerprint)
+    batch: list[tuple[int, Row]] = []
+
+    def store(rows: list[tuple[int, Row]]) -> None:
+        nonlocal stored, identical, conflicts
+        result = pub.publish_rows([row for _n, row in rows])
+        stored += result.added
+        for r in result.repeats:  # repeats in the file are caught below: these were pending before
+            lineno = rows[r.index][0]
+            if r.identical:
+                identical += 1
+                notes.add(
+                    "identical repeats",
+                    f"line {lineno}: event {r.event_id} is already waiting in the outbox (an earlier "
+                    "run): identical, not stored again",
+                )
+            else:
+                conflicts += 1
+                notes.add(
+                    "conflicts",
+                    f"line {lineno}: event id {r.event_id} is already waiting in the outbox (an earlier "
+                    "run) with other content: refused",
+                )
+
     try:
         with progress() as bar:
             task = bar.add_task("publishing", total=size, rate="")
@@ -143,34 +235,58 @@ def publish(
                 if not line.strip():
                     continue
                 try:
-                    batch.append(parse_line(line))
+                    row = pub.encode(parse_line(line))
                 except TracelineError as exc:
                     bad += 1
-                    if bad <= max_errors_shown:
-                        # the reason quotes the input: never interpret it as rich markup
-                        err.print(f"line {lineno}: {exc}", markup=False, highlight=False)
+                    notes.add("invalid lines", f"line {lineno}: {exc}")
                     continue
                 valid += 1
+                eid, fp = row[0], _fingerprint(row)
+                first = seen.setdefault(eid, (lineno, fp))
+                if first[0] != lineno:
+                    if first[1] == fp:
+                        identical += 1
+                        notes.add(
+                            "identical repeats",
+                            f"line {lineno}: repeats line {first[0]} (event {eid}, identical): dropped",
+                        )
+                    else:
+                        conflicts += 1
+                        notes.add(
+                            "conflicts",
+                            f"line {lineno}: event id {eid} is also on line {first[0]} with other "
+                            f"content: line {lineno} refused",
+                        )
+                    continue
+                batch.append((lineno, row))
                 if len(batch) >= 2000:
-                    pub.publish_many(batch)
+                    store(batch)
                     batch = []
             if batch:
-                pub.publish_many(batch)
-            pub.flush(timeout, progress=lambda n: bar.update(task, rate=f"{n} delivered"))
+                store(batch)
+            if not down:
+                pub.flush(timeout, progress=lambda n: bar.update(task, rate=f"{n} delivered"))
     finally:
         remaining = pub.close(0)  # flushed above; stops the producer, undelivered rows stay on disk
         if stream is not sys.stdin.buffer:
             stream.close()
-    if bad > max_errors_shown:
-        err.print(f"... and {bad - max_errors_shown} more invalid lines")
-    out.print(f"{valid} valid events stored, {pub.delivered_total} delivered to Kafka, {bad} invalid lines")
+    notes.rest()
+    out.print(
+        f"{valid} valid events: {stored} stored, {identical} identical repeats dropped, "
+        f"{conflicts} conflicting repeats refused; {pub.delivered_total} delivered to Kafka, "
+        f"{bad} invalid lines"
+    )
+    if remaining and down:
+        raise fail(
+            f"{remaining} events wait on disk in the outbox ({s.outbox_path}): {down}; {_DELIVER_LATER}."
+        )
     if remaining:
         raise fail(
             f"{remaining} events are still in the outbox ({s.outbox_path}); Kafka at {boot} did not "
             f"acknowledge them in {timeout:.0f}s ({pub.last_error or 'no answer'}). They are safe on disk "
             "and go out with the next `traceline publish` or `traceline outbox flush`."
         )
-    if bad:
+    if bad or conflicts:
         raise typer.Exit(EXIT_INVALID_EVENTS)
 
 
@@ -182,20 +298,32 @@ def outbox_cmd(
     data_dir: DataDirOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Kafka")] = 60.0,
 ) -> None:
-    """Show or deliver the events waiting in the local outbox."""
+    """Show or deliver the events waiting in the local outbox (exit 3 while some still wait)."""
     s = settings_for(bootstrap, data_dir)
+    if action not in ("status", "flush"):
+        raise fail(f"unknown action {action!r}: use status or flush", EXIT_USAGE)
     if action == "status":
         box = Outbox(s.outbox_path)
         out.print(f"{len(box)} events pending in {s.outbox_path}")
         box.close()
         return
-    if action != "flush":
-        raise fail(f"unknown action {action!r}: use status or flush", EXIT_USAGE)
-    pub = Publisher(resolve_bootstrap(s), s.outbox_path, topic=s.kafka.events_topic)
+    boot, down = _kafka_target(s)
+    pub = Publisher(boot, s.outbox_path, topic=s.kafka.events_topic)
+    waiting = len(pub.outbox)
+    down = _unreachable(pub, down) if waiting else None
+    if down:
+        pub.close(0)
+        raise fail(
+            f"{waiting} events wait on disk in the outbox ({s.outbox_path}): {down}; {_DELIVER_LATER}."
+        )
     remaining = pub.close(timeout)
     out.print(f"{pub.delivered_total} delivered, {remaining} still pending")
     if remaining:
-        raise typer.Exit(EXIT_SERVICE)
+        raise fail(
+            f"{remaining} events still wait in the outbox ({s.outbox_path}): Kafka at {boot} did not "
+            f"acknowledge them in {timeout:.0f}s ({pub.last_error or 'no answer'}); run `traceline outbox "
+            "flush` again once it is reachable."
+        )
 
 
 # -- simulate ---------------------------------------------------------------------------
@@ -286,6 +414,7 @@ app.command("report")(report_command)
 recall_app.command("report")(report_command)  # the same command as `traceline recall report`
 app.command("drill")(drill_command)
 app.command("status")(status_command)
+app.add_typer(worker_app, name="worker")
 app.add_typer(alerts_app, name="alerts")
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "MissingToolError",
     "default_data_dir",
     "down",
+    "last_bootstrap",
     "main",
     "status",
     "up",
@@ -435,6 +436,14 @@ def status(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     state = _read_json(data_dir / _STATE_FILE) or {}
     state.update(pid=pid, running=True, data_dir=str(data_dir))
     return state
+
+
+def last_bootstrap(data_dir: str | os.PathLike[str]) -> str | None:
+    """The bootstrap the broker of ``data_dir`` runs or last ran on (``state.json``; a stopped
+    broker restarts on the same port), or None if it never ran there. Reads only."""
+    state = _read_json(Path(data_dir).resolve() / _STATE_FILE) or {}
+    bootstrap = state.get("bootstrap")
+    return str(bootstrap) if bootstrap else None
 
 
 def up(

@@ -38,6 +38,7 @@ from schemas.topics import TopicNames
 from sinks.ingest import SinkWorker
 from sinks.store import Store
 from streams.alert_engine import AlertEngine, sink_positions
+from streams.app import LOCAL_STATE_EXIT_CODE
 from streams.notify import Notifier
 from traceline.api import create_api
 from traceline.backend import clear_serve_state, open_store, write_serve_state
@@ -136,7 +137,13 @@ class Server:
         s = self.settings
         env = s.worker_env(self.opts.bootstrap, parent_pid=os.getpid())
         argv = [sys.executable, "-m", "traceline.worker", "worker", "-l", "info", "--without-web"]
-        self.worker = SupervisedProcess("stream worker", argv, env, s.data_dir / "streams.log")
+        final = {
+            LOCAL_STATE_EXIT_CODE: "its local table state does not match its changelog; run "
+            "`traceline worker reset-state --yes` (it is rebuilt from the changelog), then restart"
+        }
+        self.worker = SupervisedProcess(
+            "stream worker", argv, env, s.data_dir / "streams.log", final_exit_codes=final
+        )
         self.worker.start()
 
     def _build_sink(self) -> SinkWorker:

@@ -66,7 +66,7 @@ class PartState:
     """What health reports about one part."""
 
     name: str
-    state: str = "starting"  # starting | running | restarting | stopped
+    state: str = "starting"  # starting | running | restarting | stopped | failed (not restarted)
     restarts: int = 0
     last_error: str | None = None
     last_error_at: datetime | None = None
@@ -180,6 +180,7 @@ class SupervisedProcess:
         backoff: Backoff | None = None,
         crash_window: float = 300.0,
         crash_restarts: int = 3,
+        final_exit_codes: Mapping[int, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -190,6 +191,8 @@ class SupervisedProcess:
         self._backoff = backoff or Backoff()
         self._began = 0.0
         self._restart_at: float | None = None
+        # exit codes after which a restart cannot help (code -> what the operator must do)
+        self._final = dict(final_exit_codes or {})
 
     @property
     def restarts(self) -> int:
@@ -220,7 +223,12 @@ class SupervisedProcess:
             return
         if self._restart_at is None:
             code = self.proc.poll()
-            if code is None:
+            if code is None or self.status.state == "failed":
+                return
+            if code in self._final:
+                self.status.died(f"exited with code {code}: {self._final[code]} (log: {self.log_path})")
+                self.status.state = "failed"
+                log.error("%s exited with %s and is not restarted: %s", self.name, code, self._final[code])
                 return
             self.status.died(f"exited with code {code} (log: {self.log_path})")
             self.status.restarts += 1
@@ -288,6 +296,8 @@ def derive_health(
     for name, p in parts.items():
         if p.state == "stopped":
             failing.append(f"{name} is stopped")
+        elif p.state == "failed":
+            failing.append(f"{name} failed and is not restarted: {p.last_error}")
         elif p.crash_looping:
             failing.append(f"{name} is crash-looping ({p.restarts} restarts; last: {p.last_error})")
         elif p.state == "restarting":

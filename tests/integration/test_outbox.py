@@ -1,10 +1,13 @@
 """Store and forward: with the broker down a publisher process stores events on disk and is
 SIGKILLed; after the broker is back, ``traceline outbox flush`` (a fresh process) delivers
-every event at least once and empties the outbox."""
+every event at least once and empties the outbox. With no broker configured and the local
+stack stopped, ``traceline publish`` still stores the events (they wait on disk) and
+``outbox flush`` delivers them once the stack is up again."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import select
 import signal
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from typer.testing import CliRunner
 
 from producers.simulator import simulate
 from schemas.jsonform import parse_event
@@ -25,6 +29,7 @@ from schemas.serde import AvroSerde
 from tests.conftest import create_topic
 from tests.integration.test_publish import consume_all
 from traceline import localstack
+from traceline.cli import app
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +161,46 @@ def test_events_stored_while_broker_down_survive_a_kill_and_are_delivered(
     assert duplicates == 0, (
         f"{duplicates} duplicates (at-least-once allows them, but none were expected here)"
     )
+
+
+def test_publish_with_the_local_stack_stopped_stores_and_outbox_flush_delivers_later(
+    local_broker: localstack.LocalBroker, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No bootstrap configured, the local stack of the data dir stopped: ``traceline publish``
+    stores every valid event and says they wait on disk (exit 3), ``outbox flush`` says the
+    same without a traceback; once the stack is up again, ``outbox flush`` (still no
+    bootstrap given) delivers them to it."""
+    for var in ("TRACELINE_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "TRACELINE_KAFKA_EVENTS_TOPIC"):
+        monkeypatch.delenv(var, raising=False)
+    bootstrap = local_broker.bootstrap
+    assert bootstrap is not None
+    assert local_broker.data_dir == tmp_path / "kafka"  # the data dir's own local stack
+    topic = create_topic(AdminClient({"bootstrap.servers": bootstrap}), f"{topic_prefix}events", 3)
+    events = list(itertools.islice(simulate(50, seed=SEED), 40))
+    src = tmp_path / "events.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in events) + "{not json\n")
+    local_broker.stop()
+
+    runner = CliRunner()
+    common = ["--data-dir", str(tmp_path)]
+    published = runner.invoke(app, ["publish", "--file", str(src), "--topic", topic, *common])
+    text = " ".join(published.output.split())
+    assert published.exit_code == 3, published.output
+    assert "Traceback" not in text
+    assert "40 valid events: 40 stored" in text and "1 invalid lines" in text
+    assert f"40 events wait on disk in the outbox ({tmp_path / 'outbox.sqlite'})" in text
+    assert f"the local one (last on {bootstrap}) is stopped" in text and "traceline outbox flush" in text
+    assert len(_outbox_rows(tmp_path / "outbox.sqlite")) == 40
+
+    flush = runner.invoke(app, ["outbox", "flush", *common])
+    assert flush.exit_code == 3, flush.output
+    assert "Traceback" not in flush.output and "40 events wait on disk" in " ".join(flush.output.split())
+
+    local_broker.start()
+    assert local_broker.bootstrap == bootstrap
+    flush = runner.invoke(app, ["outbox", "flush", *common, "--timeout", "60"])
+    assert flush.exit_code == 0, flush.output
+    assert "40 delivered, 0 still pending" in " ".join(flush.output.split())
+    got: Counter[str] = Counter()
+    consume_all(bootstrap, topic, lambda m: got.update([dict(m.headers())["event_id"].decode()]))
+    assert set(got) == {str(e["event_id"]) for e in events}

@@ -1,6 +1,7 @@
 """Publishing to a real broker: 100k simulated events through the outbox publisher arrive
 byte-identical, exactly once, in per-key order on murmur2 partitions; ``traceline publish``
-reports invalid lines and delivers the valid ones."""
+reports invalid lines and delivers the valid ones, and reports repeated event ids by line
+(identical repeats dropped, conflicts refused) with a summary that adds up."""
 
 from __future__ import annotations
 
@@ -201,8 +202,8 @@ def test_cli_publish_reports_invalid_lines_and_delivers_the_valid_ones(
     for lineno, (_line, reason) in bad_lines.items():
         assert reason in reported[lineno], f"line {lineno}: expected {reason!r} in:\n{result.output}"
     assert (
-        f"{len(good)} valid events stored, {len(good)} delivered to Kafka, {len(bad_lines)} invalid lines"
-        in text
+        f"{len(good)} valid events: {len(good)} stored, 0 identical repeats dropped, 0 conflicting repeats "
+        f"refused; {len(good)} delivered to Kafka, {len(bad_lines)} invalid lines" in text
     )
 
     got: list[str] = []
@@ -211,3 +212,39 @@ def test_cli_publish_reports_invalid_lines_and_delivers_the_valid_ones(
 
     status = CliRunner().invoke(app, ["outbox", "status", "--data-dir", str(data_dir)])
     assert "0 events pending" in " ".join(status.output.split())
+
+
+def test_cli_publish_reports_repeated_ids_and_delivers_each_event_once(
+    kafka_bootstrap: str, topic_prefix: str, make_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = make_topic(f"{topic_prefix}rep", 3)
+    good = _sim_events(30, seed=4)
+    lines = [json.dumps(e) for e in good]  # lines 1..30
+    lines += [json.dumps(good[i]) for i in (0, 5, 5, 29)]  # 31..34: identical repeats
+    lines.append(json.dumps(dict(good[7], site="SOMEWHERE-ELSE")))  # 35: conflicts with line 8
+    src = tmp_path / "repeats.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+
+    args = ["publish", "--file", str(src), "--bootstrap", kafka_bootstrap, "--topic", topic]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path / "state"), "--timeout", "30"])
+    text = " ".join(result.output.split())
+
+    assert result.exit_code == 1, result.output  # the conflict is an input error
+    assert "Traceback" not in text
+    for line, first in ((31, 1), (32, 6), (33, 6), (34, 30)):
+        assert f"line {line}: repeats line {first} (event {good[first - 1]['event_id']}, identical)" in text
+    assert f"line 35: event id {good[7]['event_id']} is also on line 8 with other content" in text
+    # 35 valid lines = 30 stored + 4 identical repeats + 1 conflict; every stored one delivered
+    assert (
+        "35 valid events: 30 stored, 4 identical repeats dropped, 1 conflicting repeats refused; "
+        "30 delivered to Kafka, 0 invalid lines" in text
+    ), result.output
+
+    got: list[tuple[str, bytes]] = []
+    consume_all(
+        kafka_bootstrap, topic, lambda m: got.append((dict(m.headers())["event_id"].decode(), m.value()))
+    )
+    assert sorted(eid for eid, _ in got) == sorted(str(e["event_id"]) for e in good)  # each once
+    reference = AvroSerde(topic=topic)
+    conflicted = next(v for eid, v in got if eid == str(good[7]["event_id"]))
+    assert conflicted == reference.encode_event(parse_event(good[7]))  # line 8's content, not 35's

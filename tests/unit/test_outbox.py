@@ -136,3 +136,36 @@ def test_publisher_stores_before_returning_and_refuses_a_batch_that_does_not_fit
     box = Outbox(tmp_path / "o.sqlite")
     assert [r.event_id for r in box.pending()] == [str(e.event_id) for e in events[:8]]
     box.close()
+
+
+def test_add_says_which_rows_repeat_an_id_identically_and_which_conflict(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_pending=10)
+    first = box.add(_rows(0, 3))
+    assert (first.added, first.repeats) == (3, ())
+    other = ("ev-00001", TOPIC, b"key-1", b"another value")  # pending id, other content
+    again = _rows(4, 1)[0]
+    got = box.add([_rows(2, 1)[0], other, *_rows(3, 2), again, ("ev-00004", TOPIC, None, b"x")])
+    assert got.added == 2  # ev-3, ev-4
+    assert [(r.index, r.event_id, r.first, r.identical) for r in got.repeats] == [
+        (0, "ev-00002", None, True),  # pending from before, the same row: the same event
+        (1, "ev-00001", None, False),  # pending from before, other content: a conflict
+        (4, "ev-00004", 3, True),  # repeats row 3 of this call
+        (5, "ev-00004", 3, False),  # conflicts with row 3 of this call
+    ]
+    assert (got.identical, got.conflicts) == (2, 2)
+    assert got.added + got.identical + got.conflicts == 6  # every row accounted for
+    rows = {r.event_id: r for r in box.pending()}
+    assert rows["ev-00001"].value == b"value-1"  # the pending row is kept as it was
+    assert rows["ev-00004"].value == b"value-4" and len(box) == 5
+    box.close()
+
+
+def test_only_new_rows_count_against_the_limit(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_pending=4)
+    box.add(_rows(0, 3))
+    got = box.add(_rows(0, 4))  # 3 repeats + 1 new row: fits
+    assert (got.added, got.identical) == (1, 3) and len(box) == 4
+    with pytest.raises(OutboxFullError):
+        box.add(_rows(3, 2))  # ev-3 repeats, ev-4 would be the fifth
+    assert len(box) == 4
+    box.close()

@@ -121,3 +121,29 @@ def test_health_is_derived_from_every_part() -> None:
     assert derive_health({"sink": ok}, **{**args, "store_error": "disk full"})["status"] == "failing"
     gap = derive_health({"sink": ok}, **{**args, "ledger_gap": {3: 2}})
     assert gap["status"] == "failing" and "ledger gap" in gap["problems"][0]
+
+
+def test_a_worker_exit_that_a_restart_cannot_fix_is_not_restarted(tmp_path: Any) -> None:
+    import sys
+
+    from traceline.supervisor import SupervisedProcess
+
+    proc = SupervisedProcess(
+        "stream worker",
+        [sys.executable, "-c", "raise SystemExit(78)"],
+        {},
+        tmp_path / "w.log",
+        backoff=Backoff(first=0.01),
+        final_exit_codes={78: "reset the local state"},
+    )
+    proc.start()
+    assert proc.proc is not None
+    proc.proc.wait(10)
+    proc.check()
+    proc.check()
+    assert proc.status.state == "failed" and proc.restarts == 0
+    assert "reset the local state" in (proc.status.last_error or "")
+    health = derive_health(
+        {"stream worker": proc.status}, stalled={}, store_error=None, ledger_gap={}, lag={}, lag_error=None
+    )
+    assert health["status"] == "failing" and "not restarted" in health["problems"][0]
