@@ -60,7 +60,9 @@ class NotFoundError(TracelineError):
         self.ident = ident
         self.suggestions = suggestions
         self.searched = searched
-        hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else "; no similar identifier known"
+        hint = "; no similar identifier known"
+        if suggestions:
+            hint = f"; did you mean: {', '.join(suggestions)}?"
         self.reason = f"{kind} {ident!r} not found (searched {searched}){hint}"
         super().__init__(self.reason)
 

@@ -13,6 +13,7 @@ command topic whose count differs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,8 +32,12 @@ __all__ = [
     "group_lag",
     "pipeline_lag",
     "DLQ_HEADERS",
+    "DLQ_REF_HEADERS",
     "dead_letter_headers",
     "read_dead_letter_headers",
+    "bad_dead_letter_headers",
+    "dead_letter_reference",
+    "read_dead_letter_reference",
 ]
 
 
@@ -196,19 +201,81 @@ def dead_letter_headers(
 
 def read_dead_letter_headers(headers: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
     """The fields of a dead-letter record's headers: source_topic, source_partition,
-    source_offset (-1 when missing), error, reason."""
-    got: Mapping[str, Any] = dict(headers or [])
-
-    def text(name: str) -> str:
-        v = got.get(name)
-        if v is None:
-            return ""
-        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
+    source_offset (-1 when missing or not a number in range), error, reason. Never raises on
+    what another writer put there (see :func:`bad_dead_letter_headers`)."""
+    got = _header_map(headers)
     return {
-        "source_topic": text("traceline.source_topic"),
-        "source_partition": int(text("traceline.source_partition") or -1),
-        "source_offset": int(text("traceline.source_offset") or -1),
-        "error": text("traceline.error"),
-        "reason": text("traceline.reason"),
+        "source_topic": _text(got, "traceline.source_topic"),
+        "source_partition": _number(got, "traceline.source_partition", _INT32_MAX),
+        "source_offset": _number(got, "traceline.source_offset", _INT64_MAX),
+        "error": _text(got, "traceline.error"),
+        "reason": _text(got, "traceline.reason"),
     }
+
+
+def bad_dead_letter_headers(headers: Iterable[tuple[str, Any]] | None) -> list[str]:
+    """The traceline headers of a dead-letter record that are present but unreadable (a number
+    that is not one, or out of range), as ``name=value`` for a reason; [] when all are fine."""
+    got = _header_map(headers)
+    bad = []
+    for name, limit in _NUMERIC.items():
+        text = _text(got, name)
+        if text and _number(got, name, limit) == -1 and text != "-1":
+            bad.append(f"{name}={text[:40]!r}")
+    return bad
+
+
+DLQ_REF_HEADERS = ("traceline.ref_size", "traceline.ref_sha256", "traceline.ref_truncated")
+"""The headers of a dead letter sent *by reference* (its record was too large to copy): the
+record's size in bytes, the sha256 of its bytes (hex) and ``1``; the value is then only the
+first bytes of the record (:func:`dead_letter_reference`)."""
+
+
+def dead_letter_reference(value: bytes, prefix_bytes: int = 4096) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The by-reference form of a dead letter's value: its first ``prefix_bytes`` bytes and
+    the headers that name the whole record (:data:`DLQ_REF_HEADERS`), to add to the
+    :func:`dead_letter_headers`."""
+    return bytes(value[:prefix_bytes]), [
+        ("traceline.ref_size", str(len(value)).encode()),
+        ("traceline.ref_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ("traceline.ref_truncated", b"1"),
+    ]
+
+
+def read_dead_letter_reference(headers: Iterable[tuple[str, Any]] | None, value: bytes) -> dict[str, Any]:
+    """``raw_size``, ``raw_sha256`` and ``raw_truncated`` of a dead letter: from its reference
+    headers when it was sent by reference, otherwise computed from ``value`` (the whole record)."""
+    got = _header_map(headers)
+    if _text(got, "traceline.ref_truncated") == "1":
+        size = _number(got, "traceline.ref_size", _INT64_MAX)
+        digest = _text(got, "traceline.ref_sha256").lower()
+        if size >= 0 and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            return {"raw_size": size, "raw_sha256": digest, "raw_truncated": True}
+    return {"raw_size": len(value), "raw_sha256": hashlib.sha256(value).hexdigest(), "raw_truncated": False}
+
+
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+_NUMERIC = {"traceline.source_partition": _INT32_MAX, "traceline.source_offset": _INT64_MAX}
+
+
+def _header_map(headers: Iterable[tuple[str, Any]] | None) -> Mapping[str, Any]:
+    if isinstance(headers, Mapping):
+        return headers
+    return dict(headers or [])
+
+
+def _text(got: Mapping[str, Any], name: str) -> str:
+    v = got.get(name)
+    if v is None:
+        return ""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _number(got: Mapping[str, Any], name: str, limit: int) -> int:
+    """The header as an int in [-1, limit]; -1 when missing, not a number or out of range."""
+    try:
+        n = int(_text(got, name).strip() or -1)
+    except ValueError:
+        return -1
+    return n if -1 <= n <= limit else -1

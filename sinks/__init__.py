@@ -5,6 +5,9 @@
 * ``sinks.rows``   - ``rows_for_batch`` / ``genealogy_rows``: events in, Arrow tables out (pure).
 * ``sinks.store``  - ``Store.open(dsn)``, ``write_batch(tables, token)`` (idempotent), ``query``.
 * ``sinks.ingest`` - ``SinkWorker``: Kafka batches in (running the intake), inserts, then commits.
+* ``sinks.guards`` - what the sink refuses before landing: conflicting duplicates (content hash),
+  implausible event times, dead letters too big to copy (kept by reference).
+* ``sinks.ledger`` - ``SinkStats`` and the per-partition ledger (read = landed + accounted for).
 """
 
 from sinks.ddl import EngineOptions, apply_ddl

@@ -219,11 +219,26 @@ def _m4(database: str, opts: EngineOptions) -> list[str]:
     return out + lot_units_backfill(database)
 
 
+def _m5(database: str, opts: EngineOptions) -> list[str]:
+    # raw tables: content_hash (rows landed before read 0: "not known", a re-use is a duplicate);
+    # dead_letters: raw_size / raw_sha256 / raw_truncated (older rows: 0 / '' / false)
+    out = []
+    for t in TABLES:
+        for c in t.columns:
+            if c.since == 5:
+                out.append(
+                    f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
+                    f" `{c.name}` {c.type} COMMENT {_quote(c.comment)}"
+                )
+    return out
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
     (3, "alerts table; unit_tests.out_of_calibration", _m3),
     (4, "lot_units recall index (lot -> unit -> root), backfilled", _m4),
+    (5, "raw tables: content_hash; dead_letters: raw_size, raw_sha256, raw_truncated", _m5),
 )
 
 

@@ -30,100 +30,98 @@ and the same decode gives the genealogy its commands. Per batch, in this order:
 
 A record whose rows landed (at or below a watermark) therefore had its commands sent before,
 so a replay skips it entirely; a crash between 2 and 4 re-sends commands, which are idempotent.
-Kafka unreachable in step 2: back off and retry the batch, like ClickHouse unavailable.
+Kafka unreachable in step 2: back off and retry the batch, like ClickHouse unavailable (and
+like the schema registry unavailable in step 1).
+
+What one record must not do (``sinks.guards``):
+
+* **stall the batch**: a dead letter larger than ``dead_letter_max_bytes`` (or one Kafka
+  refuses for its size) is sent *by reference*: its first ``dead_letter_prefix_bytes`` and
+  headers naming its size and sha256 (``dead_letters.raw_size`` / ``raw_sha256`` /
+  ``raw_truncated``); a change or alert record that does not parse is dead-lettered too;
+* **pass as a duplicate**: an event id seen before (this batch, the recent-id map, or landed
+  before a restart: ``content_hash`` on the raw rows) with another content hash is a conflict,
+  dead-lettered as ``ConflictingDuplicate``; only the same hash is a duplicate;
+* **fool the readers' clock**: an event time before ``earliest_event_time`` or after the
+  ingest time plus ``max_future_skew`` is quarantined (dead-lettered as
+  ``ImplausibleEventTime``), not landed and not the sink's ``last_event_time``.
+
+Counters and the per-partition ledger (``sinks.ledger``) are applied once, when a batch landed.
+A failed commit is retried while it is retriable and given up after a rebalance (the batch
+landed; its replay is a no-op); it never stops the sink. Anything else unexpected is recorded
+in ``stats.last_error`` and raised as :class:`SinkError` for the supervisor to restart.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import pydantic_core
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.alert import decode_alert
-from schemas.errors import BrokerUnavailableError, DecodeError
-from schemas.kafka import consumer_config, message_position, producer_config, read_dead_letter_headers
+from schemas.errors import BrokerUnavailableError, DecodeError, SchemaRegistryUnavailableError
+from schemas.kafka import (
+    bad_dead_letter_headers,
+    consumer_config,
+    message_position,
+    producer_config,
+    read_dead_letter_headers,
+    read_dead_letter_reference,
+)
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
+from sinks.guards import (
+    UNKNOWN_HASH,
+    RecentIds,
+    SinkError,
+    commit_failure,
+    conflict_reason,
+    fit_dead_letter,
+    implausible_time,
+    refused_as_record,
+)
+from sinks.ledger import CONFLICTS, DEAD_LETTERED, DUPLICATES, LANDED, QUARANTINED, REPLAYED, SinkStats, Tally
 from sinks.rows import (
     RAW_TABLE,
     RAW_TABLES,
     SinkRecord,
     alert_rows,
+    change_problem,
     deadletter_rows,
     genealogy_rows,
     rows_for_batch,
 )
 from sinks.store import Store, StoreError
 from streams.genealogy import Lots, Send, Touch
-from streams.intake import DeadLetter, batches_by_partition, judge
+from streams.intake import DeadLetter, batches_by_partition, dead_letter, judge
 
-__all__ = ["SinkWorker", "SinkStats", "ConsumerClient", "ProducerClient"]
+__all__ = ["SinkWorker", "SinkStats", "SinkError", "ConsumerClient", "ProducerClient", "EARLIEST_EVENT_TIME"]
 
 log = logging.getLogger(__name__)
 
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""The default earliest plausible event time (``SinkWorker(earliest_event_time=)``)."""
 
-@dataclass
-class SinkStats:
-    """Counters a person or a test can check (the ledger's sink side)."""
-
-    batches: int = 0
-    events_landed: int = 0
-    changes_landed: int = 0
-    dead_letters_landed: int = 0
-    alerts_landed: int = 0
-    undecodable_skipped: int = 0  # raw records judged bad (each sent to the dead-letter topic once)
-    dead_letters_sent: int = 0
-    commands_sent: int = 0
-    command_records_sent: int = 0
-    kafka_retries: int = 0
-    duplicates_skipped: int = 0
-    replayed_skipped: int = 0
-    store_retries: int = 0
-    last_event_time: datetime | None = None
-    last_batch_at: datetime | None = None
-    last_error: str | None = None
-    positions: dict[str, int] = field(default_factory=dict)
-    # wall seconds per stage, summed over batches: collect (poll up to the batch window),
-    # judge (decode + checks + commands), send (commands / dead letters, until acknowledged),
-    # rows (Arrow tables), insert (ClickHouse), commit (consumer offsets)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def _time(self, stage: str, since: float) -> float:
-        now = time.monotonic()
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - since
-        return now
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        for k in ("last_event_time", "last_batch_at"):
-            v = d[k]
-            d[k] = v.isoformat() if v else None
-        d["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_seconds.items()}
-        return d
-
-
-class _RecentIds:
-    """A bounded set of recently landed event ids (drops producer re-sends early)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._ids
-
-    def add(self, key: str) -> None:
-        self._ids[key] = None
-        if len(self._ids) > self.limit:
-            self._ids.popitem(last=False)
+# what decoding a foreign alert record may raise besides DecodeError (pydantic's ValidationError
+# is a ValueError)
+_ALERT_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    OverflowError,
+    MemoryError,
+    struct.error,
+)
 
 
 class ConsumerClient(Protocol):
@@ -167,6 +165,8 @@ class _Batch:
 
     now: datetime  # the batch's ingest time
     last_time: datetime | None  # the newest event time seen so far (stats, once landed)
+    earliest: datetime  # plausible event times: [earliest, latest]
+    latest: datetime
     events: list[SinkRecord] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     dead: list[dict[str, Any]] = field(default_factory=list)  # dead-letter topic -> dead_letters
@@ -176,8 +176,8 @@ class _Batch:
     lots: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # merged Lots per unit
     dead_out: list[DeadLetter] = field(default_factory=list)  # judged bad: to the dead-letter topic
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (topic, part) -> [lo, hi]
-    new_ids: list[str] = field(default_factory=list)
-    batch_ids: set[str] = field(default_factory=set)
+    batch_ids: dict[str, int] = field(default_factory=dict)  # event id -> content hash, landing now
+    tally: Tally = field(default_factory=Tally)  # counts and the ledger's fates, applied once landed
 
     def see(self, topic: str, part: int, off: int) -> None:
         r = self.ranges.setdefault((topic, part), [off, off])
@@ -199,6 +199,13 @@ class SinkWorker:
     ``consumer`` / ``producer``: Kafka clients to use instead of building them from
     ``schemas.kafka.consumer_config`` / ``producer_config`` (and the overrides); the sink
     subscribes the consumer and closes both in ``close()``.
+
+    ``dead_letter_max_bytes``: a dead letter larger than this (keep it below the producer's
+    ``message.max.bytes`` and the dead-letter topic's ``max.message.bytes``) is sent by
+    reference, with its first ``dead_letter_prefix_bytes``. ``max_future_skew`` /
+    ``earliest_event_time``: the plausible event times (later than the ingest time plus the
+    skew, or earlier than the earliest: quarantined). ``commit_retry_seconds``: how long a
+    retriable commit failure is retried before the commit is given up.
     """
 
     def __init__(
@@ -217,6 +224,11 @@ class SinkWorker:
         on_batch: Callable[[SinkStats], None] | None = None,
         consumer: ConsumerClient | None = None,
         producer: ProducerClient | None = None,
+        dead_letter_max_bytes: int = 900_000,
+        dead_letter_prefix_bytes: int = 4096,
+        max_future_skew: timedelta = timedelta(days=1),
+        earliest_event_time: datetime = EARLIEST_EVENT_TIME,
+        commit_retry_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -224,10 +236,16 @@ class SinkWorker:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.drain_poll_seconds = 0.05
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.dead_letter_prefix_bytes = dead_letter_prefix_bytes
+        self.max_future_skew = max_future_skew
+        self.earliest_event_time = earliest_event_time
+        self.commit_retry_seconds = commit_retry_seconds
+        self.retry_backoff = 0.5  # seconds before the first retry of a batch / 2.5 of a commit
         self._window_from: float | None = None  # when the previous collection ended
         self.stats = SinkStats()
         self.on_batch = on_batch
-        self._recent = _RecentIds(recent_ids)
+        self._recent = RecentIds(recent_ids)
         self._stop = threading.Event()
         self._watermarks: dict[tuple[str, int], int] = {}
         self._part_marks: dict[int, int] = {}
@@ -259,11 +277,20 @@ class SinkWorker:
         self._producer.close()
 
     def run(self) -> None:
+        """Poll batches until ``stop()``. Raises only :class:`SinkError` (recorded in
+        ``stats.last_error`` first): build a new worker and run it again."""
         try:
             while not self._stop.is_set():
                 self.poll_once()
         finally:
-            self.close()
+            try:
+                self.close()
+            except Exception as exc:  # noqa: BLE001 - never hide the error that ended run()
+                log.warning("closing the sink's clients failed: %s", exc)
+
+    def ledger_gap(self) -> dict[int, int]:
+        """Events-topic partition -> records read but not accounted for; empty when balanced."""
+        return self.stats.ledger_gap()
 
     # -- one batch ----------------------------------------------------------------------
     def _collect(self) -> list[Message]:
@@ -289,6 +316,8 @@ class SinkWorker:
                 elif err.code() != KafkaError._PARTITION_EOF:
                     self.stats.last_error = str(err)
                     log.warning("consumer error: %s", err)
+                    if err.fatal():
+                        raise SinkError(f"the sink's consumer failed: {err}")
             if msgs and not got:
                 break
         self._window_from = time.monotonic()
@@ -313,76 +342,100 @@ class SinkWorker:
             self._load_recent_ids()
 
     def _load_recent_ids(self) -> None:
-        """A new sink (a restart) starts with an empty recent-id set: refill it with the newest
-        event ids already landed, so a producer re-send of an event that landed before the
-        restart is still dropped, not written a second time."""
+        """A new sink (a restart) starts with an empty recent-id map: refill it with the newest
+        event ids already landed and their content hashes, so a producer re-send of an event
+        that landed before the restart is still dropped (and a re-used id still a conflict)."""
         union = " UNION ALL ".join(
-            f"SELECT event_id, ingest_time FROM {t} WHERE kafka_topic = {{t:String}}"  # noqa: S608
+            f"SELECT event_id, content_hash, ingest_time FROM {t} WHERE kafka_topic = {{t:String}}"  # noqa: S608
             for t in RAW_TABLES
         )
         _names, rows = self.store.query_rows(
-            f"SELECT event_id FROM ({union}) ORDER BY ingest_time DESC LIMIT {int(self._recent.limit)}",  # noqa: S608
+            f"SELECT event_id, content_hash FROM ({union}) ORDER BY ingest_time DESC"  # noqa: S608
+            f" LIMIT {int(self._recent.limit)}",
             {"t": self.topics.events},
         )
-        for (eid,) in reversed(rows):
-            self._recent.add(eid)
+        for eid, h in reversed(rows):
+            self._recent.add(eid, int(h))
         self._recent_loaded = True
 
     def poll_once(self) -> int:
-        """Collect one batch, land it, commit it. Returns the number of records handled."""
+        """Collect one batch, land it, commit it. Returns the number of records handled.
+
+        Unavailable ClickHouse, Kafka or schema registry: back off and retry the batch; a
+        failed commit: retried or given up (never raised). Anything else: recorded in
+        ``stats.last_error`` and raised as :class:`SinkError`."""
+        try:
+            return self._poll_once()
+        except SinkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded and raised for the supervisor, not swallowed
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the sink stopped")
+            raise SinkError(f"the sink stopped: {type(exc).__name__}: {exc}") from exc
+
+    def _poll_once(self) -> int:
         t0 = time.monotonic()
         msgs = self._collect()
         if not msgs:
             return 0
         self.stats._time("collect", t0)
-        while not self._stop.is_set():
-            try:
-                if self._watermarks_stale:
-                    self._refresh_watermarks()
-                self._land(msgs)
-                break
-            except (StoreError, BrokerUnavailableError) as exc:
-                # ClickHouse is unavailable or refused the batch, or Kafka did not take its
-                # commands / dead letters: keep the batch, back off, re-read the watermarks
-                # (part of it may have landed) and try again.
-                if isinstance(exc, StoreError):
-                    self.stats.store_retries += 1
-                else:
-                    self.stats.kafka_retries += 1
-                retries = self.stats.store_retries + self.stats.kafka_retries
-                self.stats.last_error = str(exc)
-                self._watermarks_stale = True
-                log.warning("retrying batch of %d: %s", len(msgs), exc)
-                self._stop.wait(min(30.0, 0.5 * 2 ** min(retries, 6)))
-        else:
+        if not self._land_retrying(msgs):
             return 0  # stopping: nothing committed, the batch is read again next time
         t0 = time.monotonic()
         self._commit(msgs)
         self.stats._time("commit", t0)
         return len(msgs)
 
+    def _land_retrying(self, msgs: list[Message]) -> bool:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if self._watermarks_stale:
+                    self._refresh_watermarks()
+                self._land(msgs)
+                return True
+            except (StoreError, BrokerUnavailableError, SchemaRegistryUnavailableError) as exc:
+                # ClickHouse is unavailable or refused the batch, Kafka did not take its
+                # commands / dead letters, or the registry cannot name a schema: keep the
+                # batch, back off, re-read the watermarks (part of it may have landed) and
+                # try again. Nothing of a failed attempt is counted.
+                if isinstance(exc, StoreError):
+                    self.stats.store_retries += 1
+                elif isinstance(exc, SchemaRegistryUnavailableError):
+                    self.stats.registry_retries += 1
+                else:
+                    self.stats.kafka_retries += 1
+                attempt += 1
+                self.stats.last_error = str(exc)
+                self._watermarks_stale = True
+                log.warning("retrying batch of %d: %s", len(msgs), exc)
+                self._stop.wait(min(30.0, self.retry_backoff * 2 ** min(attempt, 6)))
+        return False
+
     def _land(self, msgs: list[Message]) -> None:
         """Judge, send, build rows, insert (see the module doc); the commit is the caller's."""
         t0 = time.monotonic()
-        b = _Batch(now=datetime.now(UTC), last_time=self.stats.last_event_time)
+        now = datetime.now(UTC)
+        b = _Batch(now, self.stats.last_event_time, self.earliest_event_time, now + self.max_future_skew)
         t = self.topics
         t_events, t_changes, t_alerts, t_dlq = t.events, t.changes, t.alerts, t.deadletter
         for m in msgs:
             topic, part, off = message_position(m)
             b.see(topic, part, off)
             if topic == t_events:
-                self._take_event(b, m, topic, part, off)
+                if b.tally.read_once(part, off):  # a redelivery inside the batch: once
+                    self._take_event(b, m, topic, part, off)
             elif topic == t_changes:
-                self._take_change(b, m)
+                self._take_change(b, m, topic, part, off)
             elif topic == t_alerts:
-                self._take_alert(b, m, part, off)
+                self._take_alert(b, m, topic, part, off)
             elif topic == t_dlq:
                 self._take_dead_letter(b, m, topic, part, off)
         b.merge_lots()
         stats = self.stats
         t0 = stats._time("judge", t0)
         if b.commands or b.dead_out:
-            self._send(b.commands, b.dead_out)  # before any insert: see the module doc
+            self._send(b)  # before any insert: see the module doc
         t0 = stats._time("send", t0)
         tables = self._tables(b)
         t0 = stats._time("rows", t0)
@@ -391,27 +444,39 @@ class SinkWorker:
         self._account(b)
 
     def _take_event(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
-        """A raw event: judge it (decode once); a bad one becomes a dead letter to send, one
-        landed before (watermark) or seen recently (event id) is skipped; a new one is kept
-        with its genealogy commands (Touch once per unit, Lots merged per unit)."""
+        """A raw event: judge it (decode once) and give it one fate: a bad one, one with an
+        implausible time or a re-used id with other content becomes a dead letter to send;
+        one landed before (watermark) or seen recently with the same content is skipped; a
+        new one is kept with its genealogy commands (Touch once per unit, Lots merged)."""
         judged = judge(self.serde, m.key(), m.value(), topic, part, off)
         if isinstance(judged, DeadLetter):
-            self.stats.undecodable_skipped += 1
-            if off < self._max_mark(part):
-                return  # a later record of this partition landed: sent before
-            b.dead_out.append(judged)
+            self._dead_event(b, part, off, judged, DEAD_LETTERED)
             return
         type_name, rec = judged.type_name, judged.record
         if off <= self._watermarks.get((RAW_TABLE.get(type_name, ""), part), -1):
-            self.stats.replayed_skipped += 1
+            b.tally.fate(part, off, REPLAYED)
             return
-        eid = rec["event_id"]
-        if eid in self._recent or eid in b.batch_ids:  # also a re-send inside this batch
-            self.stats.duplicates_skipped += 1
+        et = rec["event_time"]
+        if not b.earliest <= et <= b.latest:
+            why = implausible_time(et, b.now, self.earliest_event_time, self.max_future_skew)
+            d = dead_letter(m.key(), m.value(), topic, part, off, "ImplausibleEventTime", str(why))
+            self._dead_event(b, part, off, d, QUARANTINED)
             return
-        b.batch_ids.add(eid)
-        b.new_ids.append(eid)
-        b.events.append(SinkRecord(type_name, rec, topic, part, off, b.now))
+        eid, h = rec["event_id"], judged.content_hash
+        seen = b.batch_ids.get(eid)  # a re-send inside this batch, or one landed recently
+        if seen is None:
+            seen = self._recent.get(eid)
+        if seen is not None:
+            if seen == h or UNKNOWN_HASH in (seen, h):
+                b.tally.fate(part, off, DUPLICATES)
+                return
+            reason = conflict_reason(eid, seen, h)
+            d = dead_letter(m.key(), m.value(), topic, part, off, "ConflictingDuplicate", reason)
+            self._dead_event(b, part, off, d, CONFLICTS)
+            return
+        b.batch_ids[eid] = h
+        b.events.append(SinkRecord(type_name, rec, topic, part, off, b.now, h))
+        b.tally.fate(part, off, LANDED)
         for target, cmd in judged.commands:
             if isinstance(cmd, Touch):  # idempotent: once per unit and batch is enough
                 if target in b.touched:
@@ -421,32 +486,66 @@ class SinkWorker:
                 b.lots.setdefault(target, set()).update(cmd.lots)
                 continue
             b.commands.append((target, cmd))
-        et = rec["event_time"]
         if b.last_time is None or et > b.last_time:
             b.last_time = et
 
-    def _take_change(self, b: _Batch, m: Message) -> None:
-        """A genealogy change record: the writer sends a list of changes per record."""
-        got = pydantic_core.from_json(m.value() or b"")
-        if isinstance(got, list):
-            b.changes.extend(got)
-        else:
-            b.changes.append(got)
+    def _dead_event(self, b: _Batch, part: int, off: int, d: DeadLetter, category: str) -> None:
+        """An events-topic record to dead-letter, unless a later record of its partition
+        landed: then its dead letter was sent before (a replay)."""
+        if off < self._max_mark(part):
+            b.tally.fate(part, off, REPLAYED)
+            return
+        b.dead_out.append(d)
+        b.tally.fate(part, off, category, d.error)
 
-    def _take_alert(self, b: _Batch, m: Message, part: int, off: int) -> None:
+    def _take_change(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
+        """A genealogy change record (the writer sends a list of changes per record); one that
+        does not parse or has a change ``genealogy_rows`` cannot land is dead-lettered whole."""
+        value = m.value() or b""
         try:
-            b.alerts.append((decode_alert(m.value() or b""), part, off, b.now))
-        except DecodeError:
-            self.stats.undecodable_skipped += 1
+            got = pydantic_core.from_json(value)
+        except ValueError as exc:
+            why = f"not JSON: {exc}"
+        else:
+            items = got if isinstance(got, list) else [got]
+            problems = ((i, change_problem(ch)) for i, ch in enumerate(items))
+            first = next(((i, p) for i, p in problems if p is not None), None)
+            if first is None:
+                b.changes.extend(items)
+                return
+            why = f"change {first[0] + 1} of {len(items)}: {first[1]}"
+        b.dead_out.append(dead_letter(m.key(), value, topic, part, off, "MalformedChangeRecord", why))
+        b.tally.malformed_records += 1
+
+    def _take_alert(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
+        value = m.value() or b""
+        try:
+            b.alerts.append((decode_alert(value), part, off, b.now))
+            return
+        except DecodeError as exc:
+            error, why = type(exc).__name__, exc.reason
+        except _ALERT_ERRORS as exc:
+            error, why = "MalformedAlertRecord", f"{type(exc).__name__}: {exc}"
+        b.dead_out.append(dead_letter(m.key(), value, topic, part, off, error, why))
+        b.tally.malformed_records += 1
 
     def _take_dead_letter(self, b: _Batch, m: Message, topic: str, part: int, off: int) -> None:
-        """A dead-letter record (ours or another writer's): a ``dead_letters`` row."""
-        headers = m.headers()
+        """A dead-letter record (ours or another writer's): a ``dead_letters`` row, whatever its
+        headers hold (unreadable ones are named in the reason and counted)."""
+        raw = m.value() or b""
+        hs = m.headers()
+        headers = list(hs.items()) if isinstance(hs, dict) else list(hs or [])
+        row = read_dead_letter_headers(headers)
+        bad = bad_dead_letter_headers(headers)
+        if bad:
+            row["reason"] = f"{row['reason']} [unreadable dead-letter headers: {', '.join(bad)}]".lstrip()
+            b.tally.malformed_records += 1
         b.dead.append(
             {
-                **read_dead_letter_headers(headers.items() if isinstance(headers, dict) else headers),
+                **row,
+                **read_dead_letter_reference(headers, raw),
                 "key": m.key() or b"",
-                "raw": m.value() or b"",
+                "raw": raw,
                 "dlq_topic": topic,
                 "dlq_partition": part,
                 "dlq_offset": off,
@@ -476,10 +575,11 @@ class SinkWorker:
             self.store.write_batch(tables, b.token())
 
     def _account(self, b: _Batch) -> None:
-        """The batch landed: remember its event ids, count it, report it."""
-        for eid in b.new_ids:
-            self._recent.add(eid)
+        """The batch landed: remember its event ids, count it (once), report it."""
+        for eid, h in b.batch_ids.items():
+            self._recent.add(eid, h)
         s = self.stats
+        s.apply(b.tally)
         s.batches += 1
         s.events_landed += len(b.events)
         s.changes_landed += len(b.changes)
@@ -511,47 +611,106 @@ class SinkWorker:
             self._command_partitions = len(t.partitions)
         return self._command_partitions
 
-    def _send(self, commands: list[Send], dead: list[DeadLetter]) -> None:
+    def _send(self, b: _Batch) -> None:
         """Send the batch's genealogy commands (batched per partition) and dead letters, and
-        wait until Kafka acknowledged all of them. Raises BrokerUnavailableError otherwise."""
+        wait until Kafka acknowledged all of them. A dead letter too large to copy, or one
+        Kafka refuses as a record (its size), goes by reference. Raises
+        BrokerUnavailableError when anything else is not acknowledged."""
         errors: list[str] = []
+        refused: list[DeadLetter] = []  # refused on delivery: sent again by reference
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 
-        produce = self._producer.produce
-        n_records = 0
+        def dead_delivered(d: DeadLetter) -> Callable[[Any, Any], None]:
+            def report(err: Any, _msg: Any) -> None:
+                if err is not None and refused_as_record(err):
+                    refused.append(d)
+                elif err is not None:
+                    errors.append(str(err))
+
+            return report
+
+        max_bytes, prefix = self.dead_letter_max_bytes, self.dead_letter_prefix_bytes
+        n_records = by_reference = 0
         try:
-            if commands:
+            if b.commands:
                 t = self.topics.commands
-                for part, value, _n in batches_by_partition(commands, self._partitions_of_commands()):
-                    produce(t, value=value, partition=part, on_delivery=delivered)
+                for part, value, _n in batches_by_partition(b.commands, self._partitions_of_commands()):
+                    self._producer.produce(t, value=value, partition=part, on_delivery=delivered)
                     n_records += 1
-            for d in dead:
-                produce(
-                    self.topics.deadletter,
-                    key=d.key,
-                    value=d.value,
-                    headers=list[Any](d.headers),
-                    on_delivery=delivered,
-                )
+            for d in b.dead_out:
+                fit = fit_dead_letter(d, max_bytes, prefix)
+                by_reference += fit is not d
+                try:
+                    self._produce_dead(fit, dead_delivered(fit))
+                except KafkaException as exc:
+                    if not refused_as_record(exc):
+                        raise
+                    self._produce_dead(fit_dead_letter(d, max_bytes, prefix, force=True), delivered)
+                    by_reference += fit is d
+            left = self._producer.flush(30)
+            if refused and not left and not errors:
+                for d in refused:
+                    self._produce_dead(fit_dead_letter(d, max_bytes, prefix, force=True), delivered)
+                    by_reference += 1
+                left = self._producer.flush(30)
         except (KafkaException, BufferError) as exc:
-            raise BrokerUnavailableError(self._bootstrap, f"cannot send genealogy commands: {exc}") from exc
-        left = self._producer.flush(30)
+            raise BrokerUnavailableError(
+                self._bootstrap, f"cannot send genealogy commands / dead letters: {exc}"
+            ) from exc
         if left or errors:
             raise BrokerUnavailableError(
                 self._bootstrap, f"{left} commands / dead letters not acknowledged: {errors[:3]}"
             )
-        self.stats.commands_sent += len(commands)
-        self.stats.command_records_sent += n_records
-        self.stats.dead_letters_sent += len(dead)
+        tally = b.tally
+        tally.commands_sent = len(b.commands)
+        tally.command_records_sent = n_records
+        tally.dead_letters_sent = len(b.dead_out)
+        tally.dead_letters_by_reference = by_reference
 
-    def _commit(self, msgs: list[Message]) -> None:
+    def _produce_dead(self, d: DeadLetter, on_delivery: Callable[[Any, Any], None]) -> None:
+        self._producer.produce(
+            self.topics.deadletter,
+            key=d.key,
+            value=d.value,
+            headers=list[Any](d.headers),
+            on_delivery=on_delivery,
+        )
+
+    def _commit(self, msgs: list[Message]) -> bool:
+        """Commit the batch's offsets. A retriable failure is retried with back-off for up to
+        ``commit_retry_seconds``; after a rebalance (the partitions went to another member) or
+        any other failure the commit is given up: the batch landed, so its replay is a no-op.
+        Never raises a Kafka error. Returns whether the offsets were committed."""
         hi: dict[tuple[str, int], int] = {}
         for m in msgs:
             t, p, o = message_position(m)
             if o >= hi.get((t, p), -1):
                 hi[(t, p)] = o
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in hi.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+        delay = self.retry_backoff * 0.4
+        deadline = time.monotonic() + self.commit_retry_seconds
+        while True:
+            try:
+                result = self._consumer.commit(offsets=offsets, asynchronous=False)
+                failed = [tp.error for tp in result or () if getattr(tp, "error", None) is not None]
+                if not failed:
+                    return True
+                raise KafkaException(failed[0])
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else exc
+                how = commit_failure(err)
+                self.stats.last_error = f"commit failed ({how}): {err}"
+                if how == "retry" and not self._stop.is_set() and time.monotonic() + delay <= deadline:
+                    self.stats.commit_retries += 1
+                    log.warning("commit failed, retrying in %.1f s: %s", delay, err)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self.stats.commit_failures += 1
+                if how == "revoked":
+                    self._watermarks_stale = True
+                log.warning("commit given up (%s: %s): the batch landed; its replay is skipped", how, err)
+                return False

@@ -9,6 +9,7 @@ once per column; the output column names are exactly ``sinks.ddl.table_columns(t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ __all__ = [
     "rows_for_batch",
     "genealogy_rows",
     "deadletter_rows",
+    "change_problem",
     "alert_rows",
     "SCHEMAS",
     "RAW_TABLE",
@@ -40,6 +42,7 @@ class SinkRecord(NamedTuple):
     partition: int
     offset: int
     ingest_time: datetime
+    content_hash: int = 0  # streams.intake.content_hash_of (0: not known)
 
 
 class RowBuildError(TracelineError):
@@ -66,6 +69,7 @@ _KAFKA = [
     ("kafka_topic", _S),
     ("kafka_partition", pa.uint32()),
     ("kafka_offset", pa.uint64()),
+    ("content_hash", pa.uint64()),
 ]
 _UNIT = [("uii", _S), ("part_number", _S), ("serial_number", _S)]
 
@@ -233,6 +237,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("dlq_partition", pa.uint32()),
             ("dlq_offset", pa.uint64()),
             ("ingest_time", _TS),
+            ("raw_size", pa.uint64()),
+            ("raw_sha256", _S),
+            ("raw_truncated", _B),
         ]
     ),
 }
@@ -522,7 +529,11 @@ def rows_for_batch(batch: Iterable[SinkRecord | Sequence[Any]]) -> dict[str, pa.
     """
     tables = {name: _Cols(SCHEMAS[name]) for name in _EVENT_TABLES}
     for item in batch:
-        type_name, r, topic, partition, offset, ingest_time = item
+        if len(item) == 7:
+            type_name, r, topic, partition, offset, ingest_time, content_hash = item
+        else:  # a tuple without the hash
+            type_name, r, topic, partition, offset, ingest_time = item  # type: ignore[misc]
+            content_hash = 0
         short = type_name.rsplit(".", 1)[-1]
         append = _APPENDERS.get(short)
         if append is None:
@@ -542,6 +553,7 @@ def rows_for_batch(batch: Iterable[SinkRecord | Sequence[Any]]) -> dict[str, pa.
             c["kafka_topic"].append(topic)
             c["kafka_partition"].append(partition)
             c["kafka_offset"].append(offset)
+            c["content_hash"].append(content_hash)
             tb.n += 1
         except (KeyError, TypeError) as exc:
             raise RowBuildError(
@@ -627,15 +639,71 @@ def genealogy_rows(changes: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
 
 def deadletter_rows(records: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     """``dead_letters`` rows: ``{"source_topic", "source_partition", "source_offset", "error",
-    "reason", "key", "raw", "dlq_topic", "dlq_partition", "dlq_offset", "ingest_time"}``."""
+    "reason", "key", "raw", "dlq_topic", "dlq_partition", "dlq_offset", "ingest_time"}`` and
+    optionally ``"raw_size", "raw_sha256", "raw_truncated"`` (``schemas.kafka.
+    read_dead_letter_reference``; when absent: ``raw`` is the whole record)."""
     names = SCHEMAS["dead_letters"].names
     cols: dict[str, list[Any]] = {n: [] for n in names}
     for r in records:
+        if "raw_size" not in r:
+            raw = r.get("raw") or b""
+            r = {
+                **r,
+                "raw_size": len(raw),
+                "raw_sha256": hashlib.sha256(raw).hexdigest(),
+                "raw_truncated": False,
+            }
         for n in names:
             cols[n].append(r.get(n))
     if not cols[names[0]]:
         return {}
     return {"dead_letters": pa.Table.from_pydict(cols, schema=SCHEMAS["dead_letters"])}
+
+
+_U64 = 2**64
+
+
+def _opt(ch: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> str | None:
+    v = ch.get(name)
+    if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+        return f"{name} is {type(v).__name__}, not {getattr(kind, '__name__', kind)}"
+    return None
+
+
+def change_problem(ch: Any) -> str | None:
+    """Why ``genealogy_rows`` cannot land a genealogy change record, or None when it can.
+
+    The change topic is written by our genealogy writer; a record that breaks the shape is
+    dead-lettered by the sink with this reason instead of stopping the batch."""
+    if not isinstance(ch, Mapping):
+        return f"a change record is a JSON object, not {type(ch).__name__}"
+    for name in ("uii", "root_uii"):
+        if not isinstance(ch.get(name), str):
+            return f"{name} is missing or not a string"
+    seq = ch.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < _U64:
+        return f"seq {seq!r} is not an unsigned 64-bit integer"
+    for name, kind in (("parent_uii", str), ("version_event_id", str), ("version_ms", (int, datetime))):
+        why = _opt(ch, name, kind)
+        if why:
+            return why
+    vms = ch.get("version_ms")
+    if isinstance(vms, int) and not -(2**63) <= vms < 2**63:
+        return f"version_ms {vms} is out of range"
+    depth = ch.get("depth")
+    if depth is not None and (
+        not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth < 2**16
+    ):
+        return f"depth {depth!r} is not an unsigned 16-bit integer"
+    path = ch.get("path")
+    if path is not None and (not isinstance(path, list) or not all(isinstance(x, str) for x in path)):
+        return "path is not a list of strings"
+    lots = ch.get("lots")
+    if lots is not None and (
+        not isinstance(lots, Mapping) or not all(isinstance(v, str) for v in lots.values())
+    ):
+        return "lots is not an object of lot -> site strings"
+    return None
 
 
 _ALERT_MAPS = {

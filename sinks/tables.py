@@ -92,6 +92,13 @@ _KAFKA = (
     Column("kafka_topic", LC, "Kafka topic the event was read from"),
     Column("kafka_partition", "UInt32", "Kafka partition"),
     Column("kafka_offset", "UInt64", "Kafka offset within the partition"),
+    Column(
+        "content_hash",
+        "UInt64",
+        "First 64 bits of the sha256 of the record's Avro body: a re-used event_id with another"
+        " hash is a conflict, dead-lettered (0: landed before migration 5)",
+        since=5,
+    ),
 )
 
 
@@ -428,6 +435,19 @@ DEAD_LETTERS = Table(
         Column("dlq_partition", "UInt32", "Partition in the dead-letter topic"),
         Column("dlq_offset", "UInt64", "Offset in the dead-letter topic"),
         Column("ingest_time", TS, "When the sink read it"),
+        Column(
+            "raw_size",
+            "UInt64",
+            "Size of the bad record in bytes (raw holds all of it unless raw_truncated)",
+            since=5,
+        ),
+        Column("raw_sha256", "String", "sha256 of the bad record's bytes (hex)", since=5),
+        Column(
+            "raw_truncated",
+            "Bool",
+            "Dead-lettered by reference: the record was too large to copy, raw is its first bytes",
+            since=5,
+        ),
     ),
     "(source_topic, source_partition, source_offset)",
     engine="ReplacingMergeTree",

@@ -18,10 +18,21 @@ the writer and the intake use this one function, so every command for a unit rea
 same partition and therefore the same faust table partition. A batch record is JSON:
 ``[[key, command_dict], ...]`` (:func:`encode_command_batch` / :func:`decode_command_batch`),
 at most :data:`MAX_BATCH` commands.
+
+Content hash
+------------
+An accepted record carries its ``content_hash`` (:func:`content_hash_of`): the first 64 bits
+of the sha256 of its Avro body (the value without its single-object / Confluent framing
+header, so one event hashes the same in either framing). The serde's encoding is
+deterministic (the same event encodes to the same bytes), so a producer re-send hashes the
+same and an event id re-used for different content does not: the sink tells a duplicate from
+a conflict by it. (The same event written with another *writer schema* version has another
+body, so it would count as a conflict: dead-lettered, never silently dropped.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Iterable, Iterator
@@ -32,7 +43,7 @@ import pydantic_core
 
 from schemas.errors import DecodeError, SchemaRegistryUnavailableError
 from schemas.kafka import dead_letter_headers
-from schemas.serde import AvroSerde
+from schemas.serde import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroSerde
 from streams.genealogy import Command, GenealogyInputError, Send, command_from_dict, commands_for_event
 
 __all__ = [
@@ -41,6 +52,7 @@ __all__ = [
     "DeadLetter",
     "Accepted",
     "judge",
+    "content_hash_of",
     "dead_letter",
     "command_partition",
     "batches_by_partition",
@@ -62,12 +74,36 @@ class DeadLetter:
     value: bytes
     headers: list[tuple[str, bytes]]
 
+    @property
+    def error(self) -> str:
+        """The error class named in the headers (``traceline.error``)."""
+        for name, v in self.headers:
+            if name == "traceline.error":
+                return v.decode("utf-8", "replace")
+        return ""
+
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     type_name: str
     record: dict[str, Any]
     commands: list[Send]
+    content_hash: int = 0  # see content_hash_of(); 0: not known
+
+
+_SO_HEADER = len(SINGLE_OBJECT_MAGIC) + 8  # + the schema fingerprint
+_CF_HEADER = len(CONFLUENT_MAGIC) + 4  # + the schema id
+_SO_FIRST, _CF_FIRST = SINGLE_OBJECT_MAGIC[0], CONFLUENT_MAGIC[0]
+_sha256 = hashlib.sha256
+
+
+def content_hash_of(value: bytes) -> int:
+    """The first 64 bits (big-endian) of the sha256 of a decoded record's Avro body: ``value``
+    without its framing header (the framing is known valid: ``AvroSerde.decode`` read it).
+    Never 0 in practice (0 means "not known" to the sink)."""
+    first = value[0] if value else -1
+    body = value[_SO_HEADER:] if first == _SO_FIRST else value[_CF_HEADER:] if first == _CF_FIRST else value
+    return int.from_bytes(_sha256(body).digest()[:8], "big")
 
 
 def dead_letter(
@@ -94,12 +130,12 @@ def judge(
     except DecodeError as exc:
         return dead_letter(key, value, topic, partition, offset, type(exc).__name__, exc.reason)
     if type_name not in GENEALOGY_TYPES:
-        return Accepted(type_name, record, [])
+        return Accepted(type_name, record, [], content_hash_of(value))
     try:
         commands = commands_for_event(record, type_name)
     except GenealogyInputError as exc:
         return dead_letter(key, value, topic, partition, offset, "GenealogyInputError", str(exc))
-    return Accepted(type_name, record, commands)
+    return Accepted(type_name, record, commands, content_hash_of(value))
 
 
 def command_partition(key: str, partitions: int) -> int:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -157,6 +157,9 @@ class Server:
             batch_size=o.sink_batch_size,
             batch_seconds=o.sink_batch_seconds,
             serde=AvroSerde(registry_url=s.schema_registry.url, topic=self.topics.events),
+            dead_letter_max_bytes=s.ingest.dead_letter_max_bytes,
+            max_future_skew=timedelta(hours=s.ingest.max_future_skew_hours),
+            earliest_event_time=s.ingest.earliest_event_time,
         )
 
     def _landed(self) -> dict[tuple[str, int], int]:

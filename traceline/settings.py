@@ -15,6 +15,7 @@ Sections and their environment variables:
 | ``schema_registry`` | ``TRACELINE_SCHEMA_REGISTRY_`` | URL (Confluent wire format when set) |
 | ``alert_rules`` | ``TRACELINE_ALERTS_`` | thresholds of the alert rules (``streams.alerts.AlertRules``) |
 | ``notify`` | ``TRACELINE_ALERTS_`` | webhook / e-mail delivery (``streams.notify.NotifyConfig``) |
+| ``ingest`` | ``TRACELINE_INGEST_`` | plausible event times, the largest dead letter kept whole |
 | ``report`` | ``TRACELINE_REPORT_`` | the name on a report's "prepared by" line |
 | ``worker`` | ``TRACELINE_STREAMS_``, ``TRACELINE_WORKER_`` | the faust worker's id and supervisor |
 | ``local_stack`` | ``TRACELINE_`` | where the local broker's jars, cache and JVM options come from |
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ __all__ = [
     "SchemaRegistrySettings",
     "AlertRulesSettings",
     "NotifySettings",
+    "IngestSettings",
     "ReportSettings",
     "WorkerSettings",
     "LocalStackSettings",
@@ -107,6 +110,22 @@ class NotifySettings(BaseSettings, NotifyConfig):
     model_config = SettingsConfigDict(env_prefix="TRACELINE_ALERTS_", extra="ignore")
 
 
+class IngestSettings(BaseSettings):
+    """The ingest sink: what it accepts as a plausible event, how big a dead letter may be."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_INGEST_", extra="ignore")
+
+    max_future_skew_hours: float = Field(
+        24.0, ge=0, description="an event_time later than ingest time + this is quarantined"
+    )
+    earliest_event_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC), description="an event_time before this is quarantined"
+    )
+    dead_letter_max_bytes: int = Field(
+        900_000, ge=8192, description="larger dead letters are kept by reference (size, sha256, prefix)"
+    )
+
+
 class ReportSettings(BaseSettings):
     """The auditor's report."""
 
@@ -154,6 +173,7 @@ class Settings(BaseSettings):
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     alert_rules: AlertRulesSettings = Field(default_factory=AlertRulesSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local_stack: LocalStackSettings = Field(default_factory=LocalStackSettings)

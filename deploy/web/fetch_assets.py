@@ -39,7 +39,7 @@ def _pack(name: str, version: str, integrity: str) -> Path:
         return tgz
     npm = shutil.which("npm")
     if npm is None:
-        sys.exit("error: npm not found: install Node.js and npm (apt-get install nodejs npm) and run `make install`")
+        sys.exit("error: npm not found: install Node.js and npm (apt-get install nodejs npm)")
     CACHE.mkdir(parents=True, exist_ok=True)
     print(f"fetching {name}@{version} from the npm registry", file=sys.stderr, flush=True)
     done = subprocess.run(

@@ -38,6 +38,7 @@ from schemas.jsonform import parse_event
 from schemas.kafka import pipeline_lag, producer_config
 from schemas.serde import AvroSerde
 from sinks.ingest import SinkWorker
+from sinks.ledger import store_ledger
 from sinks.rows import RAW_TABLES
 from sinks.store import Store
 from streams.genealogy import MAX_DEPTH
@@ -413,6 +414,7 @@ def test_sink_crash_between_write_and_commit_writes_no_duplicates(
     counts = assert_no_duplicate_rows(store)
     assert sum(counts.values()) == len(events)
     assert new.stats.replayed_skipped + new.stats.duplicates_skipped > 0
+    assert new.ledger_gap() == {} and new.stats.ledger  # the restarted sink's ledger balances
     assert_genealogy_matches(store, plant.gen)
 
 
@@ -526,6 +528,20 @@ def test_poison_is_dead_lettered_and_the_ledger_balances(
         f"ledger: end offsets {end} != landed {landed} + dead letters {dead}"
         f" + duplicates skipped {stats.duplicates_skipped}"
     )
+    # the sink's own ledger (sinks.ledger): every record read has one fate, and the store agrees
+    assert server.ledger_gap() == {}
+    ledger = stats.ledger
+    assert sum(e["read"] for e in ledger.values()) == end
+    assert sum(e["landed"] for e in ledger.values()) == landed
+    assert sum(sum(e["dead_lettered"].values()) for e in ledger.values()) == dead
+    assert sum(e["duplicates"] for e in ledger.values()) == stats.duplicates_skipped
+    on_store = store_ledger(store, topic)
+    assert {p: e["landed"] for p, e in on_store.items() if e["landed"]} == {
+        p: e["landed"] for p, e in ledger.items() if e["landed"]
+    }
+    assert {p: e["dead_lettered"] for p, e in on_store.items() if e["dead_lettered"]} == {
+        p: e["dead_lettered"] for p, e in ledger.items() if e["dead_lettered"]
+    }
     assert Counter(r["error"] for r in store.query("SELECT error FROM dead_letters")).keys() >= {
         "MalformedRecordError",
         "UnknownSchemaError",

@@ -27,6 +27,7 @@ from streams.intake import (
     DeadLetter,
     batches_by_partition,
     command_partition,
+    content_hash_of,
     decode_command_batch,
     judge,
 )
@@ -84,6 +85,30 @@ def test_garbage_unknown_schema_and_tombstone_are_dead_letters() -> None:
     assert isinstance(garbage, DeadLetter) and _header(garbage, "error") == "MalformedRecordError"
     assert isinstance(unknown, DeadLetter) and _header(unknown, "error") == "UnknownSchemaError"
     assert isinstance(tomb, DeadLetter) and "tombstone" in _header(tomb, "reason")
+
+
+@pytest.mark.parametrize("type_name", sorted(ENCODED))
+def test_an_accepted_record_carries_a_content_hash_that_tells_a_resend_from_a_conflict(
+    type_name: str,
+) -> None:
+    event = next(e for e in sample_events() if e.type == type_name)
+    data = ENCODED[type_name]
+    out = judge(SERDE, None, data, "t", 0, 1)
+    assert isinstance(out, Accepted) and out.content_hash == content_hash_of(data) != 0
+    # the encoding is deterministic: the same event again, or re-encoded from its decode
+    assert content_hash_of(AvroSerde().encode_event(event)) == out.content_hash
+    assert content_hash_of(SERDE.encode(type_name, out.record)) == out.content_hash
+    # the framing is not content: the same body in the Confluent wire format hashes the same
+    assert content_hash_of(b"\x00" + (17).to_bytes(4, "big") + data[10:]) == out.content_hash
+    # other content under the same event id does not
+    other = event.model_copy(update={"source": event.source + "-other"})
+    assert content_hash_of(SERDE.encode_event(other)) != out.content_hash
+
+
+def test_a_dead_letter_names_its_error_class() -> None:
+    d = judge(SERDE, None, b"\xffnot an event", "t", 0, 1)
+    assert isinstance(d, DeadLetter) and d.error == "MalformedRecordError"
+    assert DeadLetter(None, b"", []).error == ""
 
 
 def test_command_batches_route_every_command_to_its_partition_in_order() -> None:

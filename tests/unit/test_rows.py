@@ -11,7 +11,15 @@ import pytest
 
 from schemas.serde import AvroSerde
 from sinks import ddl
-from sinks.rows import SCHEMAS, RowBuildError, SinkRecord, deadletter_rows, genealogy_rows, rows_for_batch
+from sinks.rows import (
+    SCHEMAS,
+    RowBuildError,
+    SinkRecord,
+    change_problem,
+    deadletter_rows,
+    genealogy_rows,
+    rows_for_batch,
+)
 from tests.samples import sample_events
 
 INGEST = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -176,6 +184,67 @@ def test_row_building_is_fast_enough() -> None:
     elapsed = time.perf_counter() - start
     assert out["operations"].num_rows == 20_000 and isinstance(out["operations"], pa.Table)
     assert elapsed < 2.0, elapsed
+
+
+def test_raw_rows_carry_the_content_hash_and_dead_letters_their_size_and_sha256() -> None:
+    decoded = _decoded()
+    t, r = decoded[0]
+    out = rows_for_batch(
+        [
+            SinkRecord(t, r, "e", 0, 1, INGEST, 2**64 - 1),
+            SinkRecord(t, dict(r, event_id="x"), "e", 0, 2, INGEST),
+        ]
+    )
+    [table] = [tbl for name, tbl in out.items() if name in ("material_received",)]
+    assert table.column("content_hash").to_pylist() == [2**64 - 1, 0]
+    row = dict(
+        source_topic="e", source_partition=0, source_offset=7, error="E", reason="r", key=b"k", raw=b"abc",
+        dlq_topic="d", dlq_partition=0, dlq_offset=0, ingest_time=INGEST,
+    )  # fmt: skip
+    whole, by_ref = deadletter_rows(
+        [row, {**row, "raw_size": 10**7, "raw_sha256": "f" * 64, "raw_truncated": True}]
+    )["dead_letters"].to_pylist()
+    assert (whole["raw_size"], whole["raw_truncated"]) == (3, False)
+    assert whole["raw_sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert (by_ref["raw_size"], by_ref["raw_sha256"], by_ref["raw_truncated"]) == (10**7, "f" * 64, True)
+
+
+GOOD_CHANGE = dict(
+    uii="A:1", parent_uii="B:1", root_uii="B:1", path=["B:1"], depth=1, seq=3,
+    version_ms=1_700_000_000_000, version_event_id="e", lots={"L1": "plant-a"},
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("patch", "problem"),
+    [
+        ({}, None),
+        ({"parent_uii": None, "path": None, "depth": None, "lots": None, "version_ms": None}, None),
+        ({"uii": 5}, "uii"),
+        ({"root_uii": None}, "root_uii"),
+        ({"seq": -1}, "seq"),
+        ({"seq": 2**64}, "seq"),
+        ({"seq": True}, "seq"),
+        ({"seq": "3"}, "seq"),
+        ({"parent_uii": 1}, "parent_uii"),
+        ({"path": "B:1"}, "path"),
+        ({"path": [1]}, "path"),
+        ({"depth": 70_000}, "depth"),
+        ({"version_ms": 2**70}, "version_ms"),
+        ({"version_ms": "yesterday"}, "version_ms"),
+        ({"lots": ["L1"]}, "lots"),
+        ({"lots": {"L1": None}}, "lots"),
+    ],
+)
+def test_change_problem_names_what_genealogy_rows_cannot_land(patch: dict, problem: str | None) -> None:
+    ch = {**GOOD_CHANGE, **patch}
+    why = change_problem(ch)
+    if problem is None:
+        assert why is None
+        genealogy_rows([ch])  # and it lands
+    else:
+        assert why is not None and problem in why
+    assert change_problem([GOOD_CHANGE]) is not None and change_problem("x") is not None
 
 
 def test_tables_doc_is_in_sync_with_the_ddl() -> None:

@@ -10,6 +10,7 @@ writes nothing; offsets are committed only after the insert.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from schemas.alert import Alert, AlertRule, AlertSeverity, encode_alert
 from schemas.errors import BrokerUnavailableError
@@ -93,11 +95,15 @@ def ev_msg(e: EventBase, offset: int, partition: int = 0) -> Msg:
 
 
 class Consumer:
+    """Hands out ``queued``; ``commit`` raises the next of ``commit_errors`` (if any) instead of
+    committing."""
+
     def __init__(self, log: list[tuple[Any, ...]]) -> None:
         self.log = log
         self.queued: list[Msg] = []
         self.subscribed: list[str] = []
         self.closed = False
+        self.commit_errors: list[BaseException] = []
 
     def subscribe(self, topics: list[str], on_assign: Any = None) -> None:
         self.subscribed = list(topics)
@@ -107,6 +113,9 @@ class Consumer:
         return got
 
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        if self.commit_errors:
+            self.log.append(("commit failed",))
+            raise self.commit_errors.pop(0)
         self.log.append(("commit", sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)))
 
     def close(self) -> None:
@@ -125,7 +134,9 @@ class Produced:
 
 class Producer:
     """Records every produce; ``flush`` reports each delivery (with ``delivery_error``) and
-    returns ``left`` (records not acknowledged)."""
+    returns ``left`` (records not acknowledged). Like librdkafka, ``produce`` refuses a record
+    over ``max_message_bytes`` (MSG_SIZE_TOO_LARGE); the broker refuses (on delivery) a record
+    over ``broker_max_bytes``."""
 
     def __init__(self, log: list[tuple[Any, ...]]) -> None:
         self.log = log
@@ -133,6 +144,9 @@ class Producer:
         self.left = 0
         self.delivery_error: str | None = None
         self.produce_error: BaseException | None = None
+        self.max_message_bytes = 1_000_000
+        self.broker_max_bytes: int | None = None
+        self.refused: list[Produced] = []  # refused on delivery (not in sent)
         self._pending: list[Produced] = []
 
     def produce(
@@ -146,16 +160,27 @@ class Producer:
     ) -> None:
         if self.produce_error is not None:
             raise self.produce_error
+        size = len(value or b"") + len(key or b"")
+        if size > self.max_message_bytes:
+            self.log.append(("produce refused", topic))
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
         p = Produced(topic, value, key, partition, headers, on_delivery)
-        self.sent.append(p)
         self._pending.append(p)
         self.log.append(("produce", topic))
 
     def flush(self, timeout: float = -1) -> int:
         self.log.append(("flush",))
         for p in self._pending:
+            err: Any = self.delivery_error
+            if (
+                err is None
+                and self.broker_max_bytes is not None
+                and len(p.value or b"") > self.broker_max_bytes
+            ):
+                err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+            (self.sent if err is None else self.refused).append(p)
             if p.on_delivery is not None:
-                p.on_delivery(self.delivery_error, p)
+                p.on_delivery(err, p)
         self._pending = []
         return self.left
 
@@ -176,20 +201,32 @@ class Store:
     marks: dict[tuple[str, int], int] = field(default_factory=dict)  # (raw table, partition)
     fail_writes: int = 0  # the next n write_batch calls raise StoreError
     writes: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    recent: list[tuple[str, int]] = field(default_factory=list)  # landed (event_id, content_hash)
+    write_error: BaseException | None = None  # write_batch raises it (an unexpected failure)
 
     def write_batch(self, tables: dict[str, Any], token: str) -> dict[str, int]:
         self.log.append(("write_batch", token))
+        if self.write_error is not None:
+            raise self.write_error
         if self.fail_writes:
             self.fail_writes -= 1
             raise StoreError("ClickHouse said no", operation="insert")
         self.writes.append((dict(tables), token))
+        for name, t in tables.items():  # what a watermark query reads back
+            if name in RAW_TABLES:
+                for row in t.select(["kafka_partition", "kafka_offset"]).to_pylist():
+                    key = (name, row["kafka_partition"])
+                    self.marks[key] = max(self.marks.get(key, -1), row["kafka_offset"])
+                self.recent += list(
+                    zip(t["event_id"].to_pylist(), t["content_hash"].to_pylist(), strict=True)
+                )
         return {name: t.num_rows for name, t in tables.items()}
 
     def query_rows(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         if "max(kafka_offset)" in sql:
             table = sql.split(" FROM ", 1)[1].split()[0]
             return ["p", "o"], [(p, o) for (t, p), o in self.marks.items() if t == table]
-        return ["event_id"], []  # recent event ids
+        return ["event_id", "content_hash"], list(reversed(self.recent))  # newest first
 
 
 @dataclass
@@ -225,6 +262,14 @@ def rig(**kw: Any) -> Rig:
 
 def land(r: Rig, msgs: list[Msg]) -> None:
     r.sink._land(msgs)  # type: ignore[arg-type]
+
+
+def ledger_entry(read: int = 0, dead_lettered: dict[str, int] | None = None, **counts: int) -> dict[str, Any]:
+    """A partition's expected ledger entry (``sinks.ledger``): zero where not given."""
+    entry: dict[str, Any] = {"read": read, "landed": 0, "dead_lettered": dict(dead_lettered or {})}
+    entry.update({k: 0 for k in ("duplicates", "conflicts", "quarantined", "replayed")})
+    entry.update(counts)
+    return entry
 
 
 def produced_commands(r: Rig) -> list[tuple[str, str]]:
@@ -341,15 +386,17 @@ def test_a_replayed_offset_at_or_below_the_watermark_is_skipped_and_counted() ->
         Msg(TOPICS.events, 0, 8, GARBAGE),  # bad, below a landed record: sent before
         ev_msg(ops[0], 9),
         ev_msg(ops[1], 10),  # at the watermark: landed
-        ev_msg(tested, 9, partition=0),  # another raw table: its own (absent) watermark
+        ev_msg(tested, 7, partition=0),  # another raw table: its own (absent) watermark
         ev_msg(ops[2], 11),
     ]
     land(r, msgs)
     s = r.sink.stats
-    assert (s.replayed_skipped, s.duplicates_skipped, s.undecodable_skipped) == (2, 0, 1)
+    # the bad record's dead letter was sent before (a later record landed): a replay too
+    assert (s.replayed_skipped, s.duplicates_skipped, s.undecodable_skipped) == (3, 0, 0)
+    assert s.ledger == {0: ledger_entry(read=5, landed=2, replayed=3)}
     assert r.producer.to(TOPICS.deadletter) == []  # counted, not sent again
     assert [x["kafka_offset"] for x in r.rows("operations")] == [11]
-    assert [x["kafka_offset"] for x in r.rows("unit_tests")] == [9]
+    assert [x["kafka_offset"] for x in r.rows("unit_tests")] == [7]
     assert produced_commands(r) == commands_of(ops[2])  # a skipped record sent its commands before
     assert s.events_landed == 2
 
@@ -395,6 +442,9 @@ def test_dead_letter_topic_records_land_in_dead_letters_with_their_header_fields
             "dlq_topic": TOPICS.deadletter,
             "dlq_partition": 1,
             "dlq_offset": 7,
+            "raw_size": 9,
+            "raw_sha256": hashlib.sha256(b"raw bytes").hexdigest(),
+            "raw_truncated": False,
         },
         {
             "source_topic": "",
@@ -407,6 +457,9 @@ def test_dead_letter_topic_records_land_in_dead_letters_with_their_header_fields
             "dlq_topic": TOPICS.deadletter,
             "dlq_partition": 1,
             "dlq_offset": 8,
+            "raw_size": 7,
+            "raw_sha256": hashlib.sha256(b"foreign").hexdigest(),
+            "raw_truncated": False,
         },
     ]
     s = r.sink.stats
@@ -455,7 +508,11 @@ def test_a_mixed_batch_writes_facts_genealogy_dead_letters_alerts_then_raw_table
     assert [x["alert_id"] for x in tables["alerts"].to_pylist()] == ["A-1"]
     s = r.sink.stats
     assert (s.changes_landed, s.alerts_landed, s.dead_letters_landed, s.events_landed) == (3, 1, 1, 1)
-    assert s.undecodable_skipped == 1  # the bad alert
+    # the bad alert is dead-lettered (a malformed record, not an undecodable event)
+    [dl] = r.producer.to(TOPICS.deadletter)
+    h = read_dead_letter_headers(dl.headers)
+    assert (h["source_topic"], h["source_offset"], h["error"]) == (TOPICS.alerts, 1, "MalformedRecordError")
+    assert (s.malformed_records, s.undecodable_skipped, s.dead_letters_sent) == (1, 0, 1)
     assert s.positions == {
         f"{TOPICS.alerts}[0]": 2,
         f"{TOPICS.deadletter}[0]": 1,
