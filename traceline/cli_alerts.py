@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 from confluent_kafka import Consumer, KafkaError
-from rich.console import Console
 from rich.table import Table
 
 from queries import to_jsonable
@@ -26,6 +25,7 @@ from traceline.cli_common import (
     BootstrapOpt,
     DataDirOpt,
     handled,
+    out,
     parse_when,
     resolve_bootstrap,
     settings_for,
@@ -35,7 +35,7 @@ __all__ = ["alerts_app"]
 
 alerts_app = typer.Typer(help="Alerts: follow them live (tail) or query them (list).", no_args_is_help=True)
 
-_out = Console()
+_out = out  # wide tables when piped (cli_common)
 _STYLE = {"CRITICAL": "bold red", "WARNING": "yellow", "INFO": "cyan"}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output (one object per line for tail)")]

@@ -69,6 +69,27 @@ def _pick_lot(store) -> tuple[str, str, str]:  # noqa: ANN001
     return str(r["lot_id"]), str(r["supplier_id"]), str(r["supplier_lot"])
 
 
+def _wait_for_nc(server: Server, ncr_id: str, timeout: float = 60.0) -> None:
+    """Until the NC has landed and its alert is raised (the report and `alerts list` show them)."""
+    assert server.store is not None
+    deadline = time.monotonic() + timeout
+    landed = alerted = False
+    while time.monotonic() < deadline and not (landed and alerted):
+        landed = bool(
+            server.store.query(
+                "SELECT 1 FROM nonconformances WHERE ncr_id = {n:String} LIMIT 1", {"n": ncr_id}
+            )
+        )
+        alerted = bool(
+            server.store.query(
+                "SELECT 1 FROM alerts WHERE alert_id = {a:String} LIMIT 1", {"a": f"NC_RAISED:{ncr_id}"}
+            )
+        )
+        time.sleep(0.25)
+    what = "landed and alerted" if landed and alerted else "landed" if landed else "NOT landed yet"
+    console.print(f"    {ncr_id}: {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     s = load_settings(data_dir=args.data_dir)
@@ -155,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         pub = Publisher(bootstrap, s.outbox_path, topic=s.kafka.events_topic)
         pub.publish(ncr)
         pub.close(30)
+        _wait_for_nc(server, ncr.ncr_id)
 
         console.print("6/6 recall impact")
         t2 = time.perf_counter()
