@@ -78,11 +78,16 @@ class Outbox:
 
     def __init__(self, path: str | Path, *, max_pending: int = 1_000_000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # owner-only: pending events are programme data (a new directory 0700, the files 0600)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_pending = max_pending
         self._lock = threading.Lock()
+        self.path.touch(mode=0o600, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        for f in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm"))):
+            if f.exists():
+                f.chmod(0o600)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])

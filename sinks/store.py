@@ -221,10 +221,12 @@ class Store:
         directory must exist and hold the database."""
         import clickhouse_connect
 
-        if not create and dsn.startswith("chdb://"):
+        if dsn.startswith("chdb://"):
             path = Path(dsn[len("chdb://") :])
             if not path.is_dir():
-                raise StoreMissingError(dsn, database, f"{path} does not exist")
+                if not create:
+                    raise StoreMissingError(dsn, database, f"{path} does not exist")
+                path.mkdir(mode=0o700, parents=True)  # owner-only: programme data
 
         def connect() -> Any:
             extra = _chdb_client_args(uncompressed_cache_mb) if dsn.startswith("chdb:") else {}

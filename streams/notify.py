@@ -1,13 +1,17 @@
 """Alert delivery: a signed webhook and optional e-mail, in a background thread.
 
 * Webhook: ``POST`` of the alert as JSON (``Content-Type: application/json``) with
-  ``X-Traceline-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes, keyed with the
-  configured secret>``, ``X-Traceline-Alert-Id`` and ``X-Traceline-Delivery``
+  ``X-Traceline-Signature: t=<unix seconds>,sha256=<hex HMAC-SHA256 of "<t>." + the exact body
+  bytes, keyed with the configured secret>`` (a webhook URL without a secret is refused: an
+  unsigned alert can be forged; receivers reject a signature older than their window with
+  :func:`verify`, so a captured request cannot be replayed), ``X-Traceline-Alert-Id`` and
+  ``X-Traceline-Delivery``
   (``<alert_id>#<version>``: the same on every retry, so a receiver can drop repeats).
   A connection error, a timeout, a 5xx or a 429 is retried with exponential back-off
   (``backoff_s * 2**attempt``, capped at ``backoff_max_s``) up to ``max_attempts``; another
   4xx is final.
-* E-mail (smtplib): optional, when ``smtp_host`` and ``smtp_to`` are set; plain-text summary.
+* E-mail (smtplib): optional, when ``smtp_host`` and ``smtp_to`` are set; plain-text summary;
+  STARTTLS on unless turned off (``smtp_starttls=false`` for a relay on loopback).
 * Per severity: ``webhook_severities`` / ``smtp_severities`` name which severities go where.
 
 :meth:`Notifier.submit` never blocks: it puts the alert on a bounded queue and returns False
@@ -24,12 +28,13 @@ import logging
 import queue
 import smtplib
 import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from schemas.alert import Alert
 
@@ -55,7 +60,7 @@ class NotifyConfig(BaseModel):
     notify_updates: bool = True  # also deliver version > 1 (a changed impact)
     smtp_host: str | None = None
     smtp_port: int = 25
-    smtp_starttls: bool = False
+    smtp_starttls: bool = True
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "traceline@localhost"
@@ -63,14 +68,38 @@ class NotifyConfig(BaseModel):
     smtp_severities: set[str] = Field(default_factory=lambda: {"CRITICAL"})
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The signature header value for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    @model_validator(mode="after")
+    def _webhook_is_signed(self) -> NotifyConfig:
+        if self.webhook_url and (self.webhook_secret is None or not self.webhook_secret.get_secret_value()):
+            raise ValueError(
+                "a webhook needs a secret (TRACELINE_ALERTS_WEBHOOK_SECRET): unsigned alerts can be forged"
+            )
+        return self
 
 
-def verify(body: bytes, secret: str, header: str | None) -> bool:
-    """For receivers: constant-time check of a signature header."""
-    return header is not None and hmac.compare_digest(sign(body, secret), header)
+def sign(body: bytes, secret: str, at: int | None = None) -> str:
+    """The signature header value for ``body``: ``t=<unix seconds>,sha256=<hex>`` over
+    ``"<t>." + body``, so the time is signed too."""
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},sha256={mac}"
+
+
+def verify(
+    body: bytes, secret: str, header: str | None, *, tolerance_s: float = 300.0, now: float | None = None
+) -> bool:
+    """For receivers: a constant-time check of a signature header, refusing one signed more than
+    ``tolerance_s`` seconds away from ``now`` (a replayed request)."""
+    if not header:
+        return False
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        t = int(fields.get("t", ""))
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(body, secret, at=t), header)
 
 
 @dataclass
@@ -182,13 +211,13 @@ class Notifier:
             "X-Traceline-Alert-Id": alert.alert_id,
             "X-Traceline-Delivery": f"{alert.alert_id}#{alert.version}",
         }
-        if s.webhook_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(body, s.webhook_secret.get_secret_value())
         for attempt in range(s.max_attempts):
             if attempt:
                 self.stats.webhook_retries += 1
                 if self._stop.wait(min(s.backoff_max_s, s.backoff_s * 2 ** (attempt - 1))):
                     break
+            if s.webhook_secret is not None:  # signed at each attempt: its time is current
+                headers[SIGNATURE_HEADER] = sign(body, s.webhook_secret.get_secret_value())
             try:
                 r = self._client.post(s.webhook_url, content=body, headers=headers)
             except httpx.HTTPError as exc:

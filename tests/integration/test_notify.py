@@ -109,6 +109,6 @@ def test_webhook_signed_and_retried_after_500(receiver: _Receiver) -> None:
 
 
 def test_queue_full_drops_without_blocking() -> None:
-    n = Notifier(NotifyConfig(webhook_url="http://127.0.0.1:9/", queue_size=2))  # not started
+    n = Notifier(NotifyConfig(webhook_url="http://127.0.0.1:9/", webhook_secret=SecretStr("k"), queue_size=2))
     results = [n.submit(_alert(alert_id=f"A{i}")) for i in range(4)]
     assert results == [True, True, False, False] and n.stats.dropped == 2

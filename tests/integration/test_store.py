@@ -217,3 +217,10 @@ def test_lot_units_backfill_matches_what_the_sink_and_processor_write(store: Sto
     by_pair = {(r["lot_id"], r["uii"]): r["g"] for r in backfilled}
     assert by_pair[(lot_a, unit_a)] == ("LRU:1", "SYS:2", ["LRU:1", "SYS:2"], 4)
     assert by_pair[(lot_b, unit_b)] == (None, unit_b, [], 0)  # no genealogy yet: its own root
+
+
+def test_an_embedded_store_is_created_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "ch"
+    store = Store.open(f"chdb://{path}", "traceline")
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o700

@@ -472,8 +472,13 @@ def test_alert_round_trips_through_its_avro_schema() -> None:
 
 def test_signature() -> None:
     body = b'{"a":1}'
-    assert sign(body, "k").startswith("sha256=") and verify(body, "k", sign(body, "k"))
+    assert sign(body, "k").startswith("t=") and verify(body, "k", sign(body, "k"))
     assert not verify(body, "other", sign(body, "k"))
+    assert not verify(body + b" ", "k", sign(body, "k"))
+    old = sign(body, "k", at=1_700_000_000)  # a captured request, replayed later
+    assert not verify(body, "k", old) and verify(body, "k", old, now=1_700_000_100)
+    tampered = old.replace("t=1700000000", f"t={int(__import__('time').time())}")
+    assert not verify(body, "k", tampered)  # the time is signed too
 
 
 class _RecordingStore:
@@ -552,3 +557,13 @@ def test_the_engine_may_skip_decoding_every_type_outside_rule_types() -> None:
             assert ev.evaluate(t, rec) == [], t
     assert store.calls == []
     assert repr(ev.state) == repr(before)
+
+
+def test_notify_defaults_protect() -> None:
+    import pydantic
+
+    from streams.notify import NotifyConfig
+
+    with pytest.raises(pydantic.ValidationError, match="a webhook needs a secret"):
+        NotifyConfig(webhook_url="http://127.0.0.1:9/hook")  # unsigned alerts could be forged
+    assert NotifyConfig().smtp_starttls  # e-mail goes over TLS unless turned off

@@ -169,3 +169,13 @@ def test_only_new_rows_count_against_the_limit(tmp_path: Path) -> None:
         box.add(_rows(3, 2))  # ev-3 repeats, ev-4 would be the fifth
     assert len(box) == 4
     box.close()
+
+
+def test_the_outbox_is_owner_only(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "state" / "outbox.sqlite")
+    try:
+        assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+        for f in (tmp_path / "state").iterdir():
+            assert f.stat().st_mode & 0o077 == 0, f  # no group/other access to pending events
+    finally:
+        box.close()
