@@ -33,6 +33,11 @@ built before migration 4 gets it when the store is opened. One board in 250 was 
 another system's module first (assembled, removed 'rework', assembled again), which gives
 "past holders". 70 % of the systems are shipped; 90 % have a final test (PASS).
 
+``--peers postgres`` also loads the plant's edges into a private PostgreSQL
+(``benchmarks._postgres``) and times its one ``WITH RECURSIVE`` statement per question against
+the same keys, interleaved with traceline's functions and the point read, comparing the answers
+key by key; it prints one more JSON line (``recall_p50_ms``, ``recall_over_postgres``, ...).
+
 The OS page cache is not dropped for "cold" (the machine is shared): cold means ClickHouse's
 own caches (marks, uncompressed blocks, primary index, query condition) are dropped.
 """
@@ -625,6 +630,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results[label[m]] = {"warm": _stats(warm[m]), "cold": _stats(cold[m]) if cold[m] else None}
             sizes[label[m]] = n_units
             stmts[label[m]] = n_stmts[m]
+    peer = _compare_postgres(args, store, meta, lot_sample, sys_sample, mods[0][1]) if args.peers else None
     store.close()
     summary = {
         "benchmark": "recall",
@@ -647,7 +653,150 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.check and multi:
         summary["answers"] = checked
+    if peer is not None:
+        summary["peer_postgres"] = peer
     return summary
+
+
+# ------------------------------------------------------------------------------ peers
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
+
+
+def _compare_postgres(
+    args: argparse.Namespace,
+    store: Store,
+    meta: dict[str, Any],
+    lot_sample: list[str],
+    sys_sample: list[str],
+    q: Any,
+) -> dict[str, Any]:
+    """The same plant in PostgreSQL (``benchmarks._postgres``), the same keys, interleaved.
+
+    Per key and round: traceline's function, the one-key point read (the engine's floor) and the
+    peer's one ``WITH RECURSIVE`` statement, in an order that rotates every round so none always
+    runs right after another. Warm: every key is touched once first (untimed; that touch is also
+    where the answers are compared). Answers: the affected units of every lot (traceline's units
+    now vs the peer's set, and each unit's root and customer), the units of every backward trace;
+    a difference is counted, logged and makes the exit status 1."""
+    import psycopg
+
+    from benchmarks import _postgres as pg
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    counted = _Counting(store)
+    point_sql = FLOOR_STATEMENTS["point_read"]
+    with pg.postgres_server() as server, psycopg.connect(server["dsn"], autocommit=True) as conn:
+        loaded = pg.load(conn, store.query_arrow)
+
+        def peer(sql: str, name: str) -> Callable[[str], list[tuple[Any, ...]]]:
+            def call(k: str) -> list[tuple[Any, ...]]:
+                return conn.execute(sql, {name: k}, prepare=True).fetchall()
+
+            return call
+
+        cases: dict[str, tuple[Callable[[str], Any], Callable[[str], list[tuple[Any, ...]]], list[str]]] = {
+            "recall": (
+                lambda k: q.recall_impact(counted, q.Trigger("lot", k)),
+                peer(pg.RECALL_SQL, "lot"),
+                lot_sample,
+            ),
+            "forward": (lambda k: q.forward_trace(counted, k), peer(pg.FORWARD_SQL, "lot"), lot_sample),
+            "backward": (lambda k: q.backward_trace(counted, k), peer(pg.BACKWARD_SQL, "uii"), sys_sample),
+        }
+        failures: list[str] = []
+        out: dict[str, Any] = {}
+        detail: dict[str, Any] = {}
+        for name, (ours, theirs, keys) in cases.items():
+            compared = differ = 0
+            n_units: list[int] = []
+            for k in keys:  # first touch, untimed: the answers are compared here
+                mine, other = ours(k), theirs(k)
+                compared += 1
+                if name == "backward":
+                    a = {u["uii"] for u in mine.units}
+                    b = {r[1] for r in other if r[0] == "U"}
+                    extra = ""
+                else:
+                    a = {u.uii for u in mine.units}
+                    b = {r[0] for r in other}
+                    if name == "recall":  # (root, customer) of each unit
+                        ra = {u.uii: (u.root_uii, u.customer_id) for u in mine.units}
+                        rb = {r[0]: (r[1], r[2]) for r in other}
+                    else:  # (path, root, shipment, customer) of each unit
+                        ra = {u.uii: (u.path, u.root_uii, u.shipment_id, u.customer_id) for u in mine.units}
+                        rb = {r[0]: (list(r[2]), r[3], r[4], r[5]) for r in other}
+                    wrong = sorted(u for u in a & b if ra[u] != rb[u])
+                    extra = f", rows differ for {len(wrong)} units (e.g. {wrong[:3]})" if wrong else ""
+                n_units.append(len(a))
+                if a != b or extra:
+                    differ += 1
+                    msg = (
+                        f"ANSWERS DIFFER: {name}({k}): traceline {len(a)} units, postgres {len(b)}"
+                        f" (only traceline: {sorted(a - b)[:3]}, only postgres: {sorted(b - a)[:3]}){extra}"
+                    )
+                    failures.append(msg)
+                    _log(msg)
+            ts: dict[str, list[float]] = {"ours": [], "point": [], "peer": []}
+            stmts: list[int] = []
+            steps: dict[str, Callable[[str], Any]] = {
+                "ours": ours,
+                "point": lambda _k: store.query_arrow(point_sql, {"l": lot_sample[0]}),
+                "peer": theirs,
+            }
+            order = list(steps)
+            for r in range(args.rounds):
+                rot = order[r % 3 :] + order[: r % 3]
+                for k in keys:
+                    for s in rot:
+                        counted.statements = 0
+                        dt, _ = _time(lambda fn=steps[s], k=k: fn(k))
+                        ts[s].append(dt)
+                        if s == "ours" and r == 0:
+                            stmts.append(counted.statements)
+                _log(f"postgres peer, {name}: warm round {r + 1}/{args.rounds}")
+            p50 = {s: _pct(v, 50) * 1e3 for s, v in ts.items()}
+            out[f"{name}_p50_ms"] = round(p50["ours"], 2)
+            out[f"{name}_point_read_p50_ms"] = round(p50["point"], 2)
+            out[f"{name}_postgres_p50_ms"] = round(p50["peer"], 2)
+            out[f"{name}_over_point_read"] = _ratio(p50["ours"], p50["point"])
+            out[f"{name}_over_postgres"] = _ratio(p50["ours"], p50["peer"])
+            detail[name] = {
+                "keys": len(keys),
+                "compared": compared,
+                "differ": differ,
+                "units_p50": int(_pct(n_units, 50)) if n_units else 0,
+                "units_max": max(n_units, default=0),
+                "statements_p50": int(_pct(stmts, 50)) if stmts else 0,
+                "statements_max": max(stmts, default=0),
+                "traceline": _stats(ts["ours"]),
+                "point_read": _stats(ts["point"]),
+                "postgres": _stats(ts["peer"]),
+            }
+    # the names the brief and docs/BENCHMARKS.md use: recall_* without a prefix for the floor
+    out["point_read_p50_ms"] = out["recall_point_read_p50_ms"]
+    return {
+        "benchmark": "recall-vs-postgres",
+        **out,
+        "serials": meta["serials"],
+        "lots": len(lot_sample),
+        "systems": len(sys_sample),
+        "rounds": args.rounds,
+        "machine": {"cores": os.cpu_count(), "postgres": server["version"]},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_avg_before": load_before,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "postgres_rows": loaded["rows"],
+        "postgres_load_s": loaded["load_s"],
+        "detail": detail,
+        "answers": {
+            "compared": sum(d["compared"] for d in detail.values()),
+            "differ": sum(d["differ"] for d in detail.values()),
+        },
+        "failures": failures,
+    }
 
 
 def _table(summary: dict[str, Any]) -> str:
@@ -718,10 +867,27 @@ def main(argv: list[str] | None = None) -> int:
         help="with several --queries modules: compare their answers (as JSON) on every key of the "
         "cold runs and the first warm touch; differences are logged and make the exit status 1",
     )
+    p.add_argument(
+        "--peers",
+        default="",
+        choices=["", "postgres"],
+        help="also load the same plant's edges into a private PostgreSQL (Debian's package, "
+        "installed if missing) and time its one WITH RECURSIVE statement per recall / forward / "
+        "backward trace against traceline's functions and the point-read floor, interleaved, "
+        "comparing the answers key by key (a difference makes the exit status 1)",
+    )
     args = p.parse_args(argv)
     summary = run(args)
     print(json.dumps(summary, sort_keys=True))
     print(_table(summary))
+    peer = summary.get("peer_postgres")
+    if peer is not None:
+        flat = {k: v for k, v in peer.items() if k not in ("detail", "failures")}
+        print(json.dumps(flat, sort_keys=True))
+        for f in peer["failures"]:
+            print(f"FAILURE: {f}")
+        if peer["failures"]:
+            return 1
     if "answers" in summary:
         a = summary["answers"]
         print(f"answers compared: {a['compared']}, differ: {a['differ']}")
