@@ -25,6 +25,7 @@ from queries.report import RecallReport, build_report, check_prepared_by
 from queries.report_render import check_format, filename, render
 from queries.results import Trigger
 from schemas.errors import InvalidInputError
+from sinks.chain import Verifier
 
 __all__ = ["DrillResult", "drill_documents", "drill_report", "run_drill", "timings_json"]
 
@@ -90,6 +91,7 @@ def _query_steps(
     lag: Mapping[str, int] | None,
     lag_note: str | None,
     prepared_by: str,
+    verifier: Verifier | None = None,
 ) -> RecallReport:
     # the analyst's first look at a lot: where it went (not needed to build the report)
     if trigger.kind == "lot":
@@ -99,7 +101,14 @@ def _query_steps(
             lambda ft: f"{len(ft.lots)} lots, {len(ft.units)} units, {len(ft.systems)} systems",
         )
     report = build_report(
-        store, trigger, freshness=lag, lag_note=lag_note, prepared_by=prepared_by, drill=True, step=clock.run
+        store,
+        trigger,
+        freshness=lag,
+        lag_note=lag_note,
+        prepared_by=prepared_by,
+        drill=True,
+        step=clock.run,
+        verifier=verifier,
     )
     report.query_seconds = sum(s for _, s, _ in clock.steps)
     return report
@@ -123,17 +132,22 @@ def drill_documents(
     lag: Mapping[str, int] | None = None,
     lag_note: str | None = NO_LAG_SOURCE,
     prepared_by: str,
+    verifier: Verifier | None = None,
 ) -> tuple[RecallReport, dict[str, bytes], list[tuple[str, float, str]]]:
     """Run a drill for ``trigger`` once and render it in each of ``formats``, in memory: the
     report, ``{format: bytes}`` (one document number in every format) and the step timings
     ``(step, seconds, note)``, the renders last. Formats and ``prepared_by`` are checked before
-    anything is read (``InvalidInputError``)."""
+    anything is read (``InvalidInputError``). ``verifier``: the chain key the report's
+    verification status is checked with (``queries.report.build_report``). Issuing (signing and
+    registering) the documents is the caller's: ``queries.report_render.issue_documents``."""
     order = [check_format(f) for f in dict.fromkeys(formats)]
     if not order:
         raise InvalidInputError("no report format given: use html, pdf or csv", "format")
     prepared_by = check_prepared_by(prepared_by)
     clock = _Clock()
-    report = _query_steps(store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by)
+    report = _query_steps(
+        store, trigger, clock, lag=lag, lag_note=lag_note, prepared_by=prepared_by, verifier=verifier
+    )
     documents = {fmt: _render_timed(report, clock, fmt, order[i + 1 :]) for i, fmt in enumerate(order)}
     report.drill_timings = list(clock.steps)
     return report, documents, list(clock.steps)
@@ -153,11 +167,12 @@ def run_drill(
     lag: Mapping[str, int] | None = None,
     lag_note: str | None = NO_LAG_SOURCE,
     prepared_by: str,
+    verifier: Verifier | None = None,
 ) -> DrillResult:
     """Run a mock recall for ``trigger`` (``drill_documents``); write the reports and the drill
     summary to ``out_dir``."""
     report, documents, timings = drill_documents(
-        store, trigger, formats, lag=lag, lag_note=lag_note, prepared_by=prepared_by
+        store, trigger, formats, lag=lag, lag_note=lag_note, prepared_by=prepared_by, verifier=verifier
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +196,11 @@ def drill_report(
     lag: Mapping[str, int] | None = None,
     lag_note: str | None = None,
     prepared_by: str,
+    verifier: Verifier | None = None,
 ) -> tuple[RecallReport, bytes, list[dict[str, Any]]]:
     """One format of a drill, in memory: the report, its bytes, the step timings as JSON values.
     Several formats of one drill: ``drill_documents`` (one document number)."""
     report, documents, timings = drill_documents(
-        store, trigger, [fmt], lag=lag, lag_note=lag_note, prepared_by=prepared_by
+        store, trigger, [fmt], lag=lag, lag_note=lag_note, prepared_by=prepared_by, verifier=verifier
     )
     return report, documents[fmt], timings_json(timings)

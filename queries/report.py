@@ -19,6 +19,12 @@ Here: the records (:class:`RecallReport`, :class:`ReportUnit`, :class:`TestRecor
 ``collect_details``, ``scope_records``, ``units_from_impact``, ``assemble_report``) and
 ``check_prepared_by``: a report names the person who prepared it, never an empty or guessed name.
 
+What a report rests on: its ``verification`` (``queries.verify.quick_check`` at build time: the
+signed heads of the hash chain over the landed rows, or "not verified" and why) and its
+document number, ``RR-<date>-<first 10 hex of the sha256 of its canonical data>``
+(:func:`document_number`; ``RD-`` for a drill), set once when the report is assembled, so
+every format of one report carries one number.
+
 Elsewhere: the document's sections and its AS9100D 8.5.2 / AQAP-2110 evidence map
 (``queries.report_sections``), its renderers
 (``queries.report_csv``, ``queries.report_html``, ``queries.report_pdf``) and
@@ -29,16 +35,19 @@ Elsewhere: the document's sections and its AS9100D 8.5.2 / AQAP-2110 evidence ma
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from queries.recall import recall_impact
 from queries.report_text import day, few, ts, utc
 from queries.results import LotHop, RecallImpact, Trigger
+from queries.verify import ChainStatus, quick_check
 from schemas.errors import InvalidInputError
+from sinks.chain import Verifier
 from sinks.rows import RAW_TABLES
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "build_report",
     "check_prepared_by",
     "collect_details",
+    "document_number",
     "measure_freshness",
     "run_step",
     "scope_records",
@@ -231,6 +241,7 @@ class RecallReport:
     prepared_by: str = ""
     query_seconds: float | None = None
     drill_timings: list[tuple[str, float | None, str]] | None = None  # (step, seconds, note); drill only
+    verification: ChainStatus | None = None  # the chain heads it was built on (None: not checked)
 
     @property
     def now_units(self) -> list[ReportUnit]:
@@ -559,11 +570,32 @@ def check_prepared_by(name: str | None) -> str:
     return name.strip()
 
 
-def _document_number(trigger: Trigger, at: datetime, drill: bool) -> str:
-    h = hashlib.sha1(
-        f"{trigger.kind}\0{trigger.id}\0{trigger.window_start}\0{trigger.window_end}\0{at.isoformat()}".encode()
-    ).hexdigest()[:6]
-    return f"{'RD' if drill else 'RR'}-{at:%Y%m%d-%H%M%S}-{h.upper()}"
+# not content: the number itself, and the drill's timings (they grow while its formats render)
+_NOT_CONTENT = frozenset({"document_number", "drill_timings", "query_seconds"})
+
+
+def _canonical(x: Any) -> Any:
+    if is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _canonical(getattr(x, f.name)) for f in fields(x) if f.name not in _NOT_CONTENT}
+    if isinstance(x, datetime):
+        return x.isoformat()
+    if isinstance(x, Mapping):
+        return {str(k): _canonical(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set | frozenset):
+        items = [_canonical(v) for v in x]
+        return sorted(items, key=repr) if isinstance(x, set | frozenset) else items
+    if x is None or isinstance(x, str | int | float | bool):
+        return x
+    return str(x)
+
+
+def document_number(report: RecallReport) -> str:
+    """``RR-<YYYYMMDD>-<HEX10>`` (``RD-`` for a drill): the day it was generated and the first
+    10 hex digits of the sha256 of the report's canonical data (every field but the number and
+    the drill's timings, as sorted JSON). Call it again after changing a report's content."""
+    data = json.dumps(_canonical(report), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    h = hashlib.sha256(data.encode()).hexdigest()[:10].upper()
+    return f"{'RD' if report.is_drill else 'RR'}-{report.generated_at:%Y%m%d}-{h}"
 
 
 def units_from_impact(impact: RecallImpact) -> list[ReportUnit]:
@@ -620,17 +652,18 @@ def assemble_report(
     prepared_by: str,
     drill: bool = False,
     query_seconds: float | None = None,
+    verification: ChainStatus | None = None,
 ) -> RecallReport:
-    """The report from the recall and the records read for it: totals, document number.
-    ``prepared_by``: see :func:`check_prepared_by`."""
+    """The report from the recall and the records read for it: totals, document number
+    (:func:`document_number`). ``prepared_by``: see :func:`check_prepared_by`."""
     prepared_by = check_prepared_by(prepared_by)
     now = [u for u in units if u.holds == "NOW"]
     cross: dict[str, dict[str, int]] = {}
     for u in now:
         row = cross.setdefault(u.customer_id or "(not shipped)", {})
         row[u.status] = row.get(u.status, 0) + 1
-    return RecallReport(
-        document_number=_document_number(impact.trigger, generated_at, drill),
+    report = RecallReport(
+        document_number="",
         trigger=impact.trigger,
         generated_at=generated_at,
         freshness=freshness,
@@ -648,7 +681,10 @@ def assemble_report(
         prepared_by=prepared_by,
         query_seconds=query_seconds,
         drill_timings=[] if drill else None,
+        verification=verification,
     )
+    report.document_number = document_number(report)
+    return report
 
 
 class Step(Protocol):
@@ -674,6 +710,7 @@ def build_report(
     prepared_by: str,
     drill: bool = False,
     step: Step = run_step,
+    verifier: Verifier | None = None,
 ) -> RecallReport:
     """Run the recall for ``trigger`` and gather everything the report shows.
 
@@ -684,7 +721,8 @@ def build_report(
     "recall impact", "test histories and production records", "lot origin, receipts, status
     and nonconformances" and, unless ``freshness`` is already measured, "data freshness".
     ``prepared_by``: the name on the "prepared by" line, checked before anything is read (see
-    :func:`check_prepared_by`)."""
+    :func:`check_prepared_by`). ``verifier``: the sink's chain key; the report states whether
+    the chain heads verified (``queries.verify.quick_check``), or that it was not verified."""
     prepared_by = check_prepared_by(prepared_by)
     generated_at = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -727,4 +765,5 @@ def build_report(
         prepared_by=prepared_by,
         drill=drill,
         query_seconds=time.perf_counter() - t0,
+        verification=quick_check(store, verifier),
     )

@@ -148,6 +148,8 @@ def _title(r: RecallReport) -> Section:
         ("Data current to (latest event time)", ts(f.latest_event_time) or "no events"),
         ("Latest ingest time", ts(f.latest_ingest_time) or "-"),
         ("Consumer lag", f.lag_text),
+        ("Verification at report time", _verification_text(r)),
+        ("Built on chain heads", _heads_text(r)),
         (
             "Scope",
             f"{len(r.now_units)} units hold the part now; {_past_text(r)}; "
@@ -467,10 +469,14 @@ def evidence_map(r: RecallReport) -> list[EvidenceItem]:
         EvidenceItem(
             "AS9100D 8.5.2",
             "Retain the documented information necessary to enable traceability.",
-            "Records are immutable events, each with a unique event_id and its Kafka position; this "
-            f"report states its data cut-off (latest event {ts(r.freshness.latest_event_time) or 'none'}, "
-            f"consumer lag {r.freshness.lag_text}).",
-            "every raw table: event_id, event_time, ingest_time, kafka_topic, kafka_partition, kafka_offset",
+            "Records are append-only events, each with a unique event_id and its Kafka position, under a "
+            "hash chain (every landed row's sha256 chained per Kafka partition, chain heads signed; "
+            "`traceline verify` re-hashes the store and checks the derived tables against them); "
+            f"verification at report time: {_verification_text(r)}; this report states its data cut-off "
+            f"(latest event {ts(r.freshness.latest_event_time) or 'none'}, consumer lag "
+            f"{r.freshness.lag_text}) and the chain heads it was built on.",
+            "every raw table: event_id, event_time, ingest_time, kafka_topic, kafka_partition, kafka_offset; "
+            "event_chain (row_hash, chain_hash), chain_heads (signature)",
         ),
         EvidenceItem(
             "AQAP-2110 (traceability)",
@@ -500,6 +506,16 @@ def evidence_map(r: RecallReport) -> list[EvidenceItem]:
             "disposition; material_received.supplier_id, supplier_lot; lot_status",
         ),
     ]
+
+
+def _verification_text(r: RecallReport) -> str:
+    v = r.verification
+    return v.text if v is not None else "not verified: the report was built without a chain check"
+
+
+def _heads_text(r: RecallReport) -> str:
+    v = r.verification
+    return v.heads_text if v is not None else "none"
 
 
 def _past_text(r: RecallReport) -> str:

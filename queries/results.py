@@ -123,6 +123,8 @@ class ForwardTrace:
     units: list[AffectedUnit]
     systems: list[dict[str, Any]]  # one per distinct root: root_uii, status, shipment fields, units
     past: list[PastHolder]
+    withheld_units: int = 0  # units outside the caller's programmes, left out (queries.scope)
+    withheld_past: int = 0  # past holds by units outside the caller's programmes, left out
 
 
 @dataclass
@@ -135,6 +137,8 @@ class RecallImpact:
     by_site: dict[str, int]
     by_status: dict[str, int]
     lots: list[LotHop] = field(default_factory=list)
+    withheld_units: int = 0  # units outside the caller's programmes, left out (queries.scope)
+    withheld_past: int = 0  # past holds by units outside the caller's programmes, left out
 
     @property
     def unit_count(self) -> int:
@@ -151,6 +155,7 @@ class BackwardTrace:
     materials: list[dict[str, Any]]  # receipts of the lots involved (supplier, supplier lot, CoC)
     operations: list[dict[str, Any]]
     tests: list[dict[str, Any]]
+    withheld_units: int = 0  # units in its tree outside the caller's programmes, left out (queries.scope)
 
 
 _T = TypeVar("_T")

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from sinks.tables import (
     ALERT_TABLES,
     DERIVED,
+    INTEGRITY_TABLES,
     TABLES,
     TS,
     VIEWS,
@@ -45,6 +46,7 @@ __all__ = [
     "TABLES",
     "DERIVED",
     "ALERT_TABLES",
+    "INTEGRITY_TABLES",
     "VIEWS",
     "View",
     "Table",
@@ -127,7 +129,7 @@ _META = Table(
     kind="meta",
 )
 
-_BY_NAME = {t.name: t for t in TABLES + DERIVED + ALERT_TABLES}
+_BY_NAME = {t.name: t for t in TABLES + DERIVED + ALERT_TABLES + INTEGRITY_TABLES}
 
 
 def table_columns(name: str) -> list[str]:
@@ -233,12 +235,33 @@ def _m5(database: str, opts: EngineOptions) -> list[str]:
     return out
 
 
+def _m6(database: str, opts: EngineOptions) -> list[str]:
+    # tamper evidence: the hash chain over landed rows, its signed heads, the issued reports, and
+    # what each chained table held before the chain began (empty for a new store)
+    out = [_create_table(t, database, opts) for t in INTEGRITY_TABLES if t.since == 6]
+    cols = "raw_table, kafka_topic, kafka_partition, max_offset, keys"
+    for t in TABLES:
+        if t.kind == "raw":
+            out.append(
+                f"INSERT INTO `{database}`.`chain_start` ({cols})"
+                f" SELECT '{t.name}', kafka_topic, kafka_partition, max(kafka_offset), uniqExact(event_id)"
+                f" FROM `{database}`.`{t.name}` GROUP BY kafka_topic, kafka_partition"
+            )
+    out.append(
+        f"INSERT INTO `{database}`.`chain_start` ({cols}) SELECT 'alerts', '', kafka_partition,"
+        f" max(kafka_offset), uniqExact(alert_id, version) FROM `{database}`.`alerts`"
+        " GROUP BY kafka_partition"
+    )
+    return out
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
     (3, "alerts table; unit_tests.out_of_calibration", _m3),
     (4, "lot_units recall index (lot -> unit -> root), backfilled", _m4),
     (5, "raw tables: content_hash; dead_letters: raw_size, raw_sha256, raw_truncated", _m5),
+    (6, "tamper evidence: event_chain, chain_heads, issued_reports, chain_start", _m6),
 )
 
 
@@ -285,7 +308,7 @@ def apply_ddl(client: _Client, database: str, opts: EngineOptions | None = None)
 def render_markdown() -> str:
     """The table reference (docs/TABLES.md body) rendered from ``TABLES``."""
     out: list[str] = []
-    for t in TABLES + DERIVED + ALERT_TABLES:
+    for t in TABLES + DERIVED + ALERT_TABLES + INTEGRITY_TABLES:
         engine = t.engine + (f"({t.version_column})" if t.version_column else "")
         out.append(f"### `{t.name}`\n")
         out.append(f"{t.comment}.\n")

@@ -28,6 +28,11 @@ and the same decode gives the genealogy its commands. Per batch, in this order:
    acknowledgement (``flush``);
 3. insert into ClickHouse; 4. commit the offsets.
 
+Tamper evidence (``sinks.chain``): every landed raw row (and alert) is hashed and chained per
+(topic, partition) in offset order; the ``event_chain`` entries (and, at most every
+``chain_sign_seconds`` and when idle, the heads signed with ``chain_signer`` into
+``chain_heads``) go into the same ``write_batch``, before the raw tables.
+
 A record whose rows landed (at or below a watermark) therefore had its commands sent before,
 so a replay skips it entirely; a crash between 2 and 4 re-sends commands, which are idempotent.
 Kafka unreachable in step 2: back off and retry the batch, like ClickHouse unavailable (and
@@ -78,6 +83,7 @@ from schemas.kafka import (
 )
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
+from sinks.chain import ChainBatch, ChainState, Signer
 from sinks.guards import (
     UNKNOWN_HASH,
     RecentIds,
@@ -178,6 +184,7 @@ class _Batch:
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (topic, part) -> [lo, hi]
     batch_ids: dict[str, int] = field(default_factory=dict)  # event id -> content hash, landing now
     tally: Tally = field(default_factory=Tally)  # counts and the ledger's fates, applied once landed
+    chain: ChainBatch | None = None  # the batch's tables with its hash chain entries (sinks.chain)
 
     def see(self, topic: str, part: int, off: int) -> None:
         r = self.ranges.setdefault((topic, part), [off, off])
@@ -205,7 +212,9 @@ class SinkWorker:
     reference, with its first ``dead_letter_prefix_bytes``. ``max_future_skew`` /
     ``earliest_event_time``: the plausible event times (later than the ingest time plus the
     skew, or earlier than the earliest: quarantined). ``commit_retry_seconds``: how long a
-    retriable commit failure is retried before the commit is given up.
+    retriable commit failure is retried before the commit is given up. ``chain_signer``: the
+    key chain heads are signed with (``sinks.chain.Signer``; None: chained, not signed), at most
+    every ``chain_sign_seconds`` per chain and when idle.
     """
 
     def __init__(
@@ -229,6 +238,8 @@ class SinkWorker:
         max_future_skew: timedelta = timedelta(days=1),
         earliest_event_time: datetime = EARLIEST_EVENT_TIME,
         commit_retry_seconds: float = 30.0,
+        chain_signer: Signer | None = None,
+        chain_sign_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -251,6 +262,7 @@ class SinkWorker:
         self._part_marks: dict[int, int] = {}
         self._watermarks_stale = True
         self._recent_loaded = False
+        self._chain = ChainState(topics.alerts, chain_signer, chain_sign_seconds)
         # "is None", not "or": a real Producer is falsy while its queue is empty (__len__)
         if consumer is None:
             consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
@@ -337,6 +349,7 @@ class SinkWorker:
         self._part_marks = {}
         for (_t, p), off in marks.items():
             self._part_marks[p] = max(off, self._part_marks.get(p, -1))
+        self._chain.load(self.store)
         self._watermarks_stale = False
         if not self._recent_loaded:
             self._load_recent_ids()
@@ -377,6 +390,7 @@ class SinkWorker:
         t0 = time.monotonic()
         msgs = self._collect()
         if not msgs:
+            self._sign_idle()
             return 0
         self.stats._time("collect", t0)
         if not self._land_retrying(msgs):
@@ -437,9 +451,9 @@ class SinkWorker:
         if b.commands or b.dead_out:
             self._send(b)  # before any insert: see the module doc
         t0 = stats._time("send", t0)
-        tables = self._tables(b)
+        b.chain = self._chain.extend(self._tables(b), b.now)
         t0 = stats._time("rows", t0)
-        self._write(b, tables)
+        self._write(b, b.chain.tables)
         stats._time("insert", t0)
         self._account(b)
 
@@ -576,6 +590,8 @@ class SinkWorker:
 
     def _account(self, b: _Batch) -> None:
         """The batch landed: remember its event ids, count it (once), report it."""
+        if b.chain is not None:
+            self._chain.landed(b.chain, b.now)
         for eid, h in b.batch_ids.items():
             self._recent.add(eid, h)
         s = self.stats
@@ -591,6 +607,24 @@ class SinkWorker:
             s.positions[f"{t}[{p}]"] = hi + 1
         if self.on_batch is not None:
             self.on_batch(s)
+
+    def _sign_idle(self) -> None:
+        """Nothing arrived: sign the chain heads not signed yet (never raises a store error:
+        they are signed at the next chance)."""
+        if self._watermarks_stale:
+            return
+        now = datetime.now(UTC)
+        heads = self._chain.idle_heads(now)
+        if heads is None:
+            return
+        token = "heads:" + ";".join(f"{t}:{p}:{o}" for (t, p), (o, _h) in sorted(heads.signed.items()))
+        try:
+            self.store.write_batch(heads.tables, token)
+        except StoreError as exc:
+            log.warning("signing the chain heads failed (retried when idle again): %s", exc)
+            self._watermarks_stale = True
+            return
+        self._chain.landed(heads, now)
 
     def _max_mark(self, partition: int) -> int:
         """The highest events-topic offset of ``partition`` landed in any raw table."""

@@ -3,7 +3,8 @@
 ``Column`` / ``Table`` / ``View`` describe a table or a materialized view; ``TABLES`` holds the
 raw event tables, the genealogy and fact tables and ``dead_letters`` (written by the sink),
 ``DERIVED`` the recall index ``unit_facts`` that the materialized views of ``VIEWS`` fill inside
-ClickHouse, ``ALERT_TABLES`` the alerts landed from the alerts topic. The DDL and its
+ClickHouse, ``ALERT_TABLES`` the alerts landed from the alerts topic, ``INTEGRITY_TABLES`` the
+hash chain over the landed rows, its signed heads and the issued reports. The DDL and its
 migrations, the column lists the row builder must produce and docs/TABLES.md are all rendered
 from these declarations (``sinks.ddl``).
 """
@@ -26,6 +27,11 @@ __all__ = [
     "VIEWS",
     "ALERTS",
     "ALERT_TABLES",
+    "EVENT_CHAIN",
+    "CHAIN_HEADS",
+    "ISSUED_REPORTS",
+    "CHAIN_START",
+    "INTEGRITY_TABLES",
 ]
 
 TS = "DateTime64(3, 'UTC')"
@@ -51,7 +57,7 @@ class Table:
     version_column: str | None = None  # for ReplacingMergeTree(version)
     partition_by: str | None = None
     indexes: tuple[str, ...] = ()
-    kind: str = "raw"  # raw | fact | genealogy | meta | derived | alert
+    kind: str = "raw"  # raw | fact | genealogy | meta | derived | alert | integrity
     since: int = 1  # the migration that created the table
     settings: tuple[tuple[str, Any], ...] = ()  # table-specific engine settings (override opts)
 
@@ -596,3 +602,86 @@ ALERTS = Table(
     since=3,
 )
 ALERT_TABLES: tuple[Table, ...] = (ALERTS,)
+# ---------------------------------------------------------------------------------------
+# Tamper evidence (migration 6): the hash chain over the landed raw rows, its signed heads and
+# the register of issued reports (``sinks.chain``, ``queries.verify``; docs/SECURITY.md).
+
+_CHAIN_POS = (
+    Column("kafka_topic", LC, "Topic of the chained row (the events topic, or the alerts topic)"),
+    Column("kafka_partition", "UInt32", "Its partition: one chain per (topic, partition)"),
+    Column("kafka_offset", "UInt64", "Its offset: the chain runs in offset order"),
+)
+EVENT_CHAIN = Table(
+    "event_chain",
+    "Hash chain over every landed raw row, per (topic, partition) in offset order; written in the"
+    " same batch insert as the rows (before them). Plain MergeTree: nothing collapses, an entry"
+    " added beside a genuine one stays visible to `traceline verify`",
+    (
+        *_CHAIN_POS,
+        Column("event_id", "String", "event_id of the row (alert_id:version for an alert)"),
+        Column("raw_table", LC, "Table the row landed in"),
+        Column(
+            "row_hash",
+            "FixedString(32)",
+            "sha256 of the row's canonical content (sinks.chain.row_hashes: every column but"
+            " ingest_time and the Kafka position)",
+        ),
+        Column("chain_hash", "FixedString(32)", "sha256(previous entry's chain_hash || row_hash)"),
+        Column("landed_at", TS, "When the sink wrote the entry (not hashed)"),
+    ),
+    "(kafka_topic, kafka_partition, kafka_offset)",
+    kind="integrity",
+    since=6,
+)
+CHAIN_HEADS = Table(
+    "chain_heads",
+    "Signed chain heads: the sink signs the head of each (topic, partition) with its Ed25519 key"
+    " (<data dir>/keys/chain.ed25519) at most once per ingest.chain_sign_seconds, and when idle",
+    (
+        *_CHAIN_POS,
+        Column("chain_hash", "FixedString(32)", "event_chain.chain_hash at that offset"),
+        Column("key_id", LC, "First 16 hex of the sha256 of the signing public key"),
+        Column(
+            "signature", "String", "Ed25519 signature (64 bytes) over topic, partition, offset, hash, time"
+        ),
+        Column("signed_at", TS, "When the head was signed (part of the signed message)"),
+    ),
+    "(kafka_topic, kafka_partition, kafka_offset)",
+    kind="integrity",
+    since=6,
+)
+ISSUED_REPORTS = Table(
+    "issued_reports",
+    "Every report file traceline issued: its sha256 and an Ed25519 signature over its bytes"
+    " (<data dir>/keys/report.ed25519); `traceline report verify FILE` looks a file up here",
+    (
+        Column("sha256", "FixedString(32)", "sha256 of the file's bytes"),
+        Column("document_number", "String", "Document number printed in the file"),
+        Column("format", LC, "html / pdf / csv"),
+        Column("size", "UInt64", "Size of the file in bytes"),
+        Column("key_id", LC, "First 16 hex of the sha256 of the signing public key"),
+        Column("signature", "String", "Ed25519 signature (64 bytes) over the file's bytes"),
+        Column("issued_at", TS, "When it was issued"),
+        Column("prepared_by", "String", "The name on the report's 'prepared by' line"),
+    ),
+    "(sha256, issued_at)",
+    kind="integrity",
+    since=6,
+)
+CHAIN_START = Table(
+    "chain_start",
+    "What each chained table held when the chain began (migration 6 fills it): rows at or below"
+    " max_offset have no chain entry; `traceline verify` counts them against keys",
+    (
+        Column("raw_table", LC, "Chained table"),
+        Column("kafka_topic", LC, "Its topic ('' for alerts: the alerts topic)"),
+        Column("kafka_partition", "UInt32", "Partition"),
+        Column("max_offset", "UInt64", "Highest offset landed before the chain began"),
+        Column("keys", "UInt64", "Distinct event_id (alerts: alert_id, version) at or below it"),
+        Column("recorded_at", TS, "When the migration recorded it", default="now64(3, 'UTC')"),
+    ),
+    "(raw_table, kafka_topic, kafka_partition)",
+    kind="integrity",
+    since=6,
+)
+INTEGRITY_TABLES: tuple[Table, ...] = (EVENT_CHAIN, CHAIN_HEADS, ISSUED_REPORTS, CHAIN_START)

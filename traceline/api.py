@@ -14,38 +14,61 @@ documentation at ``/docs`` (Swagger UI) and ``/redoc`` from assets in the packag
 | ``GET /alerts?severity=&rule=&since=&limit=`` | alerts, latest version of each, newest first |
 | ``GET /docs``, ``GET /redoc``, ``GET /static/...`` | API documentation and its assets |
 
+Every route but ``/health`` (and the documentation pages, which hold no data) needs
+``Authorization: Bearer <token>`` (``traceline.auth``: an API token or, when configured, an
+OIDC JWT): 401 with ``WWW-Authenticate: Bearer`` without one or with a bad one, 403 for a role
+that may not (a gateway may not read; ``/ledger`` and the details of ``/health`` and
+``/ready`` are for administrators). ``/health`` answers anonymous callers with
+``{"status": ...}`` only.
+
 Reads go through ``traceline.backend.StoreBackend`` on the API's own store handle, the same
-code the CLI runs when no server is up. Values reach ClickHouse only as bound query parameters.
+code the CLI runs when no server is up, scoped per caller to the caller's programmes
+(``StoreBackend.scoped``: ``queries.scope``). A report carries the withheld counts in
+``X-Traceline-Withheld-Units`` / ``X-Traceline-Withheld-Past``. Values reach ClickHouse only
+as bound query parameters.
 Errors go through ``traceline.errors.classify``: bad input 422, an identifier the store has
 never seen 404 (``detail``: kind, id, suggestions, what was searched), a failed service 503.
 """
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, Security
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from queries import Trigger, to_jsonable
 from queries.report_render import MEDIA_TYPES
 from schemas.errors import NotFoundError
 from sinks.store import Store, check_time
-from traceline.backend import AlertQuery, StoreBackend
+from traceline.auth import ADMIN, READ, AuthConfigError, Authenticator, Principal
+from traceline.backend import WITHHELD_HEADERS, AlertQuery, StoreBackend
 from traceline.errors import classify
+from traceline.settings import load_settings
 
 __all__ = ["create_api", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger(__name__)
 _VENDOR = STATIC_DIR / "vendor"
 _KINDS = "lot | supplier_lot | supplier | serial | station | operator | bench"
 _WHEN = "ISO-8601 with an offset, e.g. 2026-01-05T08:00:00Z"
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="an API token (`traceline token create`) or, when configured, an OIDC JWT",
+)
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no credential, or one that is unknown, revoked or expired"},
+    403: {"description": "the caller's role may not do this"},
+}
 
 
 def create_api(
@@ -54,20 +77,34 @@ def create_api(
     health: Callable[[], dict[str, Any]] | None = None,
     lag: Callable[[], Mapping[str, int] | None] | None = None,
     ledger: Callable[[], dict[str, Any]] | None = None,
+    auth: Authenticator | None = None,
+    keys_dir: Path | None = None,
 ) -> FastAPI:
     """The API over one open store (the store serialises calls on its handle). ``health``
     reports the status derived from every part of the running server; ``lag`` measures the
-    consumer lag a report prints as data freshness; ``ledger`` the sink's per-partition ledger."""
+    consumer lag a report prints as data freshness; ``ledger`` the sink's per-partition ledger;
+    ``auth`` who may call (default: the token file and OIDC issuer of the settings from the
+    environment, ``Authenticator.for_settings``)."""
+    authenticator = auth if auth is not None else Authenticator.for_settings(load_settings())
+    if authenticator.oidc is None and not any(r.active for r in authenticator.tokens.records()):
+        log.warning(
+            "no API token exists in %s: every call but /health is refused until an administrator "
+            "runs `traceline token create`",
+            authenticator.tokens.path,
+        )
     api = FastAPI(
         title="traceline",
         version="0.1.0",
         description="Forward and backward traces, recall impact, recall reports and drills, alerts, "
-        "pipeline health. Errors: 422 bad input, 404 an identifier the store has never seen "
+        "pipeline health. Every route but /health needs `Authorization: Bearer <token>` (401 without "
+        "a valid one, 403 for a role that may not); answers hold only the caller's programmes. "
+        "Errors: 422 bad input, 404 an identifier the store has never seen or the caller may not see "
         "(with suggestions), 503 a service failed.",
         docs_url=None,
         redoc_url=None,
     )
-    backend = StoreBackend(store, lag=lambda: _lag(lag), where="the server's store")
+    # scoped per caller; reports signed and registered with the key under keys_dir (the data dir)
+    shared = StoreBackend(store, lag=lambda: _lag(lag), where="the server's store", keys_dir=keys_dir)
     if _VENDOR.is_dir():
         api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -92,52 +129,122 @@ def create_api(
     def trigger(kind: str, ident: str, start: datetime | None, end: datetime | None) -> Trigger:
         return answer(lambda: Trigger(kind, ident, start, end))
 
+    # -- who is calling -------------------------------------------------------------------
+    def presented(credentials: HTTPAuthorizationCredentials | None = Security(_BEARER)) -> Principal | None:
+        """The caller, None when no credential came, 401 for a credential that is not valid."""
+        if credentials is None:
+            return None
+        try:
+            who = authenticator.authenticate(credentials.credentials)
+        except AuthConfigError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        if who is None:
+            raise HTTPException(
+                status_code=401,
+                detail="the bearer token is not valid: unknown, revoked or expired",
+                headers={"WWW-Authenticate": 'Bearer realm="traceline", error="invalid_token"'},
+            )
+        return who
+
+    def caller(who: Principal | None = Depends(presented)) -> Principal:
+        if who is None:
+            raise HTTPException(
+                status_code=401,
+                detail="a credential is required: Authorization: Bearer <token> "
+                "(an administrator makes one with `traceline token create`)",
+                headers={"WWW-Authenticate": 'Bearer realm="traceline"'},
+            )
+        return who
+
+    def reader(who: Principal = Depends(caller)) -> StoreBackend:
+        """The backend answering for the caller's programmes; 403 for a role that may not read."""
+        if not who.may(READ):
+            raise HTTPException(status_code=403, detail=f"the role {who.role} may not read traceability data")
+        return shared.scoped(who.programs)
+
+    def administrator(who: Principal = Depends(caller)) -> Principal:
+        if not who.may(ADMIN):
+            raise HTTPException(status_code=403, detail=f"for administrators only (the caller is {who.role})")
+        return who
+
     @api.get("/health", summary="Liveness, and the status derived from every part of the pipeline")
-    def get_health() -> dict[str, Any]:
-        """200 while the server answers; ``status`` is ok / degraded / failing with the
-        problems (a part dead, crash-looping or stalled, store write errors, a ledger gap)."""
-        if health is None:
-            return {"status": "unknown", "problems": ["no pipeline runs in this process"]}
-        return health()
+    def get_health(who: Principal | None = Depends(presented)) -> dict[str, Any]:
+        """200 while the server answers; ``status`` is ok / degraded / failing. Open to anyone;
+        the details (problems: a part dead, crash-looping or stalled, store write errors, a
+        ledger gap; parts, lag) only for an administrator."""
+        state = (
+            health()
+            if health is not None
+            else {
+                "status": "unknown",
+                "problems": ["no pipeline runs in this process"],
+            }
+        )
+        if who is None or not who.may(ADMIN):
+            return {"status": state.get("status")}
+        return state
 
     @api.get(
         "/ready",
         summary="Readiness: 200 when every part of the pipeline is ok, 503 otherwise",
-        responses={503: {"description": "a part is not ok: see problems"}},
+        responses={503: {"description": "a part is not ok: see problems"}, **_AUTH_RESPONSES},
     )
-    def get_ready() -> Response:
+    def get_ready(who: Principal = Depends(caller)) -> Response:
+        """Any authenticated caller; the problems and the lag only for an administrator."""
         state = health() if health is not None else {"status": "unknown", "problems": ["no pipeline"]}
         code = 200 if state.get("status") == "ok" else 503
-        body = {"status": state.get("status"), "problems": state.get("problems", []), "lag": state.get("lag")}
+        body: dict[str, Any] = {"status": state.get("status")}
+        if who.may(ADMIN):
+            body.update(problems=state.get("problems", []), lag=state.get("lag"))
         return JSONResponse(body, status_code=code)
 
-    @api.get("/ledger", summary="The sink's ledger per events partition: read = landed + accounted for")
+    @api.get(
+        "/ledger",
+        summary="The sink's ledger per events partition: read = landed + accounted for",
+        responses=_AUTH_RESPONSES,
+        dependencies=[Depends(administrator)],
+    )
     def get_ledger() -> dict[str, Any]:
         return ledger() if ledger is not None else {"partitions": {}, "gap": {}, "since": None}
 
-    @api.get("/trace/forward", summary="Forward trace: lot -> lots -> units -> systems -> customers")
-    def get_forward(lot: str = Query(..., min_length=1, description="lot_id")) -> Any:
+    @api.get(
+        "/trace/forward",
+        summary="Forward trace: lot -> lots -> units -> systems -> customers",
+        responses=_AUTH_RESPONSES,
+    )
+    def get_forward(
+        lot: str = Query(..., min_length=1, description="lot_id"),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
         return answer(lambda: to_jsonable(backend.forward_trace(lot)))
 
     @api.get(
-        "/trace/backward", summary="Backward trace: unit or system -> components, lots, operations, tests"
+        "/trace/backward",
+        summary="Backward trace: unit or system -> components, lots, operations, tests",
+        responses={404: {"description": "unknown, or outside the caller's programmes"}, **_AUTH_RESPONSES},
     )
     def get_backward(
         serial: str = Query(..., min_length=1, description="UII '<part_number>:<serial_number>'"),
+        backend: StoreBackend = Depends(reader),
     ) -> Any:
         return answer(lambda: to_jsonable(backend.backward_trace(serial)))
 
-    @api.get("/recall", summary="Recall impact of a trigger (lot, supplier lot, station, operator, bench...)")
+    @api.get(
+        "/recall",
+        summary="Recall impact of a trigger (lot, supplier lot, station, operator, bench...)",
+        responses=_AUTH_RESPONSES,
+    )
     def get_recall(
         kind: str = Query("lot", description=_KINDS),
         id: str = Query(..., min_length=1, description="the trigger's id"),  # noqa: A002 - API field name
         start: datetime | None = Query(None, alias="from", description=f"window start ({_WHEN})"),
         end: datetime | None = Query(None, alias="to", description=f"window end ({_WHEN})"),
+        backend: StoreBackend = Depends(reader),
     ) -> Any:
         t = trigger(kind, id, start, end)
         return answer(lambda: to_jsonable(backend.recall(t)))
 
-    @api.get("/report", summary="Recall report for an auditor (HTML, PDF or CSV)")
+    @api.get("/report", summary="Recall report for an auditor (HTML, PDF or CSV)", responses=_AUTH_RESPONSES)
     def get_report(
         kind: str = Query("lot", description=_KINDS),
         id: str = Query(..., min_length=1, description="the trigger's id"),  # noqa: A002 - API field name
@@ -145,6 +252,7 @@ def create_api(
         start: datetime | None = Query(None, alias="from", description=f"window start ({_WHEN})"),
         end: datetime | None = Query(None, alias="to", description=f"window end ({_WHEN})"),
         format: str = Query("html", description="html | pdf | csv"),  # noqa: A002 - API field name
+        backend: StoreBackend = Depends(reader),
     ) -> Response:
         t = trigger(kind, id, start, end)
         fmt = format.lower()
@@ -152,10 +260,16 @@ def create_api(
         headers = {
             "Content-Disposition": _disposition("inline" if fmt == "html" else "attachment", made.filename),
             "X-Traceline-Document": made.document_number,
+            WITHHELD_HEADERS[0]: str(made.withheld_units),
+            WITHHELD_HEADERS[1]: str(made.withheld_past),
         }
         return Response(content=made.content, media_type=MEDIA_TYPES[fmt], headers=headers)
 
-    @api.get("/drill", summary="Recall drill: a mock recall, every step timed, each format of one document")
+    @api.get(
+        "/drill",
+        summary="Recall drill: a mock recall, every step timed, each format of one document",
+        responses=_AUTH_RESPONSES,
+    )
     def get_drill(
         kind: str = Query("lot", description=_KINDS),
         id: str = Query(..., min_length=1, description="the trigger's id"),  # noqa: A002 - API field name
@@ -163,12 +277,17 @@ def create_api(
         start: datetime | None = Query(None, alias="from", description=f"window start ({_WHEN})"),
         end: datetime | None = Query(None, alias="to", description=f"window end ({_WHEN})"),
         formats: str = Query("html,pdf,csv", description="comma-separated: html,pdf,csv"),
+        backend: StoreBackend = Depends(reader),
     ) -> Any:
         t = trigger(kind, id, start, end)
         fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
         return answer(lambda: to_jsonable(backend.drill_documents(t, fmts, prepared_by)))
 
-    @api.get("/alerts", summary="Alerts (latest version of each), newest event first, one page")
+    @api.get(
+        "/alerts",
+        summary="Alerts (latest version of each), newest event first, one page",
+        responses=_AUTH_RESPONSES,
+    )
     def get_alerts(
         severity: str | None = Query(None, description="INFO | WARNING | CRITICAL"),
         rule: str | None = Query(None, description="e.g. NC_RAISED, HELD_LOT_USED, SHIPPING_GATE"),
@@ -176,6 +295,7 @@ def create_api(
         until: datetime | None = Query(None, description=f"event time before ({_WHEN})"),
         limit: int = Query(100, ge=1, le=10_000),
         offset: int = Query(0, ge=0, le=1_000_000_000),
+        backend: StoreBackend = Depends(reader),
     ) -> Any:
         """``{rows, total, offset, limit}``: ``total`` counts every alert the filter matches, so a
         page never hides that there are more."""

@@ -10,6 +10,13 @@ argument, ``NotFoundError`` for an identifier the store has never seen, another
 ``TracelineError`` for a service that failed), which ``traceline.errors.classify`` turns into
 exit codes. The API itself serves its reads through a :class:`StoreBackend` on its own store
 handle, so the CLI, the API and the server path give the same answers.
+
+Programmes (need-to-know): a :class:`StoreBackend` answers for one set of programmes (``*``
+for all), cutting every answer with ``queries.scope``, so the API (a backend per caller,
+:meth:`StoreBackend.scoped`) and the CLI without a server share the one rule. The CLI opening
+the store is the local operator (every programme) unless ``TRACELINE_TOKEN`` names a token,
+whose programmes then apply (``traceline.auth.local_principal``). A :class:`ServerBackend`
+sends the token as ``Authorization: Bearer``; the server applies its programmes.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,15 +36,28 @@ from queries import BackwardTrace, ForwardTrace, RecallImpact, Trigger, from_jso
 from queries import backward_trace as _backward_trace
 from queries import forward_trace as _forward_trace
 from queries import recall_impact as _recall_impact
-from queries.alerts import AlertPage, list_alerts
-from queries.drill import DrillResult, drill_documents
-from queries.lookup import require_known
-from queries.report import RecallReport, build_report, measure_freshness
-from queries.report_render import MEDIA_TYPES, check_format, filename, render
+from queries.alerts import AlertPage
+from queries.drill import DrillResult
+from queries.lookup import require_known, suggestions
+from queries.report import RecallReport, measure_freshness
+from queries.report_render import MEDIA_TYPES, check_format, filename, issue_documents, issue_report, render
+from queries.scope import (
+    ALL,
+    ScopedReport,
+    scoped,
+    scoped_alerts,
+    scoped_drill_documents,
+    scoped_report,
+    sees_all,
+    unit_programs,
+    visible,
+)
 from schemas.errors import InvalidInputError, NotFoundError, TracelineError
 from schemas.kafka import pipeline_lag
+from sinks.chain import Signer, Verifier, chain_key_path, report_key_path
 from sinks.store import Store
 from traceline import localstack
+from traceline.auth import AuthError, Principal, local_principal
 from traceline.settings import Settings
 
 __all__ = [
@@ -61,6 +81,7 @@ __all__ = [
 ]
 
 STATE_FILE = "serve.json"
+WITHHELD_HEADERS = ("X-Traceline-Withheld-Units", "X-Traceline-Withheld-Past")
 _T = TypeVar("_T")
 
 
@@ -77,7 +98,9 @@ class ReportFile:
     content: bytes
     filename: str
     document_number: str
-    summary: str  # "<document number>: N units now, M past"
+    summary: str  # "<document number>: N units now, M past[; K units withheld (outside your programmes)]"
+    withheld_units: int = 0
+    withheld_past: int = 0
 
 
 @dataclass
@@ -215,10 +238,12 @@ def measure_lag(settings: Settings) -> tuple[dict[str, int] | None, str]:
 
 
 def open_backend(settings: Settings) -> Backend:
-    """The running server's API when ``traceline serve`` owns the store, else the store."""
+    """The running server's API when ``traceline serve`` owns the store (with the configured
+    token), else the store (as the local operator, or with the token's programmes)."""
     state = serve_state(settings.data_dir)
+    token = settings.auth.token.get_secret_value() if settings.auth.token is not None else None
     if state:
-        return ServerBackend(str(state["url"]))
+        return ServerBackend(str(state["url"]), token=token)
     return StoreBackend.for_settings(settings)
 
 
@@ -227,22 +252,37 @@ def _window(trigger: Trigger) -> dict[str, Any]:
     return {"from": ws.isoformat() if ws else None, "to": we.isoformat() if we else None}
 
 
-def _summary(document: str, now: int, past: int) -> str:
-    return f"{document}: {now} units now, {past} past"
+def _summary(document: str, now: int, past: int, withheld_units: int = 0, withheld_past: int = 0) -> str:
+    return f"{document}: {now} units now, {past} past" + withheld_text(withheld_units, withheld_past, "; ")
+
+
+def withheld_text(units: int, past: int = 0, lead: str = "") -> str:
+    """``"N units withheld (outside your programmes)"`` (and the past holds), or "" for none."""
+    if not units and not past:
+        return ""
+    text = f"{units} units withheld (outside your programmes)"
+    if past:
+        text += f"; {past} past holds withheld too"
+    return lead + text
 
 
 # -- the server ------------------------------------------------------------------------------
 class ServerBackend:
     """Asks a running ``traceline serve`` over its HTTP API."""
 
-    def __init__(self, url: str, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, client: httpx.Client | None = None, *, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.where = f"the server at {self.url}"
         self._client = client or httpx.Client(timeout=300)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _get(self, path: str, params: Mapping[str, Any]) -> httpx.Response:
         try:
-            r = self._client.get(self.url + path, params={k: v for k, v in params.items() if v is not None})
+            r = self._client.get(
+                self.url + path,
+                params={k: v for k, v in params.items() if v is not None},
+                headers=self._headers,
+            )
         except httpx.HTTPError as exc:
             raise ServerError(self.url, f"did not answer: {exc}") from exc
         if r.status_code >= 400:
@@ -260,6 +300,8 @@ class ServerBackend:
                 )
             if r.status_code == 422:
                 raise InvalidInputError(detail if isinstance(detail, str) else json.dumps(detail))
+            if r.status_code in (401, 403):
+                raise AuthError(_refused(self.url, r.status_code, str(detail), bool(self._headers)))
             raise ServerError(self.url, f"{r.status_code}: {detail}", r.status_code)
         return r
 
@@ -284,7 +326,8 @@ class ServerBackend:
         r = self._get("/report", {**params, **_window(trigger)})
         name = _filename_from(r, f"recall-{trigger.kind}-{trigger.id}.{fmt}")
         document = r.headers.get("x-traceline-document", "")
-        return ReportFile(r.content, name, document, document)
+        units, past = (int(r.headers.get(h, "0") or 0) for h in WITHHELD_HEADERS)
+        return ReportFile(r.content, name, document, document + withheld_text(units, past, ": "), units, past)
 
     def drill(
         self, trigger: Trigger, formats: Sequence[str], out_dir: Path, prepared_by: str
@@ -308,6 +351,17 @@ class ServerBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refused(url: str, status: int, detail: str, sent: bool) -> str:
+    if status == 403:
+        return f"the server at {url} refused: {detail}"
+    if not sent:
+        return (
+            f"the server at {url} needs a token: set TRACELINE_TOKEN or give --token (an administrator "
+            "makes one with `traceline token create`)"
+        )
+    return f"the server at {url} does not accept the token given (TRACELINE_TOKEN / --token): {detail}"
 
 
 def _filename_from(response: httpx.Response, fallback: str) -> str:
@@ -340,7 +394,11 @@ class StoreBackend:
     """Reads the store directly: the CLI when no server runs (``for_settings``: opened on first
     use, never created), and the API on its own store handle. Every answer that came back
     empty is checked against the identifiers the store knows (``queries.lookup``): an unknown
-    trigger or unit is a :class:`NotFoundError` with suggestions, never an empty answer."""
+    trigger or unit is a :class:`NotFoundError` with suggestions, never an empty answer.
+
+    Every answer is cut to ``programs`` (``*``: all) by ``queries.scope``; a unit outside them
+    is "not found" exactly like a unit the store never saw (a serial trigger, a backward
+    trace), and suggestions name only units inside them."""
 
     def __init__(
         self,
@@ -349,20 +407,53 @@ class StoreBackend:
         lag: LagSource | None = None,
         where: str = "the store",
         owns_store: bool = False,
+        programs: Collection[str] | Callable[[], Principal] = frozenset({ALL}),
+        keys_dir: Path | None = None,
     ) -> None:
+        self._keys_dir = keys_dir  # report signing key and chain verification key (None: neither)
         self._store = store if isinstance(store, Store) else None
         self._open = None if isinstance(store, Store) else store
         self._lag = lag or (lambda: (None, "no Kafka lag source configured"))
         self.where = where
         self._owns = owns_store
+        self._who = programs if callable(programs) else None
+        self._programs = None if callable(programs) else frozenset(programs)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> StoreBackend:
+        """The store the settings name, read as the local operator (every programme), or with
+        the programmes of ``TRACELINE_TOKEN`` when it is set (checked when the store is first
+        read, after the store was found: a wrong data dir is said first)."""
         return cls(
             lambda: open_store(settings, create=False),
             lag=lambda: measure_lag(settings),
             where=f"the store at {settings.clickhouse_dsn}",
             owns_store=True,
+            programs=lambda: local_principal(settings),
+            keys_dir=settings.data_dir,
+        )
+
+    def _signer(self) -> Signer | None:
+        """The report signing key (created owner-only at first use); None without a data dir."""
+        return Signer.load_or_create(report_key_path(self._keys_dir)) if self._keys_dir else None
+
+    def _verifier(self) -> Verifier | None:
+        """The chain heads' public key, for the report's verification status."""
+        return Verifier.load(chain_key_path(self._keys_dir)) if self._keys_dir else None
+
+    @property
+    def programs(self) -> frozenset[str]:
+        """The programmes this backend answers for (``*``: all)."""
+        if self._programs is None:
+            assert self._who is not None
+            _ = self.store  # a store that is not there is the first thing to say
+            self._programs = frozenset(self._who().programs)
+        return self._programs
+
+    def scoped(self, programs: Collection[str]) -> StoreBackend:
+        """This backend's store, answering for ``programs`` (one per API caller; never closes it)."""
+        return StoreBackend(
+            self.store, lag=self._lag, where=self.where, programs=programs, keys_dir=self._keys_dir
         )
 
     @property
@@ -372,28 +463,59 @@ class StoreBackend:
             self._store = self._open()
         return self._store
 
+    # -- what a caller may know -----------------------------------------------------------
+    def _require_known(self, kind: str, ident: str) -> None:
+        """``queries.lookup.require_known``, with units outside the programmes unknown: the same
+        error, and suggestions that name only units inside them."""
+        try:
+            if kind == "serial" and not self._sees(ident):
+                raise NotFoundError(kind, ident, suggestions(self.store, kind, ident), _SEARCHED_UNITS)
+            require_known(self.store, kind, ident)
+        except NotFoundError as exc:
+            if sees_all(self.programs):
+                raise
+            units = {s.split(":", 1)[1] for s in exc.suggestions if s.startswith("serial:")}
+            of = unit_programs(self.store, units)
+            kept = [
+                s
+                for s in exc.suggestions
+                if not s.startswith("serial:") or visible(self.programs, of.get(s.split(":", 1)[1]))
+            ]
+            raise NotFoundError(exc.kind, exc.ident, kept, exc.searched) from None
+
+    def _sees(self, uii: str) -> bool:
+        return sees_all(self.programs) or visible(self.programs, unit_programs(self.store, [uii]).get(uii))
+
+    def _check_trigger(self, trigger: Trigger) -> None:
+        if trigger.kind == "serial" and not self._sees(trigger.id):
+            self._require_known("serial", trigger.id)
+
     # -- reads ----------------------------------------------------------------------------
     def recall(self, trigger: Trigger) -> RecallImpact:
+        self._check_trigger(trigger)
         result = _recall_impact(self.store, trigger)
         if not result.units and not result.past:
-            require_known(self.store, trigger.kind, trigger.id)
-        return result
+            self._require_known(trigger.kind, trigger.id)
+        return scoped(self.store, result, self.programs)
 
     def forward_trace(self, lot_id: str) -> ForwardTrace:
         result = _forward_trace(self.store, lot_id)
         if not result.units and not result.past:
-            require_known(self.store, "lot", lot_id)
-        return result
+            self._require_known("lot", lot_id)
+        return scoped(self.store, result, self.programs)
 
     def backward_trace(self, uii: str) -> BackwardTrace:
+        if not self._sees(uii):
+            self._require_known("serial", uii)
         result = _backward_trace(self.store, uii)
         if len(result.units) <= 1 and not (result.operations or result.tests or result.lots):
-            require_known(self.store, "serial", uii)
-        return result
+            self._require_known("serial", uii)
+        return scoped(self.store, result, self.programs)
 
     def alerts(self, query: AlertQuery) -> AlertPage:
-        page = list_alerts(
+        page = scoped_alerts(
             self.store,
+            self.programs,
             severity=query.severity,
             rule=query.rule,
             since=query.since,
@@ -405,34 +527,73 @@ class StoreBackend:
 
     # -- documents ------------------------------------------------------------------------
     def report_document(self, trigger: Trigger, fmt: str, prepared_by: str) -> tuple[RecallReport, bytes]:
+        made, content = self._report(trigger, fmt, prepared_by)
+        return made.report, content
+
+    def _report(self, trigger: Trigger, fmt: str, prepared_by: str) -> tuple[ScopedReport, bytes]:
         fmt = check_format(fmt)
-        require_known(self.store, trigger.kind, trigger.id)
+        self._check_trigger(trigger)
+        self._require_known(trigger.kind, trigger.id)
         lag, note = self._lag()
         fresh = measure_freshness(self.store, lag, note or None)
-        report = build_report(self.store, trigger, freshness=fresh, prepared_by=prepared_by)
-        return report, render(report, fmt)
+        made = scoped_report(
+            self.store,
+            trigger,
+            self.programs,
+            freshness=fresh,
+            prepared_by=prepared_by,
+            verifier=self._verifier(),
+        )
+        signer = self._signer()
+        if signer is None:
+            return made, render(made.report, fmt)
+        return made, issue_report(self.store, made.report, fmt, signer)
 
     def report(self, trigger: Trigger, fmt: str, prepared_by: str) -> ReportFile:
-        report, content = self.report_document(trigger, fmt, prepared_by)
+        made, content = self._report(trigger, fmt, prepared_by)
+        report = made.report
         return ReportFile(
             content,
             filename(report, fmt),
             report.document_number,
-            _summary(report.document_number, len(report.now_units), len(report.past_units)),
+            _summary(
+                report.document_number,
+                len(report.now_units),
+                len(report.past_units),
+                made.withheld_units,
+                made.withheld_past,
+            ),
+            made.withheld_units,
+            made.withheld_past,
         )
 
     def drill_documents(self, trigger: Trigger, formats: Sequence[str], prepared_by: str) -> DrillDocuments:
         """One drill, every format of it from the same report (one document number)."""
-        require_known(self.store, trigger.kind, trigger.id)
+        self._check_trigger(trigger)
+        self._require_known(trigger.kind, trigger.id)
         lag, note = self._lag()
-        report, documents, timings = drill_documents(
-            self.store, trigger, formats, lag=lag, lag_note=note or None, prepared_by=prepared_by
+        made, documents, timings = scoped_drill_documents(
+            self.store,
+            trigger,
+            self.programs,
+            formats,
+            lag=lag,
+            lag_note=note or None,
+            prepared_by=prepared_by,
+            verifier=self._verifier(),
         )
+        report = made.report
+        signer = self._signer()
+        if signer is not None:
+            issue_documents(self.store, report, documents, signer)
+        summary = DrillResult(report, {}, None, timings).as_dict()
+        summary.update(withheld_units=made.withheld_units, withheld_past=made.withheld_past)
         return DrillDocuments(
             document_number=report.document_number,
             headline=(
                 f"recall drill {report.document_number}: {len(report.now_units)} units now, "
                 f"{len(report.past_units)} past, {report.systems} final systems"
+                + withheld_text(made.withheld_units, made.withheld_past, "; ")
             ),
             steps=[DrillStep(s, t, n) for s, t, n in timings],
             documents={
@@ -441,7 +602,7 @@ class StoreBackend:
                 )
                 for fmt, content in documents.items()
             },
-            summary=DrillResult(report, {}, None, timings).as_dict(),
+            summary=summary,
         )
 
     def drill(
@@ -459,3 +620,6 @@ class StoreBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SEARCHED_UNITS = "the unit genealogy and operations"  # as queries.lookup says for a serial

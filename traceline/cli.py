@@ -42,6 +42,8 @@ from traceline.cli_common import (
 from traceline.cli_query import recall_app, trace_app
 from traceline.cli_report import drill_command, report_command
 from traceline.cli_status import status_command
+from traceline.cli_token import token_app
+from traceline.cli_verify import report_verify_command, verify_command
 from traceline.cli_worker import worker_app
 from traceline.errors import EXIT_INVALID_EVENTS, EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.serve import ServeOptions, Server
@@ -415,6 +417,9 @@ recall_app.command("report")(report_command)  # the same command as `traceline r
 app.command("drill")(drill_command)
 app.command("status")(status_command)
 app.add_typer(worker_app, name="worker")
+app.add_typer(token_app, name="token")
+app.command("verify")(verify_command)
+app.command("report-verify")(report_verify_command)
 app.add_typer(alerts_app, name="alerts")
 
 

@@ -1,7 +1,10 @@
 """``traceline alerts``: follow the alerts topic live (``tail``), or query the alerts table (``list``).
 
 Wired into the main CLI with ``app.add_typer(alerts_app, name="alerts")``. ``list`` asks the one
-backend (``traceline.backend``: the running server's API, else the store).
+backend (``traceline.backend``: the running server's API, else the store), which lists only the
+alerts of the caller's programmes. ``tail`` reads the Kafka topic itself (whoever may read the
+topic sees every alert); with ``TRACELINE_TOKEN`` / ``--token`` set it shows only the alerts of
+that token's programmes.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from confluent_kafka import Consumer, KafkaError
 from rich.table import Table
 
 from queries import to_jsonable
+from queries.scope import parse_programs, visible
 from schemas.alert import decode_alert
 from schemas.errors import DecodeError
 from schemas.kafka import consumer_config
+from traceline.auth import local_principal
 from traceline.backend import AlertQuery, open_backend
 from traceline.cli_common import (
     WHEN,
     BootstrapOpt,
     DataDirOpt,
+    TokenOpt,
     handled,
     out,
     parse_when,
@@ -71,9 +77,11 @@ def tail(
     as_json: JsonOpt = False,
     count: Annotated[int, typer.Option(help="stop after this many alerts (0: follow forever)")] = 0,
     timeout: Annotated[float, typer.Option(help="stop after this many idle seconds (0: never)")] = 0.0,
+    token: TokenOpt = None,
 ) -> None:
-    """Follow the alerts topic live (Ctrl-C to stop)."""
-    s = settings_for(bootstrap, data_dir)
+    """Follow the alerts topic live (Ctrl-C to stop); with a token, its programmes' alerts only."""
+    s = settings_for(bootstrap, data_dir, token=token)
+    programs = local_principal(s).programs  # every programme, unless a token is given
     consumer = Consumer(
         consumer_config(
             resolve_bootstrap(s),
@@ -100,6 +108,8 @@ def tail(
                 alert = decode_alert(msg.value() or b"").to_json()
             except DecodeError as exc:
                 typer.echo(f"undecodable alert at {msg.partition()}@{msg.offset()}: {exc}", err=True)
+                continue
+            if not visible(programs, parse_programs(str(alert.get("program") or ""))):
                 continue
             if as_json:
                 typer.echo(json.dumps(alert, sort_keys=True))
@@ -131,12 +141,13 @@ def list_cmd(
     offset: Annotated[int, typer.Option(min=0, help="skip this many (the next page)")] = 0,
     as_json: JsonOpt = False,
     data_dir: DataDirOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """The latest version of each alert, newest event first, one page (with the total)."""
     query = AlertQuery(
         severity, rule, parse_when(since, "--since"), parse_when(until, "--until"), limit, offset
     )
-    with open_backend(settings_for(data_dir=data_dir)) as backend:
+    with open_backend(settings_for(data_dir=data_dir, token=token)) as backend:
         page = backend.alerts(query)
     if as_json:
         _out.print_json(data=to_jsonable(page))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -53,6 +54,7 @@ __all__ = [
     "FromOpt",
     "ToOpt",
     "JsonOpt",
+    "TokenOpt",
 ]
 
 _P = ParamSpec("_P")
@@ -102,6 +104,15 @@ RegistryOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for tools")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="API token for the running server; without a server, its programmes apply to what the store "
+        f"shows (default: the local operator, every programme) {env('TRACELINE_TOKEN')}",
+        show_default=False,
+    ),
+]
 
 # recall triggers: exactly one of these, optionally with a time window
 LotOpt = Annotated[str | None, typer.Option("--lot", help="a plant lot id, e.g. LA00000431")]
@@ -169,6 +180,7 @@ def settings_for(
     data_dir: Path | None = None,
     topic: str | None = None,
     registry: str | None = None,
+    token: str | None = None,
 ) -> Settings:
     """Settings from the environment with the flags given on the command line."""
     return load_settings(
@@ -176,12 +188,14 @@ def settings_for(
         kafka__bootstrap=bootstrap,
         kafka__events_topic=topic,
         schema_registry__url=registry,
+        auth__token=SecretStr(token) if token else None,
     )
 
 
-def store_settings(data_dir: Path | None, dsn: str | None) -> Settings:
-    """Settings for a command that reads the store (``--data-dir``, ``--clickhouse-dsn``)."""
-    s = settings_for(data_dir=data_dir)
+def store_settings(data_dir: Path | None, dsn: str | None, token: str | None = None) -> Settings:
+    """Settings for a command that reads the store (``--data-dir``, ``--clickhouse-dsn``,
+    ``--token``)."""
+    s = settings_for(data_dir=data_dir, token=token)
     if dsn:
         s.clickhouse.dsn = dsn
     return s

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from queries import ForwardTrace, RecallImpact, to_jsonable
-from traceline.backend import open_backend
+from traceline.backend import open_backend, withheld_text
 from traceline.cli_common import (
     BenchOpt,
     DataDirOpt,
@@ -28,7 +28,9 @@ from traceline.cli_common import (
     StationOpt,
     SupplierLotOpt,
     SupplierOpt,
+    TokenOpt,
     ToOpt,
+    err,
     handled,
     out,
     store_settings,
@@ -52,6 +54,9 @@ _CSV_COLUMNS = ["uii", "status", "root_uii", "parent_uii", "customer_id", "desti
 def _emit_units(
     result: RecallImpact | ForwardTrace, as_json: bool, as_csv: bool, title: str, limit: int
 ) -> None:
+    withheld = withheld_text(result.withheld_units, result.withheld_past)
+    if withheld and (as_json or as_csv):  # the answer stays clean for tools; the person is told
+        err.print(f"{title}: {withheld}", markup=False, highlight=False)
     if as_json:
         out.print_json(data=to_jsonable(result))
         return
@@ -88,7 +93,9 @@ def _emit_units(
     out.print(t)
     if len(units) > limit:
         out.print(f"... {len(units) - limit} more (use --json or --csv for all)")
-    if not units and not past:
+    if withheld:
+        out.print(withheld, markup=False, highlight=False)
+    if not units and not past and not withheld:
         lots = len(result.lots)
         out.print(
             f"{title}: known to the store, and no unit holds (or held) anything from it: "
@@ -123,9 +130,10 @@ def trace_forward(
     limit: LimitOpt = 50,
     data_dir: DataDirOpt = None,
     dsn: DsnOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Everything made from a lot: lots, units, assemblies, systems, customers."""
-    with open_backend(store_settings(data_dir, dsn)) as backend:
+    with open_backend(store_settings(data_dir, dsn, token)) as backend:
         result = backend.forward_trace(lot)
     _emit_units(result, as_json, as_csv, f"lot {lot}", limit)
 
@@ -139,10 +147,14 @@ def trace_backward(
     as_json: JsonOpt = False,
     data_dir: DataDirOpt = None,
     dsn: DsnOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Every component of a unit or system, with lots, operations and tests."""
-    with open_backend(store_settings(data_dir, dsn)) as backend:
+    with open_backend(store_settings(data_dir, dsn, token)) as backend:
         result = backend.backward_trace(serial)
+    withheld = withheld_text(result.withheld_units)
+    if withheld:
+        err.print(f"{serial}: {withheld}", markup=False, highlight=False)
     if as_json:
         out.print_json(data=to_jsonable(result))
         return
@@ -176,6 +188,7 @@ def recall(
     limit: LimitOpt = 50,
     data_dir: DataDirOpt = None,
     dsn: DsnOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Recall impact of a trigger: affected units now and in the past, by customer and status."""
     if ctx.invoked_subcommand is not None:
@@ -191,6 +204,6 @@ def recall(
         bench=bench,
         serial=serial,
     )
-    with open_backend(store_settings(data_dir, dsn)) as backend:
+    with open_backend(store_settings(data_dir, dsn, token)) as backend:
         result = backend.recall(trigger)
     _emit_units(result, as_json, as_csv, f"recall {trigger.kind} {trigger.id}", limit)

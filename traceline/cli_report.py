@@ -27,6 +27,7 @@ from traceline.cli_common import (
     StationOpt,
     SupplierLotOpt,
     SupplierOpt,
+    TokenOpt,
     ToOpt,
     env,
     err,
@@ -85,6 +86,7 @@ def report_command(
     prepared_by: PreparedByOpt = None,
     data_dir: DataDirOpt = None,
     dsn: DsnOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Recall report for an auditor (AS9100D 8.5.2 / AQAP-2110): HTML, PDF or CSV."""
     fmt = fmt.lower()
@@ -103,7 +105,7 @@ def report_command(
         bench=bench,
         serial=serial,
     )
-    settings = store_settings(data_dir, dsn)
+    settings = store_settings(data_dir, dsn, token)
     name = _prepared_by(prepared_by, settings)
     with open_backend(settings) as backend:
         made = backend.report(trigger, fmt, name)
@@ -135,6 +137,7 @@ def drill_command(
     prepared_by: PreparedByOpt = None,
     data_dir: DataDirOpt = None,
     dsn: DsnOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Recall drill: a mock recall run as if the trigger were bad; every step timed, reports written."""
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
@@ -152,7 +155,7 @@ def drill_command(
         bench=bench,
         serial=serial,
     )
-    settings = store_settings(data_dir, dsn)
+    settings = store_settings(data_dir, dsn, token)
     name = _prepared_by(prepared_by, settings)
     with open_backend(settings) as backend:
         drill = backend.drill(trigger, fmts, out, name)

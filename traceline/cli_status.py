@@ -5,6 +5,10 @@ every part (ok / degraded / failing, with the problems), each part's state and r
 consumer lag, and the sink's ledger. ``--wait-caught-up`` is the way for scripts to know the
 store has every event published so far: it waits until the status is ok and both consumer
 groups have no lag for a quiet period, or exits 3 at ``--timeout``.
+
+The details (parts, problems, lag, ledger) are for an administrator: give an administrator's
+token (``TRACELINE_TOKEN`` or ``--token``); without one only the status is shown, and
+``--wait-caught-up`` (which needs the lag) is refused.
 """
 
 from __future__ import annotations
@@ -18,17 +22,25 @@ import typer
 from rich.table import Table
 
 from traceline.backend import serve_state
-from traceline.cli_common import DataDirOpt, JsonOpt, err, fail, handled, out, settings_for
-from traceline.errors import EXIT_SERVICE
+from traceline.cli_common import DataDirOpt, JsonOpt, TokenOpt, err, fail, handled, out, settings_for
+from traceline.errors import EXIT_SERVICE, EXIT_USAGE
 
 __all__ = ["status_command"]
 
 
-def _get(url: str, path: str) -> dict[str, Any]:
+def _get(url: str, path: str, token: str | None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(url + path, timeout=30)
+        r = httpx.get(url + path, timeout=30, headers=headers)
     except httpx.HTTPError as exc:
         raise fail(f"the running server at {url} did not answer: {exc}") from exc
+    if r.status_code in (401, 403):
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        hint = "" if token else " (set TRACELINE_TOKEN or give --token)"
+        raise fail(f"the running server at {url} refused {path}: {detail}{hint}", EXIT_USAGE)
     return dict(r.json())
 
 
@@ -46,15 +58,29 @@ def status_command(
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait-caught-up")] = 300.0,
     quiet: Annotated[float, typer.Option(help="seconds the lag must stay 0 with --wait-caught-up")] = 3.0,
     as_json: JsonOpt = False,
+    token: TokenOpt = None,
 ) -> None:
-    """Health of every part of the running pipeline, consumer lag and the sink's ledger.
-    Exit 0 when ok (and caught up, with --wait-caught-up), 3 otherwise."""
-    s = settings_for(data_dir=data_dir)
+    """Health of every part of the running pipeline, consumer lag and the sink's ledger (with an
+    administrator's token; without one, the status only). Exit 0 when ok (and caught up, with
+    --wait-caught-up), 3 otherwise."""
+    s = settings_for(data_dir=data_dir, token=token)
     state = serve_state(s.data_dir)
     if not state:
         raise fail(f"no `traceline serve` is running for {s.data_dir} (start it, or give --data-dir)")
     url = str(state["url"])
-    health = _get(url, "/health")
+    secret = s.auth.token.get_secret_value() if s.auth.token is not None else None
+    health = _get(url, "/health", secret)
+    if "parts" not in health:  # the status only: anonymous, or not an administrator
+        if wait_caught_up:
+            raise fail(
+                "--wait-caught-up reads the consumer lag, which the server shows administrators only: "
+                "give an administrator's token (TRACELINE_TOKEN or --token)",
+                EXIT_USAGE,
+            )
+        out.print(f"traceline at {url}: {health.get('status')} (details need an administrator's token)")
+        if health.get("status") != "ok":
+            raise typer.Exit(EXIT_SERVICE)
+        return
     if wait_caught_up:
         deadline = time.monotonic() + timeout
         zero_since: float | None = None
@@ -70,8 +96,8 @@ def status_command(
                 break
             err.print(f"waiting: status {health.get('status')}, lag {health.get('lag')}", markup=False)
             time.sleep(1.0)
-            health = _get(url, "/health")
-    ledger = _get(url, "/ledger")
+            health = _get(url, "/health", secret)
+    ledger = _get(url, "/ledger", secret)
     if as_json:
         out.print_json(json.dumps({"health": health, "ledger": ledger}, default=str))
     else:

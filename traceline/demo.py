@@ -9,6 +9,10 @@
 6. prints the recall impact (counts by customer and status, then the first affected units
    with their paths) and how to query further; serves until Ctrl-C.
 
+The API needs a token (``traceline.auth``): the demo creates an administrator token
+``demo-admin`` (every programme; a re-run revokes the previous one) and prints how to use it
+(``export TRACELINE_TOKEN=...``), so the commands it suggests just work.
+
 Re-running it is harmless: the plant is deterministic for a seed, so re-published events
 carry the same event ids and are deduplicated.
 """
@@ -16,6 +20,7 @@ carry the same event ids and are deduplicated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import uuid
@@ -29,11 +34,12 @@ from rich.table import Table
 from producers.publisher import Publisher
 from producers.simulator import simulate
 from queries import Trigger, recall_impact
-from schemas.errors import TracelineError
+from schemas.errors import InvalidInputError, TracelineError
 from schemas.jsonform import parse_event
 from schemas.kafka import pipeline_lag
 from schemas.models import NonconformanceRaised
 from traceline import localstack
+from traceline.auth import TokenStore
 from traceline.serve import ServeOptions, Server
 from traceline.settings import load_settings
 
@@ -90,10 +96,18 @@ def _wait_for_nc(server: Server, ncr_id: str, timeout: float = 60.0) -> None:
     console.print(f"    {ncr_id}: {what}")
 
 
+def _demo_token(tokens: TokenStore) -> str:
+    """A fresh administrator token for the demo (the previous demo token revoked)."""
+    with contextlib.suppress(InvalidInputError):  # none yet
+        tokens.revoke("demo-admin")
+    return tokens.create("demo-admin", "administrator", "*")[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     s = load_settings(data_dir=args.data_dir)
     console.rule("[bold]traceline demo")
+    token = _demo_token(TokenStore(s.tokens_path))
     console.print("1/6 starting the local Kafka broker (first run downloads Kafka's jars from Maven Central)")
     bootstrap = s.kafka.bootstrap or localstack.up(s.kafka_dir)
     console.print(f"    Kafka at {bootstrap}")
@@ -206,12 +220,20 @@ def main(argv: list[str] | None = None) -> int:
         dd = f" --data-dir {s.data_dir.resolve()}"
         system = units[0].root_uii if units else "PN:SN"
         console.print(
+            "  The API and the CLI need a token; the demo made an administrator token (every programme)."
+            f" In the shell you query from:\n    export TRACELINE_TOKEN={token}\n"
+            f"  (more: {exe} token create --name NAME --role analyst --programs PRG-AESA{dd})",
+            soft_wrap=True,
+            highlight=False,
+        )
+        console.print(
             f"  {exe} recall --supplier-lot {supplier}:{supplier_lot}{dd}\n"
             f"  {exe} trace forward --lot {lot}{dd} --csv > recall.csv\n"
             f"  {exe} trace backward --serial {system}{dd}\n"
             f"  {exe} recall report --lot {lot} --format pdf --prepared-by 'Your Name'{dd}\n"
             f"  {exe} alerts list{dd}\n"
-            f"  curl 'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (API docs: /docs)",
+            f'  curl -H "Authorization: Bearer $TRACELINE_TOKEN" '
+            f"'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (API docs: /docs)",
             soft_wrap=True,
             highlight=False,
         )

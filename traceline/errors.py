@@ -6,6 +6,7 @@
 | :class:`EventValidationError` | 422 | 1 | an event does not match the contract |
 | :class:`NotFoundError` | 404 | 4 | a trigger or unit the store has never seen (with suggestions) |
 | any other :class:`TracelineError` | 503 | 3 | a service (Kafka, ClickHouse, ...) failed |
+| ``traceline verify`` / ``report verify`` found tampering | - | 5 | evidence was altered |
 
 Exit code 0 is success; ``traceline publish`` also exits 1 when some lines were invalid and 3
 when events are still waiting in the outbox. The API and the CLI both call :func:`classify`,
@@ -28,6 +29,7 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_SERVICE",
     "EXIT_NOT_FOUND",
+    "EXIT_TAMPERED",
 ]
 
 EXIT_OK = 0
@@ -35,6 +37,7 @@ EXIT_INVALID_EVENTS = 1
 EXIT_USAGE = 2
 EXIT_SERVICE = 3
 EXIT_NOT_FOUND = 4
+EXIT_TAMPERED = 5  # traceline verify / report verify: evidence was altered (queries.verify)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,14 @@ from queries.alerts import AlertEvaluator
 from schemas.kafka import ensure_topics, pipeline_lag
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
+from sinks.chain import Signer, chain_key_path
 from sinks.ingest import SinkWorker
 from sinks.store import Store
 from streams.alert_engine import AlertEngine, sink_positions
 from streams.app import LOCAL_STATE_EXIT_CODE
 from streams.notify import Notifier
 from traceline.api import create_api
+from traceline.auth import Authenticator
 from traceline.backend import clear_serve_state, open_store, write_serve_state
 from traceline.settings import Settings
 from traceline.supervisor import PartState, ProgressWatch, SupervisedProcess, SupervisedThread, derive_health
@@ -160,6 +162,8 @@ class Server:
             dead_letter_max_bytes=s.ingest.dead_letter_max_bytes,
             max_future_skew=timedelta(hours=s.ingest.max_future_skew_hours),
             earliest_event_time=s.ingest.earliest_event_time,
+            chain_signer=Signer.load_or_create(chain_key_path(s.data_dir)),
+            chain_sign_seconds=s.ingest.chain_sign_seconds,
         )
 
     def _landed(self) -> dict[tuple[str, int], int]:
@@ -317,7 +321,14 @@ class Server:
         write_serve_state(self.settings.data_dir, url, self.started_at)
         try:
             if self.opts.with_api and self.store is not None:
-                api = create_api(self._reader(), health=self.health, lag=self.lag, ledger=self.ledger)
+                api = create_api(
+                    self._reader(),
+                    health=self.health,
+                    lag=self.lag,
+                    ledger=self.ledger,
+                    auth=Authenticator.for_settings(self.settings),
+                    keys_dir=self.settings.data_dir,
+                )
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())

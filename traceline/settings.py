@@ -19,6 +19,7 @@ Sections and their environment variables:
 | ``report`` | ``TRACELINE_REPORT_`` | the name on a report's "prepared by" line |
 | ``worker`` | ``TRACELINE_STREAMS_``, ``TRACELINE_WORKER_`` | the faust worker's id and supervisor |
 | ``local_stack`` | ``TRACELINE_`` | where the local broker's jars, cache and JVM options come from |
+| ``auth`` | ``TRACELINE_TOKEN``, ``TRACELINE_AUTH_`` | CLI token, token file, OIDC (``traceline.auth``) |
 
 The stream worker that ``traceline serve`` starts gets its environment from
 :meth:`Settings.worker_env`, derived from this model, so it runs with exactly these settings.
@@ -50,6 +51,7 @@ __all__ = [
     "ReportSettings",
     "WorkerSettings",
     "LocalStackSettings",
+    "AuthSettings",
     "Settings",
     "load_settings",
     "env_of",
@@ -124,6 +126,9 @@ class IngestSettings(BaseSettings):
     dead_letter_max_bytes: int = Field(
         900_000, ge=8192, description="larger dead letters are kept by reference (size, sha256, prefix)"
     )
+    chain_sign_seconds: float = Field(
+        1.0, ge=0, description="sign each hash chain's head at most this often, and when idle (0: each batch)"
+    )
 
 
 class ReportSettings(BaseSettings):
@@ -163,6 +168,27 @@ class LocalStackSettings(BaseSettings):
     kafka_jvm_opts: str | None = Field(None, description="other JVM options of the broker")
 
 
+class AuthSettings(BaseSettings):
+    """Who may call the API and what they see (``traceline.auth``): the CLI's own token, where
+    the API's tokens are kept, and an OIDC issuer whose JWTs are accepted beside them."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_AUTH_", extra="ignore")
+
+    token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("TRACELINE_TOKEN", "token"),
+        description="the CLI's bearer token (TRACELINE_TOKEN; or --token): sent to the server, and its "
+        "programmes applied when the CLI opens the store itself",
+    )
+    token_file: Path | None = Field(None, description="hashed API tokens (default: <data dir>/tokens.json)")
+    oidc_issuer: str | None = Field(None, description="accept JWTs from this issuer (iss), with oidc_jwks")
+    oidc_audience: str | None = Field(None, description="the aud a JWT must carry (required for OIDC)")
+    oidc_jwks: str | None = Field(None, description="the issuer's JWKS: a file path or an https:// URL")
+    oidc_roles_claim: str = Field("roles", description="claim holding the role (a string or a list)")
+    oidc_programs_claim: str = Field("programs", description="claim holding the programmes (list or 'A,B')")
+    oidc_name_claim: str = Field("sub", description="claim naming the caller")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACELINE_", extra="ignore")
 
@@ -177,6 +203,7 @@ class Settings(BaseSettings):
     report: ReportSettings = Field(default_factory=ReportSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local_stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def topics(self) -> TopicNames:
@@ -195,8 +222,17 @@ class Settings(BaseSettings):
         return f"{self.kafka.topic_prefix}traceline-alerts"
 
     @property
+    def tokens_path(self) -> Path:
+        return self.auth.token_file or self.data_dir / "tokens.json"
+
+    @property
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.sqlite"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Signing keys (owner-only): chain.ed25519 (chain heads), report.ed25519 (reports)."""
+        return self.data_dir / "keys"
 
     @property
     def kafka_dir(self) -> Path:

@@ -5,6 +5,9 @@
 * an identifier the store has never seen is 404 with suggestions, never an empty 200;
 * bad values are 422 with a reason; a drill is one document in every format;
 * every endpoint fuzzed from its OpenAPI schema (schemathesis): no 5xx, ever.
+
+Every call carries an administrator's token (``admin_token``; who may call what, and what each
+programme sees, is tests/integration/test_access.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from openapi_spec_validator import validate
 from sinks.store import Store
 from tests.integration.test_report import load_plant
 from traceline.api import _disposition, create_api
+from traceline.auth import Authenticator, TokenStore
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +49,28 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, dic
 
 
 @pytest.fixture(scope="module")
-def app(plant: tuple[Store, dict[str, int]]) -> FastAPI:
-    return create_api(plant[0], health=lambda: {"sink": None}, lag=lambda: {"streams": 0, "sink": 0})
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
+    return TokenStore(tmp_path_factory.mktemp("api-auth") / "tokens.json")
 
 
 @pytest.fixture(scope="module")
-def client(app: FastAPI) -> TestClient:
-    return TestClient(app)
+def admin_token(tokens: TokenStore) -> str:
+    return tokens.create("test-admin", "administrator", "*")[1]
+
+
+@pytest.fixture(scope="module")
+def app(plant: tuple[Store, dict[str, int]], tokens: TokenStore) -> FastAPI:
+    return create_api(
+        plant[0],
+        health=lambda: {"sink": None},
+        lag=lambda: {"streams": 0, "sink": 0},
+        auth=Authenticator(tokens),
+    )
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI, admin_token: str) -> TestClient:
+    return TestClient(app, headers={"Authorization": f"Bearer {admin_token}"})
 
 
 def _lot(plant: tuple[Store, dict[str, int]]) -> str:
@@ -144,8 +163,9 @@ def test_any_file_name_fits_a_content_disposition() -> None:
     assert "filename*=UTF-8''RR-1_lot-%C3%84%22x%3By%5Cz%20%E2%9C%93.pdf" in header
 
 
-def test_no_input_makes_a_server_error(app: FastAPI) -> None:
-    """Every endpoint, fuzzed from its OpenAPI schema: whatever the input, never a 5xx."""
+def test_no_input_makes_a_server_error(app: FastAPI, admin_token: str) -> None:
+    """Every endpoint, fuzzed from its OpenAPI schema: whatever the input, never a 5xx (as an
+    administrator, so the inputs reach the queries rather than stop at 401)."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     checked = []
     for result in schema.get_all_operations():
@@ -154,7 +174,7 @@ def test_no_input_makes_a_server_error(app: FastAPI) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def call(case: Any) -> None:
-            response = case.call()
+            response = case.call(headers={"Authorization": f"Bearer {admin_token}"})
             if case.path == "/ready":  # 503 is its documented answer while a part is not ok
                 assert response.status_code in (200, 503), response.text[:300]
                 return

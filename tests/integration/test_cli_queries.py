@@ -1,6 +1,8 @@
 """The CLI's read commands against a real store (chdb under a data dir, no server running):
 not found is an answer with its own exit code, a wrong data dir is an error (and creates
-nothing), reports name who prepared them, windows must be windows."""
+nothing), reports name who prepared them, windows must be windows. They run with an
+administrator's token in ``TRACELINE_TOKEN`` (``admin_token``); what a token of fewer
+programmes sees is tests/integration/test_access.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from sinks.store import Store
 from tests.integration.test_report import load_plant
+from traceline.auth import TokenStore
 from traceline.cli import app
 from traceline.errors import EXIT_NOT_FOUND, EXIT_USAGE
 
@@ -28,10 +31,16 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
     yield d, fan
 
 
+@pytest.fixture(scope="module")
+def admin_token(data_dir: tuple[Path, dict[str, int]]) -> str:
+    return TokenStore(data_dir[0] / "tokens.json").create("test-admin", "administrator", "*")[1]
+
+
 @pytest.fixture(autouse=True)
-def _no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_server(monkeypatch: pytest.MonkeyPatch, admin_token: str) -> None:
     for var in ("TRACELINE_KAFKA_BOOTSTRAP", "TRACELINE_CLICKHOUSE_DSN", "TRACELINE_REPORT_PREPARED_BY"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TRACELINE_TOKEN", admin_token)
 
 
 def _run(*args: str) -> Result:

@@ -148,13 +148,19 @@ def test_report_of_a_big_lot_renders_html_pdf_csv(
     assert after == [str(impact.by_status.get(s, 0)) for s in statuses] + [str(len(impact.units))]
 
 
-def test_report_api_serves_each_format(plant: tuple[Store, dict[str, int]]) -> None:
+def test_report_api_serves_each_format(plant: tuple[Store, dict[str, int]], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from traceline.api import create_api
+    from traceline.auth import Authenticator, TokenStore
 
     store, fan = plant
-    client = TestClient(create_api(store, lag=lambda: {"streams": 0, "sink": 0}))
+    tokens = TokenStore(tmp_path / "tokens.json")  # an administrator's token: access is test_access.py
+    admin = tokens.create("test-admin", "administrator", "*")[1]
+    client = TestClient(
+        create_api(store, lag=lambda: {"streams": 0, "sink": 0}, auth=Authenticator(tokens)),
+        headers={"Authorization": f"Bearer {admin}"},
+    )
     lot = _big_lot(fan)
     missing = client.get("/report", params={"kind": "lot", "id": lot, "format": "pdf"})
     assert missing.status_code == 422 and "prepared_by" in missing.text
@@ -349,7 +355,7 @@ def test_drill_of_a_received_lot_lists_its_supplier_lot_nc_and_the_units_ncs_wit
     assert number in html and "NCR-T-SLOT" in html
     _, text = _pdf_text(docs["pdf"])
     assert number in text and "NCR-T-SLOT" in text.replace("\n", "")
-    numbers = re.compile(r"R[DR]-\d{8}-\d{6}-[0-9A-F]{6}")
+    numbers = re.compile(r"R[DR]-\d{8}-[0-9A-F]{10}")
     assert set(numbers.findall(html)) == set(numbers.findall(text)) == {number}  # every page header too
     rows = list(csv.DictReader(io.StringIO(docs["csv"].decode())))
     assert rows and {r["document_number"] for r in rows} == {number}

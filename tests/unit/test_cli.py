@@ -1,5 +1,6 @@
 """The ``traceline`` CLI without a broker: help everywhere, usage errors exit 2 with a clear
-message, ``simulate --out`` writes valid, deterministic JSON Lines."""
+message, ``simulate --out`` writes valid, deterministic JSON Lines, every read command takes
+``--token``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _no_configured_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No broker from the environment, and local state under tmp_path (no local stack found)."""
-    for var in ("TRACELINE_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "TRACELINE_KAFKA_EVENTS_TOPIC"):
+    """No broker and no token from the environment, and local state under tmp_path (no local
+    stack found)."""
+    for var in (
+        "TRACELINE_KAFKA_BOOTSTRAP",
+        "KAFKA_BOOTSTRAP",
+        "TRACELINE_KAFKA_EVENTS_TOPIC",
+        "TRACELINE_TOKEN",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TRACELINE_DATA_DIR", str(tmp_path / "state"))
 
@@ -52,6 +59,26 @@ def test_help_works_on_every_command(path: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
     assert "Traceback" not in result.output
+
+
+READ_COMMANDS = [
+    ["recall"],
+    ["recall", "report"],
+    ["report"],
+    ["drill"],
+    ["trace", "forward"],
+    ["trace", "backward"],
+    ["alerts", "list"],
+    ["status"],
+]
+
+
+@pytest.mark.parametrize("path", READ_COMMANDS, ids=" ".join)
+def test_every_read_command_takes_a_token(path: list[str]) -> None:
+    """The token for the server (or the programmes applied to the store): --token or TRACELINE_TOKEN."""
+    result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "--token" in result.output and "TRACELINE_TOKEN" in result.output
 
 
 def test_publish_missing_file_is_a_usage_error(tmp_path: Path) -> None:

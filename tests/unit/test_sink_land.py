@@ -502,6 +502,7 @@ def test_a_mixed_batch_writes_facts_genealogy_dead_letters_alerts_then_raw_table
         "root_members",
         "dead_letters",
         "alerts",
+        "event_chain",
         "lot_transformed",
     ]
     assert [x["uii"] for x in tables["unit_genealogy"].to_pylist()] == ["P:1", "P:2", "P:3"]
