@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -191,8 +191,12 @@ def list_alerts(
     until: datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    programs: Collection[str] | None = None,
 ) -> AlertPage:
     """The latest version of each alert, filtered, newest first, one page of it.
+
+    ``programs`` (None: every alert) keeps only the alerts whose every programme is among them
+    (in SQL, so ``total`` counts only those; ``queries.scope`` cuts the units listed inside).
 
     Filters: ``severity`` (INFO / WARNING / CRITICAL) and ``rule`` (``schemas.alert.AlertRule``),
     any case; ``since`` (inclusive) / ``until`` (exclusive) on the alert's ``event_time``: the
@@ -215,6 +219,12 @@ def list_alerts(
         f" AND ({{until:{_NTS}}} IS NULL OR event_time < {{until:{_NTS}}})"
     )
     params: dict[str, Any] = {"sev": sev, "rule": rul, "since": start, "until": end}
+    if programs is not None:
+        where += (
+            " AND program != ''"
+            " AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
+        )
+        params["progs"] = sorted(programs)
     total = int(store.query(f"SELECT count() AS n FROM {_LATEST}{where}", params)[0]["n"])
     page = " ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
     rows: list[dict[str, Any]] = []

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-from queries.alerts import MAX_PAGE, AlertPage, list_alerts
+from queries.alerts import AlertPage, list_alerts
 from queries.drill import _Clock, _render_timed  # the drill's own clock and render step
 from queries.facts import QueryStore
 from queries.recall import forward_trace
@@ -58,7 +58,6 @@ from queries.report import (
 from queries.report_render import check_format
 from queries.results import AffectedUnit, BackwardTrace, ForwardTrace, PastHolder, RecallImpact, Trigger
 from queries.results import count_values as _count
-from schemas.alert import AlertRule, AlertSeverity
 from schemas.errors import InvalidInputError, TracelineError
 from sinks.chain import Verifier
 
@@ -273,34 +272,6 @@ def scoped(store: QueryStore, result: R, programs: Collection[str]) -> R:
 
 # ----------------------------------------------------------------------------- alerts
 
-_NTS = "Nullable(DateTime64(3, 'UTC'))"
-# the latest version of each alert (as queries.alerts.list_alerts reads it), then its programme
-_LATEST = (
-    "(SELECT * EXCEPT (kafka_partition, kafka_offset) FROM alerts"
-    " ORDER BY alert_id, version DESC LIMIT 1 BY alert_id)"
-)
-_ALERT_VISIBLE = (
-    " AND program != '' AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
-)
-
-
-def _choice(value: str | None, allowed: type[AlertSeverity] | type[AlertRule], name: str) -> str | None:
-    if value is None or not value.strip():
-        return None
-    v = value.strip().upper()
-    known = [m.value for m in allowed]
-    if v not in known:
-        raise InvalidInputError(f"unknown {name} {value!r}: one of {', '.join(known)}", name)
-    return v
-
-
-def _aware(t: datetime | None, name: str) -> datetime | None:
-    if t is None:
-        return None
-    if not isinstance(t, datetime):
-        raise InvalidInputError(f"{name} must be a date and time", name)
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
 
 def scoped_alerts(
     store: QueryStore,
@@ -320,33 +291,17 @@ def scoped_alerts(
         return list_alerts(
             store, severity=severity, rule=rule, since=since, until=until, limit=limit, offset=offset
         )
-    sev = _choice(severity, AlertSeverity, "severity")
-    rul = _choice(rule, AlertRule, "rule")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise InvalidInputError(f"limit must be 1..{MAX_PAGE}, not {limit!r}", "limit")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidInputError(f"offset must be 0 or more, not {offset!r}", "offset")
-    where = (
-        " WHERE ({sev:Nullable(String)} IS NULL OR severity = {sev:Nullable(String)})"
-        " AND ({rule:Nullable(String)} IS NULL OR rule = {rule:Nullable(String)})"
-        f" AND ({{since:{_NTS}}} IS NULL OR event_time >= {{since:{_NTS}}})"
-        f" AND ({{until:{_NTS}}} IS NULL OR event_time < {{until:{_NTS}}})"
+    page = list_alerts(
+        store,
+        severity=severity,
+        rule=rule,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+        programs=programs,
     )
-    where += _ALERT_VISIBLE
-    params: dict[str, Any] = {
-        "sev": sev,
-        "rule": rul,
-        "since": _aware(since, "since"),
-        "until": _aware(until, "until"),
-        "progs": sorted(programs),
-    }
-    total = int(store.query(f"SELECT count() AS n FROM {_LATEST}{where}", params)[0]["n"])
-    page = " ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
-    rows: list[dict[str, Any]] = []
-    if offset < total:
-        rows = store.query(
-            f"SELECT * FROM {_LATEST}{where}{page}", {**params, "limit": limit, "offset": offset}
-        )
+    rows = page.rows
     if rows:
         of = unit_programs(store, {u for r in rows for u in r.get("units") or ()})
         for r in rows:
@@ -354,7 +309,7 @@ def scoped_alerts(
             kept = [u for u in listed if visible(programs, of.get(u))]
             if len(kept) < len(listed):
                 r["units"], r["units_withheld"] = kept, len(listed) - len(kept)
-    return AlertPage(rows, total, offset, limit)
+    return page
 
 
 # ----------------------------------------------------------------------------- report and drill
