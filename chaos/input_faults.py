@@ -298,7 +298,7 @@ with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
     for i, line in enumerate(src):
         d = json.loads(line)
         d["event_id"] = str(uuid.uuid4())
-        d["event_time"] = (t0 + timedelta(milliseconds=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E501
+        d["event_time"] = (t0 + timedelta(milliseconds=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         out.write(json.dumps(d) + "\\n")
 print(t0.isoformat())
 """
