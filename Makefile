@@ -8,7 +8,7 @@ DATA_DIR ?= var
 UNITS ?= 60000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint bench stack-up stack-down stack-status clean
+.PHONY: help install demo test test-unit lint bench chaos stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: install ## benchmarks, quick versions (figures, not pass/fail); see docs/
 	$(BIN)/python -m benchmarks.pipeline latency --duration 20 --warmup 10
 	$(BIN)/python -m benchmarks.pipeline backlog --events 50000 --genealogy-timeout 180
 	$(BIN)/python -m benchmarks.inserts --events 1000 --batches 6
+
+chaos: install ## fault suite on the real broker and store, one scenario at a time (long); see docs/RELIABILITY.md
+	$(BIN)/python -m chaos $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(EVENTS),--events $(EVENTS))
 
 stack-up: install ## start the local Kafka broker (assembled from Maven Central on first use)
 	$(BIN)/traceline stack up --data-dir $(DATA_DIR)

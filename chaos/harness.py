@@ -220,9 +220,10 @@ class HealthSampler:
         else:
             result.note(why)
 
-    def summarize(self, result: Result, *, must_notice: bool, tail: float = 3.0) -> None:
-        """Fill ``result.health`` from the fault marks; fail the row when ``must_notice`` and
-        health stayed ok from the start of the fault to the recovery."""
+    def summarize(self, result: Result, *, must_notice: bool, steady: bool = True, tail: float = 3.0) -> None:
+        """Fill ``result.health`` from the fault marks. With ``must_notice``, fail the row when
+        health stayed ok while the fault lasted, or (``steady``: one fault that lasts from its
+        start to its end) said ok again before the fault was over."""
         start = self.marks.get("fault_start")
         end = self.marks.get("fault_end")
         rec = self.marks.get("recovered")
@@ -247,6 +248,13 @@ class HealthSampler:
             )
             if must_notice:
                 result.fail(why)
+        elif must_notice and steady and end is not None:
+            oks = [t for t, status, _p in self.window(first, end) if status == "ok"]
+            if oks:
+                result.fail(
+                    f"health said ok again {oks[0] - start:.1f} s into the fault while it lasted"
+                    f" ({len(oks)} ok samples before it ended at {end - start:.1f} s)"
+                )
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -319,9 +327,10 @@ class Pipeline:
         return dict(self.server.health())
 
     def stop_server(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        """Stop the server (health reads "unreachable" from now on, as a stopped API would)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
 
     @property
     def store(self) -> Any:

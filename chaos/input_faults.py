@@ -323,7 +323,7 @@ def _traceline(args: list[str], env: dict[str, str], faketime: str | None, log_p
 
 def _future_record_timestamp(bootstrap: str, topic: str) -> dict[str, str]:
     """What Kafka answers to a record whose *record* timestamp comes from a clock 400 days ahead
-    (what a publisher on such a host sends), next to one stamped now, in one batch."""
+    (what a publisher on such a host sends), and to one stamped now."""
     from confluent_kafka import Producer
 
     from schemas.kafka import producer_config
@@ -336,7 +336,7 @@ def _future_record_timestamp(bootstrap: str, topic: str) -> dict[str, str]:
             topic, key=b"clock-probe", value=b"clock probe (not an event)", timestamp=ts,
             on_delivery=lambda err, _m, label=label: got.__setitem__(label, str(err) if err else "accepted"),
         )  # fmt: skip
-    producer.flush(30)
+        producer.flush(30)  # one record per request: a refused one fails its whole batch
     return got
 
 

@@ -308,7 +308,7 @@ def worker_kill(ctx: Ctx, kills: int = 3) -> Result:
         # three deaths within crash_window (300 s) are "crash-looping": failing, by design, until
         # the window has passed; so health is not required to be ok again right after
         pipe.sampler.settle(res, timeout=30, required=False)
-        pipe.sampler.summarize(res, must_notice=True)
+        pipe.sampler.summarize(res, must_notice=True, steady=False)  # ok between the kills is right
         return res
     finally:
         pipe.close()
