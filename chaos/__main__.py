@@ -115,7 +115,8 @@ def run_one(
     cmd = [
         sys.executable, "-m", "chaos.runner", "--scenario", name, "--rep", str(rep), "--work", str(run_dir),
         "--bootstrap", bootstrap, "--broker-dir", str(broker_dir), "--events", str(a.events),
-        "--seed", str(a.seed), "--health-every", str(a.health_every), "--out", str(out),
+        "--seed", str(a.seed), "--health-every", str(a.health_every), "--broker-down", str(a.broker_down),
+        "--out", str(out),
     ]  # fmt: skip
     log(f"=== {label}: {by_name(name).summary}")
     t0 = time.monotonic()
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=0, help="runs per scenario (default: its own, 1 or 3)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--health-every", type=float, default=1.0, help="health sampling period (s)")
+    p.add_argument("--broker-down", type=float, default=5.0, help="seconds a killed broker stays down (5)")
     p.add_argument("--work", type=Path, default=None, help="work dir (default: var/chaos/<time>)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (default: only the results)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is killed")

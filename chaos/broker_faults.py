@@ -79,7 +79,7 @@ def broker_kill_publish(ctx: Ctx) -> Result:
         pub = PublisherProcess(ctx.bootstrap, ctx.work, plant.outbox_rows(pipe.topic), rate=rate).start()
         pub.wait_published(len(plant.ids) // 4)
         wait_until(lambda: pipe.sink_stat("events_landed") > 0, 60, 0.1)
-        _kill_and_restart(broker, pipe)
+        _kill_and_restart(broker, pipe, ctx.broker_down)
         k = pub.published
         before = set(plant.ids[:k])
         log(f"{k:,} events were published before the broker came back; waiting for them in the store")
@@ -125,7 +125,7 @@ def broker_kill_ingest(ctx: Ctx) -> Result:
         log(f"the sink has landed {at_kill:,} of {len(plant.ids):,} events")
         if at_kill >= len(plant.ids):
             res.note("the whole backlog had landed before the kill: raise --events")
-        _kill_and_restart(broker, pipe)
+        _kill_and_restart(broker, pipe, ctx.broker_down)
         everything = set(plant.ids)
         rec = wait_until(lambda: everything <= landed_ids(pipe.store, pipe.topic), 600)
         assert pipe.sampler is not None

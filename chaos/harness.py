@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import threading
 import time
@@ -74,6 +75,7 @@ class Ctx:
     bootstrap: str  # the shared broker
     broker_dir: Path  # its data dir (localstack): kill and restart it there
     health_every: float = 1.0
+    broker_down: float = 5.0  # seconds a killed broker stays down (the broker-kill scenarios)
 
     @property
     def label(self) -> str:
@@ -188,9 +190,10 @@ class HealthSampler:
         last: tuple[str, list[str]] | None = None
         for t, status, problems in self.samples:
             short = [p[:160] for p in problems[:3]]
-            if last != (status, short):
+            same = [re.sub(r"\d+ s\b", "N s", p) for p in short]  # "stalled for 61 s" does not change
+            if last != (status, same):
                 out.append((round(t - t0, 1), status, short))
-                last = (status, short)
+                last = (status, same)
         return out[:80]
 
     def problems_seen(self, t0: float | None = None, t1: float | None = None, limit: int = 8) -> list[str]:

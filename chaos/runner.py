@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--health-every", type=float, default=1.0)
+    p.add_argument("--broker-down", type=float, default=5.0)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     # a crash of native code (librdkafka, chdb) leaves every thread's Python stack here
     crash_log = (a.work / "crash.log").open("w")
     faulthandler.enable(file=crash_log, all_threads=True)
-    ctx = Ctx(a.scenario, a.rep, a.work, a.events, a.seed, a.bootstrap, a.broker_dir, a.health_every)
+    ctx = Ctx(
+        a.scenario, a.rep, a.work, a.events, a.seed, a.bootstrap, a.broker_dir, a.health_every, a.broker_down
+    )
     t0 = time.monotonic()
     try:
         result = by_name(a.scenario).load()(ctx)

@@ -4,6 +4,10 @@ Alerts are not events (they are derived, and go to their own topic), so they hav
 small serde: Avro single-object encoding (``b"\\xc3\\x01"`` + CRC-64-AVRO fingerprint + body),
 the same framing as the events without a registry. The Kafka key is ``alert_id``; a higher
 ``version`` of the same ``alert_id`` supersedes the earlier one.
+
+Records written with an earlier version of the schema (``schemas/avro/history/Alert.v*.avsc``,
+e.g. before the LEDGER_GAP rule existed) are still read: their fingerprint names the writer
+schema and Avro resolution maps them onto the current one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class AlertRule(StrEnum):
     SUSPECT_LOT_YIELD = "SUSPECT_LOT_YIELD"
     OUT_OF_CALIBRATION = "OUT_OF_CALIBRATION"
     SHIPPING_GATE = "SHIPPING_GATE"
+    LEDGER_GAP = "LEDGER_GAP"  # the pipeline's own: records read but neither landed nor accounted for
 
 
 class AlertSeverity(StrEnum):
@@ -98,6 +103,18 @@ def _schema() -> tuple[dict[str, Any], bytes]:
     return parsed, SINGLE_OBJECT_MAGIC + fp
 
 
+@cache
+def _writers() -> dict[bytes, dict[str, Any]]:
+    """Single-object header -> parsed writer schema, for the current and every earlier version."""
+    parsed, header = _schema()
+    out = {header: parsed}
+    for path in sorted((SCHEMA_DIR / "history").glob("Alert.v*.avsc")):
+        old: dict[str, Any] = parse_schema(json.loads(path.read_text(encoding="utf-8")), named_schemas={})  # type: ignore[assignment]
+        fp = bytes.fromhex(_fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO"))
+        out.setdefault(SINGLE_OBJECT_MAGIC + fp, old)
+    return out
+
+
 def alert_schema() -> dict[str, Any]:
     """The parsed Alert schema (do not mutate)."""
     return _schema()[0]
@@ -116,12 +133,13 @@ def decode_alert(data: bytes) -> Alert:
     parsed, header = _schema()
     if not data or len(data) < len(header) or data[:2] != SINGLE_OBJECT_MAGIC:
         raise MalformedRecordError(bytes(data or b""), "not an Avro single-object encoded alert")
-    if data[: len(header)] != header:
+    writer = _writers().get(bytes(data[: len(header)]))
+    if writer is None:
         raise UnknownSchemaError(bytes(data), f"unknown alert schema fingerprint {data[2:10].hex()}")
     bio = BytesIO(data)
     bio.seek(len(header))
     try:
-        rec = fastavro.schemaless_reader(bio, parsed, None)
+        rec = fastavro.schemaless_reader(bio, writer, None if writer is parsed else parsed)
     except (EOFError, ValueError, IndexError, KeyError, TypeError) as exc:
         raise MalformedRecordError(bytes(data), f"cannot decode Alert body: {exc}") from exc
     return Alert.model_validate(rec)

@@ -157,6 +157,9 @@ def group_lag(bootstrap: str, group: str, topics: Iterable[str], *, timeout: flo
             (tp.topic, tp.partition): tp.offset for tp in next(iter(fut.values())).result().topic_partitions
         }
     except Exception as exc:  # noqa: BLE001 - any admin failure means the broker is not usable
+        # a broker restart can leave the cached client with stale metadata (UNKNOWN_LEADER_EPOCH
+        # on every call, seen in the chaos suite): the next call builds a fresh one
+        _ADMINS.pop(bootstrap, None)
         raise BrokerUnavailableError(bootstrap, f"cannot read consumer lag: {exc}") from exc
     lag = 0
     for key, e in end.items():
@@ -165,12 +168,16 @@ def group_lag(bootstrap: str, group: str, topics: Iterable[str], *, timeout: flo
     return lag
 
 
-def pipeline_lag(bootstrap: str, topics: TopicNames, *, app_id: str, sink_group: str) -> dict[str, int]:
+def pipeline_lag(
+    bootstrap: str, topics: TopicNames, *, app_id: str, sink_group: str, timeout: float = 10.0
+) -> dict[str, int]:
     """How far the stream worker (command topic) and the sink (events, changes, dead letters)
     are behind. The intake runs in the sink, so these two groups are the whole pipeline."""
     return {
-        "streams": group_lag(bootstrap, app_id, [topics.commands]),
-        "sink": group_lag(bootstrap, sink_group, [topics.events, topics.changes, topics.deadletter]),
+        "streams": group_lag(bootstrap, app_id, [topics.commands], timeout=timeout),
+        "sink": group_lag(
+            bootstrap, sink_group, [topics.events, topics.changes, topics.deadletter], timeout=timeout
+        ),
     }
 
 

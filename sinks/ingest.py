@@ -407,6 +407,7 @@ class SinkWorker:
                 if self._watermarks_stale:
                     self._refresh_watermarks()
                 self._land(msgs)
+                self.stats.store_error = None
                 return True
             except (StoreError, BrokerUnavailableError, SchemaRegistryUnavailableError) as exc:
                 # ClickHouse is unavailable or refused the batch, Kafka did not take its
@@ -415,6 +416,7 @@ class SinkWorker:
                 # try again. Nothing of a failed attempt is counted.
                 if isinstance(exc, StoreError):
                     self.stats.store_retries += 1
+                    self.stats.store_error = str(exc)
                 elif isinstance(exc, SchemaRegistryUnavailableError):
                     self.stats.registry_retries += 1
                 else:

@@ -134,6 +134,9 @@ class SinkStats:
     last_event_time: datetime | None = None
     last_batch_at: datetime | None = None
     last_error: str | None = None
+    # set while ClickHouse refuses the batch being retried, cleared when a batch lands: health
+    # reads it (a sink in a 30 s back-off between attempts is still failing to write)
+    store_error: str | None = None
     positions: dict[str, int] = field(default_factory=dict)
     # events-topic partition -> {"read", "landed", "dead_lettered": {error: n}, "duplicates",
     # "conflicts", "quarantined", "replayed"} (sinks.ledger); replaced whole after each batch

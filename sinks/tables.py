@@ -568,12 +568,14 @@ ALERTS = Table(
             "rule",
             LC,
             "NC_RAISED / HELD_LOT_USED / LOT_HELD_AFTER_USE / SUSPECT_LOT_YIELD / OUT_OF_CALIBRATION"
-            " / SHIPPING_GATE",
+            " / SHIPPING_GATE / LEDGER_GAP (the pipeline's own)",
         ),
         Column("severity", LC, "INFO / WARNING / CRITICAL"),
         Column("title", "String", "One line for a person"),
         Column(
-            "subject_kind", LC, "lot / serial / station / operator / bench / supplier / supplier_lot / unit"
+            "subject_kind",
+            LC,
+            "lot / serial / station / operator / bench / supplier / supplier_lot / unit / pipeline",
         ),
         Column("subject_id", "String", "Id of the subject"),
         Column("raised_at", TS, "When the engine raised this version (UTC)"),

@@ -39,10 +39,12 @@ kept in ``last_error``):
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -57,7 +59,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from schemas.alert import Alert, encode_alert
+from schemas.alert import Alert, AlertRule, AlertSeverity, encode_alert
 from schemas.errors import DecodeError, TracelineError
 from schemas.kafka import consumer_config, message_position, producer_config
 from schemas.serde import AvroSerde
@@ -66,6 +68,7 @@ from streams.alerts import RULE_TYPES, AlertRules, AlertState
 
 __all__ = [
     "AlertEngine",
+    "ledger_gap",
     "AlertEngineError",
     "AlertEngineFatalError",
     "AlertEngineStats",
@@ -263,6 +266,7 @@ class AlertEngine:
         self.commit_retry_seconds = commit_retry_seconds
         self.stats = AlertEngineStats()
         self._stop = threading.Event()
+        self._raised: queue.SimpleQueue[Alert] = queue.SimpleQueue()  # from other threads (raise_alert)
         self._committed: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._admin: Any = None
@@ -425,9 +429,25 @@ class AlertEngine:
                 log.warning("alert engine consumer error: %s", err)
         return msgs
 
+    def raise_alert(self, alert: Alert) -> None:
+        """An alert from outside the rules (the pipeline's own, e.g. ``LEDGER_GAP``), from any
+        thread: published with the next batch, deduplicated like every other
+        (:meth:`AlertState.admit`) and handed to the notifier."""
+        self._raised.put(alert)
+
+    def _drain_raised(self) -> list[Alert]:
+        out: list[Alert] = []
+        while True:
+            try:
+                a = self.state.admit(self._raised.get_nowait())
+            except queue.Empty:
+                return out
+            if a is not None:
+                out.append(a)
+
     def poll_once(self) -> int:
         msgs = self._consume()
-        alerts: list[Alert] = []
+        alerts: list[Alert] = self._drain_raised()
         if msgs:
             need: dict[tuple[str, int], int] = {}
             for m in msgs:
@@ -608,6 +628,33 @@ class AlertEngine:
             self.stats.commits_given_up += 1
             log.warning("commit failed (%s): %s", what, reason)
             return False
+
+
+def ledger_gap(topic: str, partition: int, gap: int, now: datetime) -> Alert:
+    """``LEDGER_GAP`` (key ``LEDGER_GAP:<topic>:<partition>``, CRITICAL): the pipeline's own
+    alert, raised by ``traceline serve`` through :meth:`AlertEngine.raise_alert` when the sink's
+    ledger of an events-topic partition does not balance: ``gap`` records read that were neither
+    landed, dead-lettered, skipped as duplicates nor counted as conflicts (negative: counted
+    twice). Only the gap is content: the same gap raised again is not a new version (``GET
+    /ledger`` has the partition's counts). ``program`` is empty: only callers who see every
+    programme list it (the pipeline belongs to no programme)."""
+    key = f"LEDGER_GAP:{topic}:{partition}"
+    what = f"{gap:,} records read but not accounted for" if gap > 0 else f"{-gap:,} records counted twice"
+    return Alert(
+        alert_id=key,
+        rule=AlertRule.LEDGER_GAP,
+        severity=AlertSeverity.CRITICAL,
+        title=f"Ledger gap on {topic} partition {partition}: {what}",
+        subject_kind="pipeline",
+        subject_id=f"{topic}:{partition}",
+        raised_at=now,
+        event_time=now,
+        trigger_event_id="",
+        trigger_type="",
+        site="",
+        program="",
+        details={"gap": str(gap)},
+    )
 
 
 class _NotAcknowledged(AlertPublishError):

@@ -132,7 +132,7 @@ def list_cmd(
         str | None,
         typer.Option(
             help="NC_RAISED | HELD_LOT_USED | LOT_HELD_AFTER_USE | SUSPECT_LOT_YIELD | "
-            "OUT_OF_CALIBRATION | SHIPPING_GATE"
+            "OUT_OF_CALIBRATION | SHIPPING_GATE | LEDGER_GAP"
         ),
     ] = None,
     since: Annotated[str | None, typer.Option("--since", help=f"event time at or after: {WHEN}")] = None,

@@ -39,6 +39,7 @@ from sinks.chain import Signer, chain_key_path
 from sinks.ingest import SinkWorker
 from sinks.store import Store
 from streams.alert_engine import AlertEngine, sink_positions
+from streams.alert_engine import ledger_gap as ledger_gap_alert
 from streams.app import LOCAL_STATE_EXIT_CODE
 from streams.notify import Notifier
 from traceline.api import create_api
@@ -67,7 +68,8 @@ class ServeOptions:
     # (977 -> 606 ms) for ~0.06 more cores; the ingest rate is unchanged (docs/BENCHMARKS.md)
     sink_batch_seconds: float = 0.25
     stall_after: float = 60.0  # lag that has not shrunk for this long while nothing lands: stalled
-    monitor_seconds: float = 5.0  # how often the consumer lag is measured for health
+    monitor_seconds: float = 2.0  # how often the consumer lag is measured for health
+    lag_timeout: float = 3.0  # a lag read slower than this: the broker is unavailable (health)
 
 
 class Server:
@@ -92,8 +94,6 @@ class Server:
         self._lag_error: str | None = None
         self._sink_watch = ProgressWatch(opts.stall_after)
         self._worker_watch = ProgressWatch(opts.stall_after)
-        self._store_retries_seen = 0
-        self._store_error: str | None = None
 
     # -- the parts, as they are now --------------------------------------------------------
     @property
@@ -212,10 +212,15 @@ class Server:
             progress = (st.events_landed + st.changes_landed + st.dead_letters_landed) if st else 0
             self._sink_watch.observe(self._lag["sink"], progress)
             self._worker_watch.observe(self._lag["streams"], 0)
-        if sink is not None:
-            retries = sink.stats.store_retries
-            self._store_error = sink.stats.last_error if retries > self._store_retries_seen else None
-            self._store_retries_seen = retries
+        else:
+            self._sink_watch.forget()
+            self._worker_watch.forget()
+        gap = self.ledger_gap()
+        engine = self.alerts
+        if gap and engine is not None:
+            now = datetime.now(UTC)
+            for partition, n in sorted(gap.items()):
+                engine.raise_alert(ledger_gap_alert(self.topics.events, int(partition), int(n), now))
 
     # -- what the API reports --------------------------------------------------------------------
     def parts(self) -> dict[str, PartState]:
@@ -255,7 +260,7 @@ class Server:
         derived = derive_health(
             self.parts(),
             stalled=stalled,
-            store_error=self._store_error,
+            store_error=self.sink.stats.store_error if self.sink is not None else None,
             ledger_gap=self.ledger_gap(),
             lag=self._lag,
             lag_error=self._lag_error,
@@ -274,7 +279,13 @@ class Server:
 
     def lag(self) -> dict[str, int]:
         s = self.settings
-        return pipeline_lag(self.opts.bootstrap, self.topics, app_id=s.app_id, sink_group=s.sink_group)
+        return pipeline_lag(
+            self.opts.bootstrap,
+            self.topics,
+            app_id=s.app_id,
+            sink_group=s.sink_group,
+            timeout=self.opts.lag_timeout,
+        )
 
     def _reader(self) -> Store:
         """A store handle of its own for a reader beside the sink (alert engine, API).

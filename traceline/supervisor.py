@@ -261,6 +261,11 @@ class ProgressWatch:
         self._stuck_since: float | None = None
         self._last: tuple[int, int] | None = None  # (lag, progress counter)
 
+    def forget(self) -> None:
+        """The lag could not be read: no stall is claimed from what was seen before (health says
+        the lag is unavailable instead); the watch starts again with the next reading."""
+        self._stuck_since, self._last = None, None
+
     def observe(self, lag: int, progress: int) -> None:
         now = time.monotonic()
         moved = self._last is None or progress != self._last[1] or lag < self._last[0]

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from schemas.alert import Alert
+from schemas.alert import Alert, decode_alert, encode_alert
 from schemas.topics import TopicNames
 from streams import alert_engine
-from streams.alert_engine import AlertEngine, AlertEngineError, AlertEngineFatalError
+from streams.alert_engine import AlertEngine, AlertEngineError, AlertEngineFatalError, ledger_gap
 from streams.alerts import AlertRules, AlertState
 
 TOPICS = TopicNames(events="f.events", prefix="f.")
@@ -372,3 +372,34 @@ def test_a_fatal_producer_error_is_raised_for_the_supervisor() -> None:
     with pytest.raises(AlertEngineFatalError, match="producer fenced"):
         e.poll_once()
     assert consumer.commit_calls == []
+
+
+# -- the pipeline's own alerts --------------------------------------------------------------------
+def test_a_raised_ledger_gap_is_published_once_per_gap_figure() -> None:
+    consumer = FakeConsumer([])
+    producer = FakeProducer()
+    e = engine(consumer, producer)
+    now = datetime.now(UTC)
+    t, raised = run_in_thread(e)
+    try:
+        for _ in range(3):  # the monitor raises it on every look while the gap lasts
+            e.raise_alert(ledger_gap(TOPICS.events, 2, 5, now))
+        wait_for(lambda: e.stats.alerts_published == 1)
+        e.raise_alert(ledger_gap(TOPICS.events, 2, 7, now))  # the gap grew: a new version
+        wait_for(lambda: e.stats.alerts_published == 2)
+        time.sleep(0.1)
+    finally:
+        e.stop()
+        t.join(5)
+    assert raised == []
+    key = f"LEDGER_GAP:{TOPICS.events}:2".encode()
+    assert producer.delivered == [key, key]
+    assert e.state.raised[key.decode()][0] == 2
+
+
+def test_the_ledger_gap_alert_says_what_is_missing_and_round_trips() -> None:
+    a = ledger_gap("ev", 0, 3, T)
+    assert (a.rule, a.severity, a.subject_kind, a.program) == ("LEDGER_GAP", "CRITICAL", "pipeline", "")
+    assert "3 records read but not accounted for" in a.title
+    assert "counted twice" in ledger_gap("ev", 0, -2, T).title
+    assert decode_alert(encode_alert(a)) == a

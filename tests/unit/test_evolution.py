@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
@@ -13,7 +14,8 @@ from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from schemas import AvroSerde, EventBase, UnknownSchemaError, raw_schema, schema_for
-from schemas.serde import schema_fingerprint
+from schemas.alert import Alert, decode_alert, encode_alert
+from schemas.serde import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, schema_fingerprint
 from tests.samples import sample_events
 
 from .test_serde import FakeRegistry
@@ -106,3 +108,24 @@ def test_registry_consumer_resolves_newer_writer_schema() -> None:
     type_name, record = AvroSerde(registry_client=fake).decode(data)
     assert type_name == "UnitTested" and "temperature_c" not in record
     assert EventBase.from_avro(type_name, record) == SAMPLE
+
+
+def test_alerts_written_before_the_ledger_gap_rule_are_still_read() -> None:
+    """Alert.avsc grew a rule symbol (LEDGER_GAP); records in the alerts topic written with the
+    earlier schema (schemas/avro/history/Alert.v1.avsc) decode through Avro resolution."""
+    old = parse_schema(json.loads((SCHEMA_DIR / "history" / "Alert.v1.avsc").read_text()), named_schemas={})
+    assert "LEDGER_GAP" not in json.dumps(old)
+    t = datetime(2026, 1, 5, tzinfo=UTC)
+    a = Alert(
+        alert_id="NC_RAISED:N1", rule="NC_RAISED", severity="WARNING", title="t", subject_kind="lot",
+        subject_id="L1", raised_at=t, event_time=t, trigger_event_id="e", trigger_type="NonconformanceRaised",
+        site="S", program="P",
+    )  # fmt: skip
+    bio = io.BytesIO()
+    bio.write(
+        SINGLE_OBJECT_MAGIC + bytes.fromhex(avro_fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO"))
+    )
+    fastavro.schemaless_writer(bio, old, a.to_avro())
+    written_before = bio.getvalue()
+    assert written_before[:10] != encode_alert(a)[:10]  # another writer schema
+    assert decode_alert(written_before) == a

@@ -147,3 +147,16 @@ def test_a_worker_exit_that_a_restart_cannot_fix_is_not_restarted(tmp_path: Any)
         {"stream worker": proc.status}, stalled={}, store_error=None, ledger_gap={}, lag={}, lag_error=None
     )
     assert health["status"] == "failing" and "not restarted" in health["problems"][0]
+
+
+def test_a_lag_that_cannot_be_read_claims_no_stall_from_before() -> None:
+    w = ProgressWatch(stall_after=0.05)
+    w.observe(100, 0)
+    time.sleep(0.06)
+    w.forget()  # the broker did not answer: health says "lag unavailable", not "stalled"
+    assert not w.stalled
+    w.observe(100, 0)  # readable again: the watch starts over
+    assert not w.stalled
+    time.sleep(0.06)
+    w.observe(100, 0)
+    assert w.stalled
