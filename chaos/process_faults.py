@@ -181,9 +181,10 @@ def serve_kill(ctx: Ctx) -> Result:
         old_alive = [p for p in workers if _alive(p)]
         res.details["old_worker_alive_at_restart"] = bool(old_alive)
         serve.start()
+        # the fault (no server) ends here: whatever answers from now on is the new server
+        sampler.mark("fault_end")
         if not serve.wait_up():
             raise RuntimeError(f"serve did not come back (see {ctx.work}/serve-2.log)")
-        sampler.mark("fault_end")
         t_old = wait_until(lambda: not any(_alive(p) for p in workers), 60, 0.2)
         res.details["old_worker_gone_after_s"] = round(t_old, 1) if t_old is not None else None
         if t_old is None:

@@ -9,12 +9,22 @@ hashing), consumers with manual commits. Keyed topics get their partition count 
 front (``TRACELINE_KAFKA_PARTITIONS``): changing the partition count of a keyed topic moves
 keys and breaks the genealogy table, so :func:`ensure_topics` refuses to touch an existing
 command topic whose count differs.
+
+Security: a plant's cluster runs SASL_SSL (or SSL) with ACLs. The process's client security
+(:class:`KafkaSecurity`: protocol, SASL mechanism, user, password, CA file) is set once by
+the entry point from its settings (:func:`use_security`; ``traceline.settings`` reads it from
+``TRACELINE_KAFKA_*``) and every client made here, and every config built by
+:func:`client_config`, carries it; the faust worker gets the same
+(``streams.app.broker_credentials``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
@@ -24,6 +34,10 @@ from schemas.errors import BrokerUnavailableError, TracelineError
 from schemas.topics import TopicNames
 
 __all__ = [
+    "KafkaSecurity",
+    "use_security",
+    "client_security",
+    "client_config",
     "producer_config",
     "consumer_config",
     "message_position",
@@ -41,11 +55,89 @@ __all__ = [
 ]
 
 
+# -- security --------------------------------------------------------------------------------
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How this process authenticates to Kafka and checks the broker's certificate."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"Kafka security protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        if self.sasl and self.mechanism not in MECHANISMS:
+            raise ValueError(f"SASL mechanism {self.mechanism!r}: use one of {', '.join(MECHANISMS)}")
+        if self.sasl and not (self.username and self.password):
+            raise ValueError(f"Kafka security protocol {self.protocol} needs a SASL user and password")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"Kafka CA file {self.ca_file} does not exist")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The confluent-kafka (librdkafka) properties: empty for PLAINTEXT."""
+        conf: dict[str, Any] = {}
+        if self.protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.protocol
+        if self.sasl:
+            conf.update({"sasl.mechanisms": self.mechanism, "sasl.username": self.username})
+            conf["sasl.password"] = self.password
+        if self.tls and self.ca_file is not None:
+            conf["ssl.ca.location"] = str(self.ca_file)
+        return conf
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For Python clients (aiokafka under faust): verifies the broker against the CA file
+        (else the system's CAs) and its host name; None without TLS."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+    def describe(self) -> str:
+        """For messages: protocol and user, never the password."""
+        who = f" as {self.username}" if self.sasl else ""
+        return f"{self.protocol}{who}"
+
+
+_SECURITY = KafkaSecurity()
+
+
+def use_security(security: KafkaSecurity) -> None:
+    """Set the client security of this process (every client made after this carries it)."""
+    global _SECURITY
+    if security != _SECURITY:
+        _SECURITY = security
+        _ADMINS.clear()
+
+
+def client_security() -> KafkaSecurity:
+    return _SECURITY
+
+
+def client_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """``bootstrap.servers`` and this process's security: the base of every client config."""
+    return {"bootstrap.servers": bootstrap, **_SECURITY.librdkafka(), **overrides}
+
+
 # -- clients ---------------------------------------------------------------------------------
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     """The producer settings traceline relies on (idempotent, acks=all, murmur2_random)."""
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
@@ -64,7 +156,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
 def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
     """A consumer with manual commits (offsets move only after the work is done)."""
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -92,7 +184,7 @@ def _admin(bootstrap: str) -> AdminClient:
     """One admin client per bootstrap for the process (progress loops call this every second)."""
     if bootstrap not in _ADMINS:
         _ADMINS[bootstrap] = AdminClient(
-            {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000, "log_level": 3}
+            client_config(bootstrap, **{"socket.connection.setup.timeout.ms": 5000, "log_level": 3})
         )
     return _ADMINS[bootstrap]
 
@@ -113,7 +205,7 @@ def ensure_topics(
     bootstrap: str, names: TopicNames, *, partitions: int, replication: int = 1, timeout: float = 30.0
 ) -> None:
     """Create missing topics with ``partitions``; check existing ones have that count."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 5000})
+    admin = AdminClient(client_config(bootstrap, **{"socket.connection.setup.timeout.ms": 5000}))
     try:
         meta = admin.list_topics(timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - KafkaException or transport error: unreachable

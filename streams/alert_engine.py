@@ -61,7 +61,7 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.alert import Alert, AlertRule, AlertSeverity, encode_alert
 from schemas.errors import DecodeError, TracelineError
-from schemas.kafka import consumer_config, message_position, producer_config
+from schemas.kafka import client_config, consumer_config, message_position, producer_config
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from streams.alerts import RULE_TYPES, AlertRules, AlertState
@@ -362,7 +362,7 @@ class AlertEngine:
 
     def _refresh_committed(self, keys: list[tuple[str, int]]) -> None:
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            self._admin = AdminClient(client_config(self.bootstrap))
         req = ConsumerGroupTopicPartitions(self.sink_group, [TopicPartition(t, p) for t, p in keys])
         try:
             res = self._admin.list_consumer_group_offsets([req])[self.sink_group].result(10)

@@ -61,6 +61,7 @@ from faust.exceptions import ConsistencyError
 from rocksdict import AccessType, Options, Rdict
 
 from schemas.errors import BrokerUnavailableError, TracelineError
+from schemas.kafka import KafkaSecurity, client_config
 from schemas.topics import TopicNames
 from streams.genealogy import Node, apply_batch
 from streams.intake import (
@@ -113,6 +114,21 @@ class StreamsConfig:
     group_instance_id: str | None = None  # static membership; unique per worker, stable across restarts
     session_timeout: float = 30.0
     producer_linger_ms: int = 25
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+
+def broker_credentials(security: KafkaSecurity) -> Any:
+    """faust's ``broker_credentials`` for the client security (None for PLAINTEXT)."""
+    if security.sasl:
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password,
+            mechanism=security.mechanism,
+            ssl_context=security.ssl_context(),
+        )
+    if security.tls:
+        return faust.SSLCredentials(security.ssl_context())
+    return None
 
 
 @dataclass
@@ -135,6 +151,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     app = faust.App(
         cfg.app_id,
         broker=f"kafka://{cfg.bootstrap}",
+        broker_credentials=broker_credentials(cfg.security),
         store="rocksdb://",
         datadir=str(cfg.data_dir),
         topic_partitions=cfg.partitions,
@@ -286,7 +303,7 @@ def local_offsets(state_dir: Path) -> dict[int, int]:
 def changelog_ends(bootstrap: str, topic: str, timeout: float = 10.0) -> tuple[str | None, dict[int, int]]:
     """(topic id, end offset per partition) of ``topic``; (None, {}) when it does not exist.
     Raises :class:`BrokerUnavailableError` when Kafka does not answer."""
-    conf = {"bootstrap.servers": bootstrap, "group.id": f"{topic}.check", "log_level": 3}
+    conf = client_config(bootstrap, **{"group.id": f"{topic}.check", "log_level": 3})
     consumer = Consumer({**conf, "socket.connection.setup.timeout.ms": 5000})
     try:
         md = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
@@ -302,7 +319,7 @@ def changelog_ends(bootstrap: str, topic: str, timeout: float = 10.0) -> tuple[s
         consumer.close()
     topic_id: str | None = None
     with contextlib.suppress(Exception):  # an old broker may not describe topics: offsets only
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+        admin = AdminClient(client_config(bootstrap, log_level=3))
         desc = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic].result()
         topic_id = str(desc.topic_id) if desc.topic_id is not None else None
     return topic_id, ends

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
+from pydantic import SecretStr
 
 from queries import BackwardTrace, ForwardTrace, RecallImpact, Trigger, from_jsonable, to_jsonable
 from queries import backward_trace as _backward_trace
@@ -53,11 +54,12 @@ from queries.scope import (
     visible,
 )
 from schemas.errors import InvalidInputError, NotFoundError, TracelineError
-from schemas.kafka import pipeline_lag
+from schemas.kafka import KafkaSecurity, pipeline_lag, use_security
 from sinks.chain import Signer, Verifier, chain_key_path, report_key_path
 from sinks.store import Store
 from traceline import localstack
 from traceline.auth import AuthError, Principal, local_principal
+from traceline.localstack_secure import load as load_secure
 from traceline.settings import Settings
 
 __all__ = [
@@ -203,6 +205,26 @@ def write_serve_state(data_dir: Path, url: str, started_at: datetime) -> None:
 
 def clear_serve_state(data_dir: Path) -> None:
     (data_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def apply_kafka_security(settings: Settings) -> KafkaSecurity:
+    """Set this process's Kafka client security (``schemas.kafka.use_security``) and return it:
+    the settings' (``TRACELINE_KAFKA_SECURITY_PROTOCOL`` ...); else, when the broker is the data
+    dir's secured local stack, its ``pipeline`` principal, written into ``settings.kafka`` so a
+    worker child started with these settings gets it too; else PLAINTEXT."""
+    k = settings.kafka
+    if not k.secured:
+        material = load_secure(settings.kafka_dir)
+        if material is not None and (
+            not k.bootstrap or k.bootstrap == localstack.last_bootstrap(settings.kafka_dir)
+        ):
+            own = material.security("pipeline")
+            k.security_protocol, k.sasl_mechanism = "SASL_SSL", "SCRAM-SHA-512"
+            k.sasl_username, k.ssl_ca_file = own.username, own.ca_file
+            k.sasl_password = SecretStr(own.password or "")
+    security = k.security()
+    use_security(security)
+    return security
 
 
 def local_bootstrap(settings: Settings) -> str | None:

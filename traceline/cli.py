@@ -46,6 +46,8 @@ from traceline.cli_token import token_app
 from traceline.cli_verify import report_verify_command, verify_command
 from traceline.cli_worker import worker_app
 from traceline.errors import EXIT_INVALID_EVENTS, EXIT_SERVICE, EXIT_USAGE, classify
+from traceline.localstack_secure import SecureStackError
+from traceline.localstack_secure import load as load_secure
 from traceline.serve import ServeOptions, Server
 from traceline.settings import Settings
 
@@ -68,15 +70,32 @@ def stack_up(
     port: Annotated[
         int | None, typer.Option(help="broker port (default: a free one, kept across restarts)")
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="SASL_SSL (SCRAM-SHA-512) with locally generated TLS certificates, ACLs (gateways may only "
+            "write the events topic), no topic auto-creation; only for a new data dir",
+        ),
+    ] = False,
 ) -> None:
     """Assemble Kafka from Maven Central (once), format KRaft storage, start the broker."""
     s = settings_for(data_dir=data_dir)
     try:
-        bootstrap = localstack.up(s.kafka_dir, port=port)
-    except localstack.LocalStackError as exc:
+        bootstrap = localstack.up(s.kafka_dir, port=port, secure=secure, events_topic=s.kafka.events_topic)
+    except (localstack.LocalStackError, SecureStackError) as exc:
         raise fail(str(exc)) from exc
     out.print(f"Kafka is up: bootstrap [bold]{bootstrap}[/] (logs: {s.kafka_dir / 'kafka.log'})")
     out.print(f"export TRACELINE_KAFKA_BOOTSTRAP={bootstrap}")
+    material = load_secure(s.kafka_dir)
+    if material is not None:
+        out.print(
+            "SASL_SSL with ACLs. traceline's own commands on this data dir use the [bold]pipeline[/] "
+            "principal by themselves; elsewhere load its settings: "
+            f"[bold]set -a; . {material.env_file('pipeline')}; set +a[/]. "
+            f"A gateway's (write the events topic only): {material.env_file('gateway')}. "
+            f"CA certificate: {material.ca_file}"
+        )
 
 
 @stack_app.command("down")

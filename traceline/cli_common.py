@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from queries import Trigger
 from sinks.store import check_time
-from traceline.backend import local_bootstrap
+from traceline.backend import apply_kafka_security, local_bootstrap
 from traceline.errors import EXIT_SERVICE, EXIT_USAGE, classify
 from traceline.settings import Settings, load_settings
 
@@ -182,14 +182,17 @@ def settings_for(
     registry: str | None = None,
     token: str | None = None,
 ) -> Settings:
-    """Settings from the environment with the flags given on the command line."""
-    return load_settings(
+    """Settings from the environment with the flags given on the command line (and this
+    process's Kafka client security set from them: ``backend.apply_kafka_security``)."""
+    s = load_settings(
         data_dir=data_dir,
         kafka__bootstrap=bootstrap,
         kafka__events_topic=topic,
         schema_registry__url=registry,
         auth__token=SecretStr(token) if token else None,
     )
+    apply_kafka_security(s)
+    return s
 
 
 def store_settings(data_dir: Path | None, dsn: str | None, token: str | None = None) -> Settings:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import TracelineError
+from traceline import localstack_secure as secured
 from traceline.settings import LocalStackSettings, child_env
 
 __all__ = [
@@ -305,8 +306,9 @@ def _mark_stopped(data_dir: Path) -> None:
 # --------------------------------------------------------------------------- readiness
 
 
-def _probe(bootstrap: str, timeout: float) -> bool:
-    """True when the broker answers a metadata request with itself registered."""
+def _probe(bootstrap: str, timeout: float, security: dict[str, Any] | None = None) -> bool:
+    """True when the broker answers a metadata request with itself registered (``security``:
+    the admin's client properties of a secured broker)."""
     try:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - optional dependency
     except ImportError:
@@ -321,6 +323,7 @@ def _probe(bootstrap: str, timeout: float) -> bool:
             "bootstrap.servers": bootstrap,
             "socket.timeout.ms": max(1000, int(timeout * 1000)),
             "log_level": 0,  # connection-refused noise while the JVM boots
+            **(security or {}),
         }
     )
     try:
@@ -332,6 +335,11 @@ def _probe(bootstrap: str, timeout: float) -> bool:
 
 def _log_says_started(data_dir: Path) -> bool:
     return "Kafka Server started" in _log_tail(data_dir, 400)
+
+
+def _admin_security(data_dir: Path) -> dict[str, Any] | None:
+    m = secured.load(data_dir)
+    return m.security("admin").librdkafka() if m is not None else None
 
 
 def _wait_ready(data_dir: Path, bootstrap: str, pid: int, timeout: float) -> None:
@@ -351,7 +359,7 @@ def _wait_ready(data_dir: Path, bootstrap: str, pid: int, timeout: float) -> Non
             raise LocalStackError(
                 f"Kafka exited during start-up (pid {pid})", data_dir=data_dir, log_tail=_log_tail(data_dir)
             )
-        if _probe(bootstrap, 1.0) and (have_client or _log_says_started(data_dir)):
+        if _probe(bootstrap, 1.0, _admin_security(data_dir)) and (have_client or _log_says_started(data_dir)):
             _log(" ready")
             return
         if time.monotonic() > deadline:
@@ -380,7 +388,9 @@ def _cluster_id() -> str:
             return cid
 
 
-def _write_config(data_dir: Path, broker_port: int, controller_port: int) -> Path:
+def _write_config(
+    data_dir: Path, broker_port: int, controller_port: int, material: secured.SecureMaterial | None
+) -> Path:
     template = string.Template((_deploy_dir() / "server.properties.in").read_text())
     text = template.substitute(
         broker_port=broker_port,
@@ -388,8 +398,13 @@ def _write_config(data_dir: Path, broker_port: int, controller_port: int) -> Pat
         log_dir=data_dir / "logs",
         metadata_dir=data_dir / "metadata",
     )
+    if material is not None:
+        text += secured.broker_config(material, broker_port, controller_port, HOST)
     path = data_dir / _CONFIG_FILE
-    path.write_text(text)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold passwords
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
     return path
 
 
@@ -405,10 +420,15 @@ def _java_cmd(java: str, libs: Path, *extra: str) -> list[str]:
     return [java, *heap, *opts, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*", *extra]
 
 
-def _format_storage(java: str, libs: Path, data_dir: Path, config: Path) -> str:
+def _format_storage(
+    java: str, libs: Path, data_dir: Path, config: Path, material: secured.SecureMaterial | None
+) -> str:
     cid = _cluster_id()
     _log(f"localstack: formatting KRaft storage in {data_dir} (cluster id {cid})")
-    cmd = _java_cmd(java, libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config))
+    users = secured.scram_args(material) if material is not None else []
+    cmd = _java_cmd(
+        java, libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config), *users
+    )
     # the storage tool is a short-lived JVM: smaller heap, its logging into the shared log
     cmd = [c for c in cmd if not c.startswith(("-Xms", "-Xmx"))]
     cmd.insert(1, "-Xmx256m")
@@ -416,10 +436,14 @@ def _format_storage(java: str, libs: Path, data_dir: Path, config: Path) -> str:
     with open(data_dir / _LOG_FILE, "a") as fh:
         fh.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-4000:]
+        if material is not None:
+            for pw in material.passwords.values():
+                tail = tail.replace(pw, "***")
         raise LocalStackError(
             f"kafka.tools.StorageTool format failed (exit {proc.returncode})",
             data_dir=data_dir,
-            log_tail=(proc.stdout + proc.stderr).strip()[-4000:],
+            log_tail=tail,
         )
     return cid
 
@@ -452,15 +476,26 @@ def up(
     *,
     controller_port: int | None = None,
     timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    secure: bool = False,
+    events_topic: str = "traceline.events",
 ) -> str:
     """Start (or find) the broker for ``data_dir``; return its bootstrap ``"127.0.0.1:PORT"``.
 
     Harmless when it is already up. A stopped broker restarts with its data and, unless
-    ``port`` says otherwise, on the ports it had before.
+    ``port`` says otherwise, on the ports it had before. ``secure``: SASL_SSL, SCRAM users,
+    ACLs, no auto-creation (``traceline.localstack_secure``; gateways may write
+    ``events_topic``); a data dir is secured from its first start or never.
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(data_dir / ".lock"):
+        was_secure = secured.load(data_dir) is not None
+        if _is_formatted(data_dir) and secure and not was_secure:
+            raise LocalStackError(
+                f"the broker in {data_dir} is a plain one: it cannot become secured; use another --data-dir "
+                "(or `traceline stack down --purge` to delete this one)"
+            )
+        secure = secure or was_secure  # a secured broker restarts secured
         current = status(data_dir)
         if current is not None:
             bootstrap = str(current["bootstrap"])
@@ -469,16 +504,26 @@ def up(
                     f"a broker for {data_dir} is already running on {bootstrap}, not port {port}; "
                     "stop it first (down)"
                 )
-            if not _probe(bootstrap, 5.0):
+            if not _probe(bootstrap, 5.0, _admin_security(data_dir)):
                 _wait_ready(data_dir, bootstrap, int(current["pid"]), timeout)
             _log(f"localstack: already running on {bootstrap} (pid {current['pid']})")
             return bootstrap
-        return _start(data_dir, port, controller_port, timeout)
+        bootstrap = _start(data_dir, port, controller_port, timeout, secure)
+        material = secured.load(data_dir)
+        if material is not None:
+            secured.grant(bootstrap, material, events_topic)
+            _log(
+                f"localstack: SASL_SSL with ACLs; client settings in {material.dir}/{{pipeline,gateway}}.env"
+            )
+        return bootstrap
 
 
-def _start(data_dir: Path, port: int | None, controller_port: int | None, timeout: float) -> str:
+def _start(
+    data_dir: Path, port: int | None, controller_port: int | None, timeout: float, secure: bool
+) -> str:
     java = _require_tool("java")
     libs = ensure_jars()
+    material = secured.prepare(data_dir, _require_tool("keytool")) if secure else None
     previous = _read_json(data_dir / _STATE_FILE) or {}
     formatted = _is_formatted(data_dir)
     if formatted:
@@ -492,10 +537,10 @@ def _start(data_dir: Path, port: int | None, controller_port: int | None, timeou
         if _port_in_use(p):
             raise LocalStackError(f"port {HOST}:{p} is already in use by another process")
 
-    config = _write_config(data_dir, broker_port, ctl_port)
+    config = _write_config(data_dir, broker_port, ctl_port, material)
     cluster_id = previous.get("cluster_id") if formatted else None
     if not formatted:
-        cluster_id = _format_storage(java, libs, data_dir, config)
+        cluster_id = _format_storage(java, libs, data_dir, config, material)
 
     cmd = _java_cmd(java, libs, "kafka.Kafka", str(config))
     bootstrap = f"{HOST}:{broker_port}"
@@ -526,6 +571,7 @@ def _start(data_dir: Path, port: int | None, controller_port: int | None, timeou
         "kafka_jar": next((j.name for j in libs.glob("kafka_2.13-*.jar")), None),
         "started_at": time.time(),
         "log": str(data_dir / _LOG_FILE),
+        "secure": material is not None,
     }
     _write_json(data_dir / _STATE_FILE, state)
     _wait_ready(data_dir, bootstrap, proc.pid, timeout)
@@ -581,13 +627,28 @@ def down(
 class LocalBroker:
     """A controllable broker in its own data dir; ``stop()``/``start()`` keep ports and data."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        secure: bool = False,
+        events_topic: str = "traceline.events",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self._port = port
+        self.secure = secure
+        self.events_topic = events_topic
         self.bootstrap: str | None = None
 
     def start(self, timeout: float = DEFAULT_STARTUP_TIMEOUT) -> str:
-        self.bootstrap = up(self.data_dir, port=self._port, timeout=timeout)
+        self.bootstrap = up(
+            self.data_dir,
+            port=self._port,
+            timeout=timeout,
+            secure=self.secure,
+            events_topic=self.events_topic,
+        )
         self._port = int(self.bootstrap.rsplit(":", 1)[1])
         return self.bootstrap
 

@@ -44,7 +44,7 @@ from streams.app import LOCAL_STATE_EXIT_CODE
 from streams.notify import Notifier
 from traceline.api import create_api
 from traceline.auth import Authenticator
-from traceline.backend import clear_serve_state, open_store, write_serve_state
+from traceline.backend import apply_kafka_security, clear_serve_state, open_store, write_serve_state
 from traceline.settings import Settings
 from traceline.supervisor import PartState, ProgressWatch, SupervisedProcess, SupervisedThread, derive_health
 
@@ -78,6 +78,7 @@ class Server:
     def __init__(self, settings: Settings, opts: ServeOptions) -> None:
         self.settings = settings
         self.opts = opts
+        self.kafka_security = apply_kafka_security(settings)  # every client below, and the worker's env
         self.topics: TopicNames = settings.topics
         self.store: Store | None = None  # the sink's handle (and the API's when there is no sink)
         self._readers: list[Store] = []  # own handles of the alert engine and the API (see _reader)

@@ -31,11 +31,13 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.errors import InvalidInputError
+from schemas.kafka import KafkaSecurity
 from schemas.topics import TopicNames
 from streams.alerts import AlertRules
 from streams.notify import NotifyConfig
@@ -71,6 +73,33 @@ class KafkaSettings(BaseSettings):
     )
     replication: int = 1
     topic_prefix: str = Field("", description="prefix for traceline's own topics (tenants, tests)")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (a plant's secured cluster)"
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str | None = Field(None, description="this process's Kafka principal (SASL)")
+    sasl_password: SecretStr | None = Field(None, description="its password (SASL); never logged")
+    ssl_ca_file: Path | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates"
+    )
+
+    @property
+    def secured(self) -> bool:
+        """Security given in the settings (else a running secure local stack supplies it)."""
+        return self.security_protocol != "PLAINTEXT"
+
+    def security(self) -> KafkaSecurity:
+        """The client security these settings give (checked: a clear error when incomplete)."""
+        try:
+            return KafkaSecurity(
+                protocol=self.security_protocol,
+                mechanism=self.sasl_mechanism,
+                username=self.sasl_username,
+                password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+                ca_file=self.ssl_ca_file,
+            )
+        except ValueError as exc:
+            raise InvalidInputError(f"TRACELINE_KAFKA_*: {exc}") from exc
 
 
 class ClickHouseSettings(BaseSettings):

@@ -42,6 +42,7 @@ from streams.app import (
     local_state_failure,
 )
 from traceline import localstack
+from traceline.backend import apply_kafka_security
 from traceline.orphans import exit_with_parent
 from traceline.settings import Settings, load_settings
 
@@ -77,6 +78,7 @@ def config_from_settings(s: Settings, bootstrap: str) -> StreamsConfig:
         partitions=s.kafka.partitions,
         replication=s.kafka.replication,
         app_id=s.app_id,
+        security=apply_kafka_security(s),
     )
 
 
