@@ -14,12 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from producers.publisher import Publisher
 from producers.simulator import simulate
 from schemas.jsonform import parse_event
-from streams.app import LOCAL_STATE_EXIT_CODE, changelog_ends, changelog_topic, local_offsets, local_state_dir
+from streams import genealogy as g
+from streams.app import (
+    AGENT_CRASH_EXIT_CODE,
+    LOCAL_STATE_EXIT_CODE,
+    changelog_ends,
+    changelog_topic,
+    local_offsets,
+    local_state_dir,
+)
+from streams.intake import batches_by_partition
+from tests.integration.conftest import pipeline_settings
 from traceline.serve import Server
 
 pytestmark = pytest.mark.integration
@@ -108,3 +119,33 @@ def test_state_ahead_of_a_recreated_changelog_stops_the_worker_with_the_recovery
     finally:
         again.terminate()
         again.wait(30)
+
+
+def test_a_crashed_agent_ends_the_worker_instead_of_skipping_records(
+    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    """faust restarts a crashed agent inside the process, past the record it was on (the chaos
+    suite lost 4 units of a genealogy that way, on a changelog topic a 3-broker cluster had not
+    yet propagated). Here the agent crashes for sure: its changelog topic has another partition
+    count than its command topic (faust's PartitionsMismatch). The worker must exit with
+    AGENT_CRASH_EXIT_CODE (serve restarts it; it re-reads from its committed offset), not run on."""
+    s = pipeline_settings(tmp_path, topic_prefix, partitions=3)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topics = [
+        NewTopic(s.topics.commands, 3, 1),
+        NewTopic(changelog_topic(s.app_id), 2, 1, config={"cleanup.policy": "compact"}),
+    ]
+    for fut in admin.create_topics(topics, operation_timeout=30).values():
+        fut.result(30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    sends: list[g.Send] = [(f"AVN-P1100:SN{i:06d}", g.Touch(f"AVN-P1100:SN{i:06d}")) for i in range(6)]
+    for part, value, _n in batches_by_partition(sends, 3):  # the agent writes its table on these
+        producer.produce(s.topics.commands, value=value, partition=part)
+    assert producer.flush(30) == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "traceline.worker", "worker", "-l", "info", "--without-web"],
+        env=s.worker_env(kafka_bootstrap), cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    text = " ".join(run.stderr.split())
+    assert run.returncode == AGENT_CRASH_EXIT_CODE, text[-3000:]
+    assert "the genealogy agent crashed (PartitionsMismatch" in text
