@@ -9,6 +9,10 @@ One row per pending ``event_id``: a row whose id is already pending (or earlier 
 call) is not stored again. :meth:`Outbox.add` says which rows those were and whether each is
 an identical repeat (same topic, key and value: the same event) or a conflict (same id,
 other content: refused, the pending row stays as it is).
+
+A row may carry a gateway signature of its value (``schemas.signing``: ``signature`` and
+``key_id``, made when it was stored, sent as Kafka headers). An outbox from before signatures
+gains the two columns when opened; its rows stay unsigned and are sent as before.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic     TEXT NOT NULL,
     key       BLOB,
     value     BLOB NOT NULL,
-    attempts  INTEGER NOT NULL DEFAULT 0
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    signature BLOB,
+    key_id    TEXT
 );
 """
+_SIGNATURE_COLUMNS = (("signature", "BLOB"), ("key_id", "TEXT"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class OutboxRow:
     topic: str
     key: bytes | None
     value: bytes
+    signature: bytes | None = None  # the gateway's signature of value (schemas.signing), if signed
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,10 @@ class Outbox:
                 f.chmod(0o600)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, sql_type in _SIGNATURE_COLUMNS:  # an outbox from before signatures
+            if name not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {sql_type}")
         self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def __len__(self) -> int:
@@ -104,15 +117,21 @@ class Outbox:
         """
         return self.add(rows).added
 
-    def add(self, rows: Sequence[tuple[str, str, bytes | None, bytes]]) -> AddResult:
+    def add(
+        self,
+        rows: Sequence[tuple[str, str, bytes | None, bytes]],
+        signatures: Sequence[tuple[bytes, str]] | None = None,
+    ) -> AddResult:
         """Store ``(event_id, topic, key, value)`` rows in one durable transaction, and say
         which were not stored: a row whose event_id is pending already, or is on an earlier
         row of ``rows``, is an identical repeat (same topic, key, value) or a conflict (the
-        first one stays). Raises :class:`OutboxFullError` (storing nothing) if the new rows
-        would not fit.
+        first one stays). ``signatures``: ``(signature, key id)`` of each row's value, stored
+        with it. Raises :class:`OutboxFullError` (storing nothing) if the new rows would not fit.
         """
         if not rows:
             return AddResult(0)
+        if signatures is not None and len(signatures) != len(rows):
+            raise ValueError(f"{len(signatures)} signatures for {len(rows)} rows")
         ids = list(dict.fromkeys(row[0] for row in rows))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -129,7 +148,8 @@ class Outbox:
                         repeats.append(Repeat(i, eid, j, tuple(rows[j][1:]) == content))
                     else:
                         first[eid] = i
-                        new_rows.append(row)
+                        sig, kid = signatures[i] if signatures is not None else (None, None)
+                        new_rows.append((*row, sig, kid))
                 if self._count + len(new_rows) > self.max_pending:
                     raise OutboxFullError(pending=self._count, limit=self.max_pending)
                 before = self._db.total_changes
@@ -137,7 +157,8 @@ class Outbox:
                     # ids checked above, under the write lock; only a pending duplicate would be
                     # skipped (OR IGNORE would also swallow NOT NULL violations, i.e. silently
                     # drop a broken row)
-                    "INSERT INTO outbox(event_id, topic, key, value) VALUES (?, ?, ?, ?) "
+                    "INSERT INTO outbox(event_id, topic, key, value, signature, key_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(event_id) DO NOTHING",
                     new_rows,
                 )
@@ -167,7 +188,8 @@ class Outbox:
         """Pending rows in publish order, starting after ``after_seq``."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT seq, event_id, topic, key, value FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, event_id, topic, key, value, signature, key_id FROM outbox WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )
             return [OutboxRow(*r) for r in cur.fetchall()]

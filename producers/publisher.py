@@ -11,6 +11,13 @@ pending rows are sent first. Delivery is at-least-once: a consumer deduplicates 
 
 Without a bootstrap (``Publisher(None, path)``) it only stores: the events wait on disk until
 a publisher with a broker (``traceline outbox flush``) sends them.
+
+With a gateway key (``Publisher(..., signer=GatewayKey.load(path))``, ``schemas.signing``) every
+row is signed when it is stored: an Ed25519 signature of its exact value bytes, kept in the
+outbox beside the row and sent as the ``traceline.sig`` / ``traceline.key_id`` headers, so the
+sink can tell which gateway spoke. An event whose ``source`` is not the key's is refused by
+:meth:`Publisher.encode` (the sink would dead-letter it). Rows stored unsigned (an outbox from
+before, a publisher without a key) are sent unsigned.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from producers.outbox import AddResult, Outbox
-from schemas.errors import BrokerUnavailableError
+from producers.outbox import AddResult, Outbox, OutboxRow
+from schemas.errors import BrokerUnavailableError, EventValidationError
 from schemas.kafka import producer_config
 from schemas.models import EventBase
 from schemas.serde import AvroSerde
+from schemas.signing import GatewayKey, signature_headers
 
 __all__ = ["Publisher", "DEFAULT_TOPIC", "Row"]
 
@@ -44,7 +52,7 @@ class Publisher:
     """Publish events durably: on disk before ``publish`` returns, in Kafka eventually.
 
     ``bootstrap=None``: store only (no Kafka client); ``flush`` and ``close`` leave every row
-    on disk for a later publisher."""
+    on disk for a later publisher. ``signer``: the gateway key every stored row is signed with."""
 
     def __init__(
         self,
@@ -56,8 +64,10 @@ class Publisher:
         max_pending: int = 1_000_000,
         max_in_flight: int = 100_000,
         producer_overrides: dict[str, Any] | None = None,
+        signer: GatewayKey | None = None,
     ) -> None:
         self.topic = topic
+        self.signer = signer
         self.bootstrap = bootstrap
         self.serde = serde or AvroSerde(topic=topic)
         self.outbox = Outbox(outbox_path, max_pending=max_pending)
@@ -87,7 +97,14 @@ class Publisher:
         return self.publish_encoded([self.encode(e) for e in events])
 
     def encode(self, event: EventBase) -> Row:
-        """The outbox row of an event: ``(event_id, topic, key, value)``."""
+        """The outbox row of an event: ``(event_id, topic, key, value)``. With a signer, an
+        event of another source is an :class:`EventValidationError`."""
+        if self.signer is not None and event.source != self.signer.source:
+            raise EventValidationError(
+                f"source {event.source!r} is not this gateway's: its key {self.signer.key_id} signs for "
+                f"{self.signer.source!r}",
+                "source",
+            )
         return (str(event.event_id), self.topic, event.kafka_key().encode(), self.serde.encode_event(event))
 
     def publish_encoded(self, rows: Sequence[Row]) -> int:
@@ -97,7 +114,9 @@ class Publisher:
     def publish_rows(self, rows: Sequence[Row]) -> AddResult:
         """Like :meth:`publish_encoded`, saying which rows were not stored because their
         event_id was pending already (identical repeats and conflicts, see ``Outbox.add``)."""
-        result = self.outbox.add(rows)
+        signer = self.signer
+        sigs = None if signer is None else [(signer.sign(r[3]), signer.key_id) for r in rows]
+        result = self.outbox.add(rows, sigs)
         self.pump()
         return result
 
@@ -137,7 +156,7 @@ class Publisher:
                             row.topic,
                             value=row.value,
                             key=row.key,
-                            headers={"event_id": row.event_id},
+                            headers=_headers(row),
                             on_delivery=partial(self._on_delivery, row.seq),
                         )
                         break
@@ -202,3 +221,11 @@ class Publisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _headers(row: OutboxRow) -> list[tuple[str, str | bytes | None]]:
+    """The Kafka headers of an outbox row: its event id, and its signature if it has one."""
+    headers: list[tuple[str, str | bytes | None]] = [("event_id", row.event_id)]
+    if row.signature is not None and row.key_id:
+        headers += signature_headers(row.key_id, row.signature)
+    return headers

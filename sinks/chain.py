@@ -3,7 +3,8 @@
 Every raw row the sink lands (the events topic's raw tables, and ``alerts`` from the alerts
 topic) gets a ``row_hash``: the sha256 of a canonical serialisation of the row's content
 (:func:`row_hashes`: the table name and every column in declaration order except
-``ingest_time`` and the Kafka position, as JSON, timestamps as epoch milliseconds). The hash is
+``ingest_time`` and the Kafka position, as JSON, timestamps as epoch milliseconds; the gateway
+signature's ``verified_source`` and ``signing_key_id`` only when set). The hash is
 computed from the Arrow table the sink inserts and, by ``queries.verify``, from the Arrow table
 the store returns: one function on both sides, so what is compared is what is stored.
 
@@ -46,6 +47,7 @@ __all__ = [
     "CHAIN_SCHEMA",
     "HEADS_SCHEMA",
     "UNHASHED",
+    "HASHED_WHEN_SET",
     "ChainBatch",
     "ChainState",
     "KeyFileError",
@@ -68,6 +70,10 @@ CHAINED_TABLES: tuple[str, ...] = (*RAW_TABLES, "alerts")
 #: columns left out of a row's hash: when the sink read it, and where (the chain entry holds
 #: the position; a row moved to another offset no longer meets its entry)
 UNHASHED = frozenset({"ingest_time", "kafka_topic", "kafka_partition", "kafka_offset"})
+#: columns added after the chain began (migration 7: who signed the event), hashed only when set:
+#: a row chained before them reads '' there and hashes as it did; setting one on a chained row,
+#: or clearing it, changes the hash
+HASHED_WHEN_SET: tuple[str, ...] = ("verified_source", "signing_key_id")
 
 _H = pa.binary(32)
 CHAIN_SCHEMA = pa.schema(
@@ -102,7 +108,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def hashed_columns(table: str) -> list[str]:
-    """The columns of ``table`` a row hash covers, in declaration order."""
+    """The columns of ``table`` a row hash covers, in declaration order (those of
+    :data:`HASHED_WHEN_SET` when they are set)."""
     return [n for n in SCHEMAS[table].names if n not in UNHASHED]
 
 
@@ -128,15 +135,22 @@ _ENCODE = json.JSONEncoder(
 
 def row_hashes(table: str, data: pa.Table) -> list[bytes]:
     """sha256 of each row of ``data`` (rows of ``table``): ``[table, value, ...]`` as compact
-    ASCII JSON over :func:`hashed_columns`, timestamps as epoch milliseconds, map entries sorted.
+    ASCII JSON over :func:`hashed_columns`, timestamps as epoch milliseconds, map entries sorted;
+    the values of :data:`HASHED_WHEN_SET` last, and only on a row where one of them is not ''.
     ``data`` may be what the sink inserts or what the store returns (same values, same hash)."""
     names = hashed_columns(table)
-    columns = [_column_values(data, n) for n in names]
+    late = [n for n in names if n in HASHED_WHEN_SET]
+    columns = [_column_values(data, n) for n in names if n not in HASHED_WHEN_SET]
     sha = hashlib.sha256
     prefix = _ENCODE(table)[:-1] + ","  # '"table",'
-    return [
-        sha(("[" + prefix + _ENCODE(row)[1:]).encode("ascii")).digest() for row in zip(*columns, strict=True)
-    ]
+    rows: Iterable[Sequence[Any]] = zip(*columns, strict=True)
+    extra = [_column_values(data, n) for n in late]
+    if any(any(col) for col in extra):  # some row is signed: its late values follow its columns
+        rows = [
+            (*row, *more) if any(more) else row
+            for row, more in zip(rows, zip(*extra, strict=True), strict=True)
+        ]
+    return [sha(("[" + prefix + _ENCODE(row)[1:]).encode("ascii")).digest() for row in rows]
 
 
 def genesis(topic: str, partition: int) -> bytes:

@@ -255,6 +255,21 @@ def _m6(database: str, opts: EngineOptions) -> list[str]:
     return out
 
 
+def _m7(database: str, opts: EngineOptions) -> list[str]:
+    # attributable events: the source a gateway signature proved and the key that proved it
+    # (rows landed before read ''; sinks.chain hashes these columns only when they are set, so
+    # the rows chained before verify as they did)
+    out = []
+    for t in TABLES:
+        for c in t.columns:
+            if c.since == 7:
+                out.append(
+                    f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
+                    f" `{c.name}` {c.type} COMMENT {_quote(c.comment)}"
+                )
+    return out
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
@@ -262,6 +277,7 @@ MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (4, "lot_units recall index (lot -> unit -> root), backfilled", _m4),
     (5, "raw tables: content_hash; dead_letters: raw_size, raw_sha256, raw_truncated", _m5),
     (6, "tamper evidence: event_chain, chain_heads, issued_reports, chain_start", _m6),
+    (7, "attributable events: raw tables' verified_source, signing_key_id", _m7),
 )
 
 

@@ -49,7 +49,11 @@ What one record must not do (``sinks.guards``):
   dead-lettered as ``ConflictingDuplicate``; only the same hash is a duplicate;
 * **fool the readers' clock**: an event time before ``earliest_event_time`` or after the
   ingest time plus ``max_future_skew`` is quarantined (dead-lettered as
-  ``ImplausibleEventTime``), not landed and not the sink's ``last_event_time``.
+  ``ImplausibleEventTime``), not landed and not the sink's ``last_event_time``;
+* **speak for another source** (``schemas.signing.attest``, keys from ``gateway_keys``): a
+  gateway signature that does not hold (changed bytes, unknown or revoked key, another source's
+  key) is dead-lettered with its reason, and with ``require_signed`` an unsigned event too; a
+  verified one lands with ``verified_source`` / ``signing_key_id``.
 
 Counters and the per-partition ledger (``sinks.ledger``) are applied once, when a batch landed.
 A failed commit is retried while it is retriable and given up after a rebalance (the batch
@@ -63,7 +67,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -82,6 +86,7 @@ from schemas.kafka import (
     read_dead_letter_reference,
 )
 from schemas.serde import AvroSerde
+from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
 from sinks.chain import ChainBatch, ChainState, Signer
 from sinks.guards import (
@@ -128,6 +133,12 @@ _ALERT_ERRORS = (
     MemoryError,
     struct.error,
 )
+
+
+class GatewayKeys(Protocol):
+    """Where the sink reads the gateway keys, once per batch (``sinks.gateway_keys``)."""
+
+    def keys(self) -> Mapping[str, RegisteredKey]: ...
 
 
 class ConsumerClient(Protocol):
@@ -185,6 +196,7 @@ class _Batch:
     batch_ids: dict[str, int] = field(default_factory=dict)  # event id -> content hash, landing now
     tally: Tally = field(default_factory=Tally)  # counts and the ledger's fates, applied once landed
     chain: ChainBatch | None = None  # the batch's tables with its hash chain entries (sinks.chain)
+    keys: Mapping[str, RegisteredKey] = field(default_factory=dict)  # gateway keys, read per batch
 
     def see(self, topic: str, part: int, off: int) -> None:
         r = self.ranges.setdefault((topic, part), [off, off])
@@ -214,7 +226,9 @@ class SinkWorker:
     skew, or earlier than the earliest: quarantined). ``commit_retry_seconds``: how long a
     retriable commit failure is retried before the commit is given up. ``chain_signer``: the
     key chain heads are signed with (``sinks.chain.Signer``; None: chained, not signed), at most
-    every ``chain_sign_seconds`` per chain and when idle.
+    every ``chain_sign_seconds`` per chain and when idle. ``gateway_keys``: the registry gateway
+    signatures are checked against (None: none registered); ``require_signed``: an unsigned
+    event is dead-lettered.
     """
 
     def __init__(
@@ -240,6 +254,8 @@ class SinkWorker:
         commit_retry_seconds: float = 30.0,
         chain_signer: Signer | None = None,
         chain_sign_seconds: float = 1.0,
+        gateway_keys: GatewayKeys | None = None,
+        require_signed: bool = False,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -263,6 +279,8 @@ class SinkWorker:
         self._watermarks_stale = True
         self._recent_loaded = False
         self._chain = ChainState(topics.alerts, chain_signer, chain_sign_seconds)
+        self.gateway_keys = gateway_keys
+        self.require_signed = require_signed
         # "is None", not "or": a real Producer is falsy while its queue is empty (__len__)
         if consumer is None:
             consumer = Consumer(consumer_config(bootstrap, group_id, **(consumer_overrides or {})))
@@ -433,6 +451,8 @@ class SinkWorker:
         t0 = time.monotonic()
         now = datetime.now(UTC)
         b = _Batch(now, self.stats.last_event_time, self.earliest_event_time, now + self.max_future_skew)
+        if self.gateway_keys is not None:
+            b.keys = self.gateway_keys.keys()
         t = self.topics
         t_events, t_changes, t_alerts, t_dlq = t.events, t.changes, t.alerts, t.deadletter
         for m in msgs:
@@ -472,6 +492,13 @@ class SinkWorker:
         if off <= self._watermarks.get((RAW_TABLE.get(type_name, ""), part), -1):
             b.tally.fate(part, off, REPLAYED)
             return
+        signed = attest(
+            m.headers(), m.value() or b"", rec["source"], b.keys, require_signed=self.require_signed
+        )
+        if isinstance(signed, Refusal):
+            d = dead_letter(m.key(), m.value(), topic, part, off, signed.error, signed.reason)
+            self._dead_event(b, part, off, d, DEAD_LETTERED)
+            return
         et = rec["event_time"]
         if not b.earliest <= et <= b.latest:
             why = implausible_time(et, b.now, self.earliest_event_time, self.max_future_skew)
@@ -491,7 +518,7 @@ class SinkWorker:
             self._dead_event(b, part, off, d, CONFLICTS)
             return
         b.batch_ids[eid] = h
-        b.events.append(SinkRecord(type_name, rec, topic, part, off, b.now, h))
+        b.events.append(SinkRecord(type_name, rec, topic, part, off, b.now, h, signed.source, signed.key_id))
         b.tally.fate(part, off, LANDED)
         for target, cmd in judged.commands:
             if isinstance(cmd, Touch):  # idempotent: once per unit and batch is enough

@@ -2,7 +2,8 @@
 
 **The ledger.** Per partition of the events topic the sink keeps how many records it read and
 what became of each: ``landed`` (a raw row), ``dead_lettered`` (by error class: undecodable,
-unusable), ``duplicates`` (an event id seen before, the same content), ``conflicts`` (an event
+unusable, a gateway signature that does not hold or is missing when required: ``schemas.
+signing``), ``duplicates`` (an event id seen before, the same content), ``conflicts`` (an event
 id seen before with other content: dead-lettered as ``ConflictingDuplicate``), ``quarantined``
 (an implausible event time: dead-lettered as ``ImplausibleEventTime``) and ``replayed``
 (landed or dead-lettered before: at or below a watermark). After every batch::

@@ -43,6 +43,8 @@ class SinkRecord(NamedTuple):
     offset: int
     ingest_time: datetime
     content_hash: int = 0  # streams.intake.content_hash_of (0: not known)
+    verified_source: str = ""  # the source a gateway signature proved ('' unsigned)
+    signing_key_id: str = ""  # the key that proved it
 
 
 class RowBuildError(TracelineError):
@@ -70,6 +72,8 @@ _KAFKA = [
     ("kafka_partition", pa.uint32()),
     ("kafka_offset", pa.uint64()),
     ("content_hash", pa.uint64()),
+    ("verified_source", _S),
+    ("signing_key_id", _S),
 ]
 _UNIT = [("uii", _S), ("part_number", _S), ("serial_number", _S)]
 
@@ -529,11 +533,11 @@ def rows_for_batch(batch: Iterable[SinkRecord | Sequence[Any]]) -> dict[str, pa.
     """
     tables = {name: _Cols(SCHEMAS[name]) for name in _EVENT_TABLES}
     for item in batch:
-        if len(item) == 7:
-            type_name, r, topic, partition, offset, ingest_time, content_hash = item
-        else:  # a tuple without the hash
-            type_name, r, topic, partition, offset, ingest_time = item  # type: ignore[misc]
-            content_hash = 0
+        if len(item) == 9:
+            type_name, r, topic, partition, offset, ingest_time, content_hash, verified, key_id = item
+        else:  # a shorter tuple: no signature (nor, with 6 items, a content hash)
+            type_name, r, topic, partition, offset, ingest_time = item[:6]
+            content_hash, verified, key_id = (item[6] if len(item) > 6 else 0), "", ""
         short = type_name.rsplit(".", 1)[-1]
         append = _APPENDERS.get(short)
         if append is None:
@@ -554,6 +558,8 @@ def rows_for_batch(batch: Iterable[SinkRecord | Sequence[Any]]) -> dict[str, pa.
             c["kafka_partition"].append(partition)
             c["kafka_offset"].append(offset)
             c["content_hash"].append(content_hash)
+            c["verified_source"].append(verified)
+            c["signing_key_id"].append(key_id)
             tb.n += 1
         except (KeyError, TypeError) as exc:
             raise RowBuildError(

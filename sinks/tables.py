@@ -105,6 +105,20 @@ _KAFKA = (
         " hash is a conflict, dead-lettered (0: landed before migration 5)",
         since=5,
     ),
+    Column(
+        "verified_source",
+        LC,
+        "The source a valid gateway signature proved (equal to `source`): Ed25519 over the record's"
+        " bytes, with a registered, unrevoked key of that source; '' when the event was unsigned"
+        " (or landed before migration 7)",
+        since=7,
+    ),
+    Column(
+        "signing_key_id",
+        LC,
+        "The id of the gateway key whose signature verified (`traceline gateway-key list`); '' when unsigned",
+        since=7,
+    ),
 )
 
 

@@ -63,6 +63,7 @@ from schemas.alert import Alert, AlertRule, AlertSeverity, encode_alert
 from schemas.errors import DecodeError, TracelineError
 from schemas.kafka import client_config, consumer_config, message_position, producer_config
 from schemas.serde import AvroSerde
+from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
 from streams.alerts import RULE_TYPES, AlertRules, AlertState
 
@@ -212,6 +213,7 @@ class AlertEngineStats:
     batches: int = 0
     events: int = 0
     undecodable_skipped: int = 0
+    unattested_skipped: int = 0  # a gateway signature that does not hold (or none, when required)
     alerts_published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     commits: int = 0  # batches whose offsets Kafka took
@@ -250,8 +252,12 @@ class AlertEngine:
         commit_retry_seconds: float = 120.0,
         consumer: ConsumerClient | None = None,
         producer: ProducerClient | None = None,
+        gateway_keys: Callable[[], Mapping[str, RegisteredKey]] | None = None,
+        require_signed: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
+        self.gateway_keys = gateway_keys  # the sink's registry: what it dead-letters is not evaluated
+        self.require_signed = require_signed
         self.topics = topics
         self.evaluator = evaluator
         self.rules = self.evaluator.rules
@@ -456,6 +462,7 @@ class AlertEngine:
             if not self._wait_landed(need):
                 return 0  # stopping: nothing committed
             batch: list[tuple[str, Mapping[str, Any]]] = []
+            keys = self.gateway_keys() if self.gateway_keys is not None else {}
             for m in msgs:
                 value = m.value() or b""
                 try:
@@ -465,6 +472,10 @@ class AlertEngine:
                     type_name, rec = self.serde.decode(value)
                 except DecodeError:
                     self.stats.undecodable_skipped += 1  # the sink dead-letters it
+                    continue
+                signed = attest(m.headers(), value, rec["source"], keys, require_signed=self.require_signed)
+                if isinstance(signed, Refusal):
+                    self.stats.unattested_skipped += 1  # the sink dead-letters it
                     continue
                 self.stats.events += 1
                 batch.append((type_name, rec))

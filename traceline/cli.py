@@ -22,6 +22,7 @@ from producers.simulator import write_jsonl
 from schemas.errors import TracelineError
 from schemas.jsonform import parse_event, parse_line
 from schemas.serde import AvroSerde
+from schemas.signing import GatewayKey
 from traceline import localstack
 from traceline.backend import local_bootstrap
 from traceline.cli_alerts import alerts_app
@@ -39,6 +40,7 @@ from traceline.cli_common import (
     resolve_bootstrap,
     settings_for,
 )
+from traceline.cli_gateway_key import gateway_key_app
 from traceline.cli_query import recall_app, trace_app
 from traceline.cli_report import drill_command, report_command
 from traceline.cli_status import status_command
@@ -198,6 +200,14 @@ def publish(
     schema_registry: RegistryOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Kafka to acknowledge")] = 60.0,
     max_errors_shown: Annotated[int, typer.Option(help="invalid lines (and repeats) to print in full")] = 50,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="the gateway's key file (traceline gateway-key create): sign every event; events of "
+            "another source are invalid lines [env: TRACELINE_GATEWAY_KEY_FILE]",
+        ),
+    ] = None,
 ) -> None:
     """Validate and publish events from a JSON Lines file (see schemas/README.md).
 
@@ -214,7 +224,9 @@ def publish(
     boot, down = _kafka_target(s)
     size = Path(file).stat().st_size if file != "-" else None
     serde = AvroSerde(registry_url=s.schema_registry.url, topic=s.kafka.events_topic)
-    pub = Publisher(boot, s.outbox_path, topic=s.kafka.events_topic, serde=serde)
+    key_file = key or s.gateway.key_file
+    signer = GatewayKey.load(key_file) if key_file else None
+    pub = Publisher(boot, s.outbox_path, topic=s.kafka.events_topic, serde=serde, signer=signer)
     down = _unreachable(pub, down)
     if len(pub.outbox):
         err.print(
@@ -437,6 +449,7 @@ app.command("drill")(drill_command)
 app.command("status")(status_command)
 app.add_typer(worker_app, name="worker")
 app.add_typer(token_app, name="token")
+app.add_typer(gateway_key_app, name="gateway-key")
 app.command("verify")(verify_command)
 app.command("report-verify")(report_verify_command)
 app.add_typer(alerts_app, name="alerts")

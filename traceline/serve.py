@@ -36,6 +36,7 @@ from schemas.kafka import ensure_topics, pipeline_lag
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from sinks.chain import Signer, chain_key_path
+from sinks.gateway_keys import GatewayKeyRegistry
 from sinks.ingest import SinkWorker
 from sinks.store import Store
 from streams.alert_engine import AlertEngine, sink_positions
@@ -80,6 +81,7 @@ class Server:
         self.opts = opts
         self.kafka_security = apply_kafka_security(settings)  # every client below, and the worker's env
         self.topics: TopicNames = settings.topics
+        self.gateway_keys = GatewayKeyRegistry(settings.gateway_keys_path)  # reread when it changes
         self.store: Store | None = None  # the sink's handle (and the API's when there is no sink)
         self._readers: list[Store] = []  # own handles of the alert engine and the API (see _reader)
         self._sink: SupervisedThread | None = None
@@ -165,6 +167,8 @@ class Server:
             earliest_event_time=s.ingest.earliest_event_time,
             chain_signer=Signer.load_or_create(chain_key_path(s.data_dir)),
             chain_sign_seconds=s.ingest.chain_sign_seconds,
+            gateway_keys=self.gateway_keys,
+            require_signed=s.ingest.require_signed,
         )
 
     def _landed(self) -> dict[tuple[str, int], int]:
@@ -187,6 +191,8 @@ class Server:
                 sink_group=s.sink_group,
                 landed=self._landed,
                 notifier=self.notifier,
+                gateway_keys=self.gateway_keys.keys,
+                require_signed=s.ingest.require_signed,
             )
 
         self._alerts = SupervisedThread("alert engine", build).start()

@@ -15,7 +15,8 @@ Sections and their environment variables:
 | ``schema_registry`` | ``TRACELINE_SCHEMA_REGISTRY_`` | URL (Confluent wire format when set) |
 | ``alert_rules`` | ``TRACELINE_ALERTS_`` | thresholds of the alert rules (``streams.alerts.AlertRules``) |
 | ``notify`` | ``TRACELINE_ALERTS_`` | webhook / e-mail delivery (``streams.notify.NotifyConfig``) |
-| ``ingest`` | ``TRACELINE_INGEST_`` | plausible event times, the largest dead letter kept whole |
+| ``ingest`` | ``TRACELINE_INGEST_`` | plausible event times, largest dead letter kept whole, require_signed |
+| ``gateway`` | ``TRACELINE_GATEWAY_`` | the key a gateway signs what it publishes with |
 | ``report`` | ``TRACELINE_REPORT_`` | the name on a report's "prepared by" line |
 | ``worker`` | ``TRACELINE_STREAMS_``, ``TRACELINE_WORKER_`` | the faust worker's id and supervisor |
 | ``local_stack`` | ``TRACELINE_`` | where the local broker's jars, cache and JVM options come from |
@@ -50,6 +51,7 @@ __all__ = [
     "AlertRulesSettings",
     "NotifySettings",
     "IngestSettings",
+    "GatewaySettings",
     "ReportSettings",
     "WorkerSettings",
     "LocalStackSettings",
@@ -158,6 +160,22 @@ class IngestSettings(BaseSettings):
     chain_sign_seconds: float = Field(
         1.0, ge=0, description="sign each hash chain's head at most this often, and when idle (0: each batch)"
     )
+    require_signed: bool = Field(
+        False, description="dead-letter events without a valid gateway signature (unsigned ones too)"
+    )
+    gateway_keys_file: Path | None = Field(
+        None, description="registry of gateway public keys (default: <data dir>/gateway_keys.json)"
+    )
+
+
+class GatewaySettings(BaseSettings):
+    """A gateway publishing with ``traceline publish``: the key it signs its events with."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACELINE_GATEWAY_", extra="ignore")
+
+    key_file: Path | None = Field(
+        None, description="the gateway's private key (`traceline gateway-key create`): sign what is published"
+    )
 
 
 class ReportSettings(BaseSettings):
@@ -229,6 +247,7 @@ class Settings(BaseSettings):
     alert_rules: AlertRulesSettings = Field(default_factory=AlertRulesSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     local_stack: LocalStackSettings = Field(default_factory=LocalStackSettings)
@@ -253,6 +272,11 @@ class Settings(BaseSettings):
     @property
     def tokens_path(self) -> Path:
         return self.auth.token_file or self.data_dir / "tokens.json"
+
+    @property
+    def gateway_keys_path(self) -> Path:
+        """The registry of gateway public keys the sink verifies signatures with."""
+        return self.ingest.gateway_keys_file or self.data_dir / "gateway_keys.json"
 
     @property
     def outbox_path(self) -> Path:

@@ -559,7 +559,9 @@ def test_a_store_upgraded_with_rows_verifies_and_its_old_rows_are_counted(
     with monkeypatch.context() as m:  # a store as migration 5 left it, with rows in it
         m.setattr(ddl, "MIGRATIONS", ddl.MIGRATIONS[:5])
         store = Store.open(dsn, "traceline")
-        store.write_batch(old, "v5")
+        later_cols = {t.name: [c.name for c in t.columns if c.since > 5] for t in ddl.TABLES}
+        as_v5 = {n: t.drop([c for c in later_cols.get(n, []) if c in t.column_names]) for n, t in old.items()}
+        store.write_batch(as_v5, "v5")  # the columns it had then
         store.close()
     store = Store.open(dsn, "traceline")  # applies migration 6
     try:
