@@ -13,21 +13,31 @@ re-use; identical repeats are skipped as duplicates; the ledger balances.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
 import random
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from chaos.harness import dead_letter_counts, landed_ids, raw_counts
 from chaos.input_faults import altered, poison_records, produce_raw, raw_producer
 from chaos.load import Plant
 from producers.publisher import Publisher
+from producers.simulator import simulate
 from sinks.rows import RAW_TABLES
 from streams.intake import content_hash_of
 from tests.support import wait_caught_up
+from traceline.auth import TokenStore
 from traceline.serve import Server
 
 pytestmark = pytest.mark.integration
@@ -170,3 +180,58 @@ def test_a_ledger_gap_turns_health_failing_and_raises_a_critical_alert(
         time.sleep(0.5)
     assert [(r["alert_id"], r["severity"]) for r in rows] == [(f"LEDGER_GAP:{topic}:{part}", "CRITICAL")]
     assert "3 records read but not accounted for" in rows[0]["title"]
+
+
+def test_status_wait_caught_up_returns_once_the_store_has_every_published_event(
+    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    """The documented way for a script to know the store caught up: `traceline serve` running,
+    a gateway publishes, `traceline status --wait-caught-up` returns 0, and at that moment the
+    ledger holds every event."""
+    bin_dir = Path(sys.executable).parent
+    data = tmp_path / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELINE_")}
+    env.update(
+        TRACELINE_DATA_DIR=str(data), TRACELINE_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        TRACELINE_KAFKA_TOPIC_PREFIX=topic_prefix, TRACELINE_KAFKA_EVENTS_TOPIC=f"{topic_prefix}events",
+        TRACELINE_KAFKA_PARTITIONS="3",
+    )  # fmt: skip
+    token = TokenStore(data / "tokens.json").create("ops", "administrator", "*")[1]
+    events = list(itertools.islice(simulate(120, seed=4), 500))
+    src = tmp_path / "bench.jsonl"
+    src.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    with (tmp_path / "serve.log").open("wb") as log:
+        serve = subprocess.Popen(
+            [str(bin_dir / "traceline"), "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+    try:
+        pub = subprocess.run(
+            [str(bin_dir / "traceline"), "publish", "--file", str(src), "--timeout", "60"],
+            env={**env, "TRACELINE_DATA_DIR": str(tmp_path / "gateway")},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert pub.returncode == 0, pub.stdout + pub.stderr
+        status = [str(bin_dir / "traceline"), "status", "--token", token]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the API answers once the server runs
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        done = subprocess.run(
+            [*status, "--wait-caught-up", "--timeout", "240"],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+        shown = subprocess.run(
+            [*status, "--json"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        ledger = json.loads(shown.stdout)["ledger"]
+        assert sum(int(e["landed"]) for e in ledger["partitions"].values()) == len(events)
+        assert ledger["gap"] == {}
+    finally:
+        serve.terminate()
+        serve.wait(60)
