@@ -39,6 +39,7 @@ class AlertRule(StrEnum):
     OUT_OF_CALIBRATION = "OUT_OF_CALIBRATION"
     SHIPPING_GATE = "SHIPPING_GATE"
     LEDGER_GAP = "LEDGER_GAP"  # the pipeline's own: records read but neither landed nor accounted for
+    EVENT_ID_CONFLICT = "EVENT_ID_CONFLICT"  # the pipeline's own: event ids re-used with other content
 
 
 class AlertSeverity(StrEnum):

@@ -70,6 +70,7 @@ from streams.alerts import RULE_TYPES, AlertRules, AlertState
 __all__ = [
     "AlertEngine",
     "ledger_gap",
+    "event_id_conflicts",
     "AlertEngineError",
     "AlertEngineFatalError",
     "AlertEngineStats",
@@ -667,6 +668,29 @@ def ledger_gap(topic: str, partition: int, gap: int, now: datetime) -> Alert:
         details={"gap": str(gap)},
     )
 
+
+
+def event_id_conflicts(topic: str, count: int, since: datetime, now: datetime) -> Alert:
+    """``EVENT_ID_CONFLICT`` (key ``EVENT_ID_CONFLICT:<topic>``, WARNING): the pipeline's own
+    alert, raised by ``traceline serve`` when the sink has refused ``count`` events (since
+    ``since``, its start) whose event id had landed before with other content: a gateway re-uses
+    ids, or two sources collide. Each one is a ``ConflictingDuplicate`` dead letter with both
+    payload hashes (``dead_letters``); the first content stays. A new count updates the alert."""
+    return Alert(
+        alert_id=f"EVENT_ID_CONFLICT:{topic}",
+        rule=AlertRule.EVENT_ID_CONFLICT,
+        severity=AlertSeverity.WARNING,
+        title=f"{count:,} events on {topic} re-used an event id with other content (refused, dead-lettered)",
+        subject_kind="pipeline",
+        subject_id=topic,
+        raised_at=now,
+        event_time=now,
+        trigger_event_id="",
+        trigger_type="",
+        site="",
+        program="",
+        details={"conflicts": str(count), "since": since.isoformat()},
+    )
 
 class _NotAcknowledged(AlertPublishError):
     """Some alerts were not acknowledged: ``pending`` are the ones to publish again."""

@@ -84,7 +84,8 @@ Rules and their exact semantics
   per gating cause, listing the shipments it let through (serial, shipment, customer,
   destination, time); each further shipment under the same cause updates it. A shipment
   gated by two causes is in both.
-* ``LEDGER_GAP``: the pipeline's own, not from an event (``streams.alert_engine.ledger_gap``).
+* ``LEDGER_GAP``, ``EVENT_ID_CONFLICT``: the pipeline's own, not from an event
+  (``streams.alert_engine.ledger_gap``, ``event_id_conflicts``).
 
 Dedup: :meth:`AlertState.admit` emits version 1 for a new key, nothing for the same content
 again, and version n+1 when the content changed.

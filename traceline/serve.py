@@ -39,7 +39,7 @@ from sinks.chain import Signer, chain_key_path
 from sinks.gateway_keys import GatewayKeyRegistry
 from sinks.ingest import SinkWorker
 from sinks.store import Store
-from streams.alert_engine import AlertEngine, sink_positions
+from streams.alert_engine import AlertEngine, event_id_conflicts, sink_positions
 from streams.alert_engine import ledger_gap as ledger_gap_alert
 from streams.app import LOCAL_STATE_EXIT_CODE
 from streams.notify import Notifier
@@ -224,10 +224,15 @@ class Server:
             self._worker_watch.forget()
         gap = self.ledger_gap()
         engine = self.alerts
-        if gap and engine is not None:
-            now = datetime.now(UTC)
-            for partition, n in sorted(gap.items()):
-                engine.raise_alert(ledger_gap_alert(self.topics.events, int(partition), int(n), now))
+        if engine is None:
+            return
+        now = datetime.now(UTC)
+        for partition, n in sorted(gap.items()):
+            engine.raise_alert(ledger_gap_alert(self.topics.events, int(partition), int(n), now))
+        conflicts = sink.stats.conflicts if sink is not None else 0
+        started = self._sink.status.started_at if self._sink is not None else None
+        if conflicts and started is not None:
+            engine.raise_alert(event_id_conflicts(self.topics.events, conflicts, started, now))
 
     # -- what the API reports --------------------------------------------------------------------
     def parts(self) -> dict[str, PartState]:

@@ -314,7 +314,7 @@ def derive_health(
         failing.append(f"the store refuses writes: {store_error}")
     if ledger_gap:
         failing.append(f"ledger gap (records read but neither landed nor accounted for): {dict(ledger_gap)}")
-    if lag_error:
-        degraded.append(f"consumer lag unavailable: {lag_error}")
+    if lag_error:  # Kafka did not answer within the lag read's timeout: nothing can be ingested
+        failing.append(f"Kafka unreachable (consumer lag unavailable): {lag_error}")
     status = "failing" if failing else "degraded" if degraded else "ok"
     return {"status": status, "problems": failing + degraded, "lag": dict(lag) if lag is not None else None}

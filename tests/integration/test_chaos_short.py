@@ -142,6 +142,18 @@ def test_poison_kinds_and_conflicting_duplicates_on_a_running_server(
         e: content_hash_of(plant.rows[index[e]][2]) for e in reused
     }
     assert server.worker is not None and server.worker.alive and server.worker.restarts == 0
+    # the re-used ids are alerted (the pipeline's own alert, one per events topic, the count)
+    deadline = time.monotonic() + 60
+    alerted: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        alerted = store.query(
+            "SELECT argMax(details['conflicts'], version) AS n FROM alerts WHERE alert_id = {a:String}",
+            {"a": f"EVENT_ID_CONFLICT:{topic}"},
+        )
+        if alerted and alerted[0]["n"] == str(len(conflict) + len(burst)):
+            break
+        time.sleep(0.5)
+    assert alerted and alerted[0]["n"] == str(len(conflict) + len(burst)), alerted
 
 
 def test_a_ledger_gap_turns_health_failing_and_raises_a_critical_alert(

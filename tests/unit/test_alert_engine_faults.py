@@ -26,7 +26,13 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from schemas.alert import Alert, decode_alert, encode_alert
 from schemas.topics import TopicNames
 from streams import alert_engine
-from streams.alert_engine import AlertEngine, AlertEngineError, AlertEngineFatalError, ledger_gap
+from streams.alert_engine import (
+    AlertEngine,
+    AlertEngineError,
+    AlertEngineFatalError,
+    event_id_conflicts,
+    ledger_gap,
+)
 from streams.alerts import AlertRules, AlertState
 
 TOPICS = TopicNames(events="f.events", prefix="f.")
@@ -403,3 +409,13 @@ def test_the_ledger_gap_alert_says_what_is_missing_and_round_trips() -> None:
     assert "3 records read but not accounted for" in a.title
     assert "counted twice" in ledger_gap("ev", 0, -2, T).title
     assert decode_alert(encode_alert(a)) == a
+
+
+def test_the_event_id_conflict_alert_counts_what_was_refused() -> None:
+    a = event_id_conflicts("ev", 12, T, T)
+    assert (a.rule, a.severity, a.alert_id, a.details["conflicts"]) == (
+        "EVENT_ID_CONFLICT", "WARNING", "EVENT_ID_CONFLICT:ev", "12"
+    )  # fmt: skip
+    assert "12 events on ev re-used an event id" in a.title
+    assert decode_alert(encode_alert(a)) == a
+    assert a.fingerprint() != event_id_conflicts("ev", 13, T, T).fingerprint()  # a new count: a new version
