@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from sinks.audit import check as check_audit
 from sinks.chain import CHAINED_TABLES, Verifier, genesis, head_message, link, row_hashes
 from sinks.rows import RAW_TABLES, SCHEMAS
 from sinks.tables import VIEWS
@@ -527,6 +528,10 @@ def verify_store(store: _Store, verifier: Verifier | None) -> Verification:
     for topic, part in keys:
         _check_chain(store, topic, part, alerts_topic, starts, verifier, out)
     _check_derived(store, out)
+    audit = check_audit(store, verifier)
+    out.findings += [Finding(kind, "query_audit", key, detail=detail) for kind, key, detail in audit.findings]
+    if audit.rows:
+        out.notes.append(f"query audit log: {audit.rows} rows of {audit.servers} server(s) checked")
     unique: dict[tuple[Any, ...], Finding] = {}  # one finding per row (a row may fail two checks)
     for f in out.findings:
         unique.setdefault((f.kind, f.table, f.key, f.topic, f.partition, f.offset), f)

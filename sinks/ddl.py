@@ -270,6 +270,11 @@ def _m7(database: str, opts: EngineOptions) -> list[str]:
     return out
 
 
+def _m8(database: str, opts: EngineOptions) -> list[str]:
+    # the query audit log, under its own hash chain per server (sinks.audit)
+    return [_create_table(t, database, opts) for t in INTEGRITY_TABLES if t.since == 8]
+
+
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "initial tables", _m1),
     (2, "unit_facts recall index and its materialized views", _m2),
@@ -278,6 +283,7 @@ MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (5, "raw tables: content_hash; dead_letters: raw_size, raw_sha256, raw_truncated", _m5),
     (6, "tamper evidence: event_chain, chain_heads, issued_reports, chain_start", _m6),
     (7, "attributable events: raw tables' verified_source, signing_key_id", _m7),
+    (8, "query audit log: query_audit", _m8),
 )
 
 

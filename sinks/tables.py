@@ -30,6 +30,7 @@ __all__ = [
     "EVENT_CHAIN",
     "CHAIN_HEADS",
     "ISSUED_REPORTS",
+    "QUERY_AUDIT",
     "CHAIN_START",
     "INTEGRITY_TABLES",
 ]
@@ -700,4 +701,32 @@ CHAIN_START = Table(
     kind="integrity",
     since=6,
 )
-INTEGRITY_TABLES: tuple[Table, ...] = (EVENT_CHAIN, CHAIN_HEADS, ISSUED_REPORTS, CHAIN_START)
+QUERY_AUDIT = Table(
+    "query_audit",
+    "Who asked what, when, with what scope and how many results: one row per API request (not"
+    " /health or static files), under a hash chain per server (sinks.audit); every row signed with"
+    " the chain key; `traceline verify` checks it; GET /audit shows it to administrators",
+    (
+        Column("server_id", LC, "The server that answered (host and data dir): one chain each"),
+        Column("seq", "UInt64", "Position in the server's chain, from 1"),
+        Column("at", TS, "When the request arrived (UTC)"),
+        Column("principal", "String", "Token name or OIDC subject; '' when no valid credential came"),
+        Column("role", LC, "Its role ('' without one)"),
+        Column("programs", "Array(String)", "The programmes it may see (['*'] for all)"),
+        Column("method", LC, "HTTP method"),
+        Column("path", LC, "Route path, e.g. /recall"),
+        Column("params", "String", "Query parameters as JSON (a token never appears here)"),
+        Column("status", "UInt16", "HTTP status of the answer"),
+        Column("results", "Int64", "Units / rows / alerts in the answer; -1 when not counted"),
+        Column("withheld", "Int64", "Units outside the caller's programmes, counted but not shown"),
+        Column("duration_ms", "Float64", "Time to answer"),
+        Column("row_hash", "FixedString(32)", "sha256 of the row's content (sinks.audit.row_hash)"),
+        Column("chain_hash", "FixedString(32)", "sha256(previous chain_hash || row_hash)"),
+        Column("key_id", LC, "First 16 hex of the sha256 of the signing public key"),
+        Column("signature", "String", "Ed25519 signature over server_id, seq and chain_hash"),
+    ),
+    "(server_id, seq)",
+    kind="integrity",
+    since=8,
+)
+INTEGRITY_TABLES: tuple[Table, ...] = (EVENT_CHAIN, CHAIN_HEADS, ISSUED_REPORTS, CHAIN_START, QUERY_AUDIT)

@@ -48,7 +48,9 @@ from fastapi.staticfiles import StaticFiles
 from queries import Trigger, to_jsonable
 from queries.report_render import MEDIA_TYPES
 from schemas.errors import NotFoundError
+from sinks.audit import AuditLog, entries_of
 from sinks.store import Store, check_time
+from traceline import audit_http as audited
 from traceline.auth import ADMIN, READ, AuthConfigError, Authenticator, Principal
 from traceline.backend import WITHHELD_HEADERS, AlertQuery, StoreBackend
 from traceline.errors import classify
@@ -79,12 +81,14 @@ def create_api(
     ledger: Callable[[], dict[str, Any]] | None = None,
     auth: Authenticator | None = None,
     keys_dir: Path | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The API over one open store (the store serialises calls on its handle). ``health``
     reports the status derived from every part of the running server; ``lag`` measures the
     consumer lag a report prints as data freshness; ``ledger`` the sink's per-partition ledger;
     ``auth`` who may call (default: the token file and OIDC issuer of the settings from the
-    environment, ``Authenticator.for_settings``)."""
+    environment, ``Authenticator.for_settings``); ``audit`` records every request
+    (``traceline.audit_http``) and serves ``GET /audit``."""
     authenticator = auth if auth is not None else Authenticator.for_settings(load_settings())
     if authenticator.oidc is None and not any(r.active for r in authenticator.tokens.records()):
         log.warning(
@@ -107,10 +111,14 @@ def create_api(
     shared = StoreBackend(store, lag=lambda: _lag(lag), where="the server's store", keys_dir=keys_dir)
     if _VENDOR.is_dir():
         api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if audit is not None:
+        audited.install(api, audit)
 
     def answer(fn: Callable[[], Any]) -> Any:
         try:
-            return fn()
+            result = fn()
+            audited.note_results(result)
+            return result
         except Exception as exc:
             failure = classify(exc)
             if failure is None:
@@ -144,6 +152,7 @@ def create_api(
                 detail="the bearer token is not valid: unknown, revoked or expired",
                 headers={"WWW-Authenticate": 'Bearer realm="traceline", error="invalid_token"'},
             )
+        audited.note_caller(who)
         return who
 
     def caller(who: Principal | None = Depends(presented)) -> Principal:
@@ -206,6 +215,28 @@ def create_api(
     )
     def get_ledger() -> dict[str, Any]:
         return ledger() if ledger is not None else {"partitions": {}, "gap": {}, "since": None}
+
+    @api.get(
+        "/audit",
+        summary="The query audit log: who asked what, when, with what scope and how many results",
+        responses=_AUTH_RESPONSES,
+        dependencies=[Depends(administrator)],
+    )
+    def get_audit(
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+        principal: str | None = Query(None, description="only this caller (token name or OIDC subject)"),
+    ) -> dict[str, Any]:
+        where = "WHERE principal = {p:String}" if principal is not None else ""
+        sql = (
+            "SELECT server_id, seq, at, principal, role, programs, method, path, params, status, results,"
+            f" withheld, duration_ms, hex(chain_hash) AS chain_hash FROM query_audit {where}"  # noqa: S608
+            " ORDER BY at DESC, seq DESC LIMIT {n:UInt32} OFFSET {o:UInt32}"
+        )
+        params = {"p": principal or "", "n": limit, "o": offset}
+        rows = answer(lambda: store.query(sql, params))
+        total = answer(lambda: store.query(f"SELECT count() AS n FROM query_audit {where}", params))  # noqa: S608
+        return {"total": int(total[0]["n"]), "offset": offset, "rows": entries_of(rows)}
 
     @api.get(
         "/trace/forward",

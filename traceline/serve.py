@@ -35,6 +35,7 @@ from queries.alerts import AlertEvaluator
 from schemas.kafka import ensure_topics, pipeline_lag
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
+from sinks.audit import AuditLog, server_id_for
 from sinks.chain import Signer, chain_key_path
 from sinks.gateway_keys import GatewayKeyRegistry
 from sinks.ingest import SinkWorker
@@ -87,6 +88,7 @@ class Server:
         self._sink: SupervisedThread | None = None
         self._alerts: SupervisedThread | None = None
         self.notifier: Notifier | None = None
+        self.audit: AuditLog | None = None  # the query audit log of the API (run_forever)
         self.worker: SupervisedProcess | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -277,6 +279,10 @@ class Server:
             lag=self._lag,
             lag_error=self._lag_error,
         )
+        audit_error = self.audit.stats.last_error if self.audit is not None else None
+        if audit_error:  # answers go on; who asked is not being written
+            derived["problems"].append(f"the query audit log cannot be written: {audit_error}")
+            derived["status"] = "failing" if derived["status"] == "failing" else "degraded"
         return {
             **derived,
             "started_at": self.started_at.isoformat(),
@@ -287,6 +293,7 @@ class Server:
             "sink_error": self.sink_error,
             "alerts": self.alerts.stats.as_dict() if self.alerts else None,
             "alerts_error": self.alerts_error,
+            "audit": self.audit.stats.as_dict() if self.audit is not None else None,
         }
 
     def lag(self) -> dict[str, int]:
@@ -332,6 +339,8 @@ class Server:
             self.notifier.stop()
         if self.worker is not None:
             self.worker.stop()
+        if self.audit is not None:
+            self.audit.stop()  # writes what is queued, before its store handle closes
         for r in self._readers:
             r.close()
         if self.store is not None:
@@ -344,13 +353,17 @@ class Server:
         write_serve_state(self.settings.data_dir, url, self.started_at)
         try:
             if self.opts.with_api and self.store is not None:
+                reader = self._reader()
+                signer = Signer.load_or_create(chain_key_path(self.settings.data_dir))
+                self.audit = AuditLog(reader, server_id_for(self.settings.data_dir), signer).start()
                 api = create_api(
-                    self._reader(),
+                    reader,
                     health=self.health,
                     lag=self.lag,
                     ledger=self.ledger,
                     auth=Authenticator.for_settings(self.settings),
                     keys_dir=self.settings.data_dir,
+                    audit=self.audit,
                 )
                 uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
             else:

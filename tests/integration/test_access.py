@@ -33,6 +33,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from queries import RecallImpact, Trigger
+from queries.verify import verify_store
 from schemas.alert import Alert
 from schemas.models import (
     Disposition,
@@ -51,6 +52,8 @@ from schemas.models import (
     UnitTested,
     Verdict,
 )
+from sinks.audit import AuditLog
+from sinks.chain import Signer
 from sinks.rows import SinkRecord, alert_rows, genealogy_rows, rows_for_batch
 from sinks.store import Store
 from tests.support import run_genealogy
@@ -502,3 +505,53 @@ def test_cli_without_a_server_is_the_local_operator_unless_a_token_is_set(
     assert r.exit_code == EXIT_USAGE and "may not read" in " ".join(r.output.split())
     r = runner.invoke(cli_app, ["recall", "--lot", "L-SHARED", "--data-dir", data_dir, "--token", "tl_wrong"])
     assert r.exit_code == EXIT_USAGE and "not valid" in " ".join(r.output.split())
+
+
+# ----------------------------------------------------------------------------- the query audit log
+def test_every_request_is_audited_under_a_chain_that_verify_checks(
+    plant: tuple[Store, Path], tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """Who asked what, when, with what scope and how many results (a denied caller too); readable
+    by administrators only; each ALTER UPDATE / DELETE of an audit row is found by verify."""
+    store, data_dir = plant
+    signer = Signer.load_or_create(tmp_path / "keys" / "chain.ed25519")
+    audit = AuditLog(store, "test-server", signer, flush_seconds=0.05).start()
+    auth = Authenticator(TokenStore(data_dir / "tokens.json"))
+    audited_api = create_api(store, auth=auth, audit=audit)
+    try:
+        assert (
+            _client(audited_api).get("/recall", params={"kind": "lot", "id": "L-SHARED"}).status_code == 401
+        )
+        got = _client(audited_api, tokens["analyst-a"]).get(
+            "/recall", params={"kind": "lot", "id": "L-SHARED"}
+        )
+        assert got.status_code == 200
+        shown, withheld = len(got.json()["units"]), got.json()["withheld_units"] + got.json()["withheld_past"]
+        assert (
+            _client(audited_api, tokens["analyst-a"]).get("/audit").status_code == 403
+        )  # administrators only
+        assert (
+            _client(audited_api, tokens["admin"]).get("/health").status_code == 200
+        )  # liveness: not audited
+    finally:
+        audit.stop()
+    assert audit.stats.written == 3 and audit.stats.write_errors == 0
+    rows = {r["seq"]: r for r in _client(audited_api, tokens["admin"]).get("/audit").json()["rows"]}
+    assert [(rows[s]["principal"], rows[s]["path"], rows[s]["status"]) for s in (1, 2, 3)] == [
+        ("", "/recall", 401),
+        ("analyst-a", "/recall", 200),
+        ("analyst-a", "/audit", 403),
+    ]
+    assert rows[2]["programs"] == [A] and json.loads(rows[2]["params"]) == {"kind": "lot", "id": "L-SHARED"}
+    assert (rows[2]["results"], rows[2]["withheld"]) == (shown, withheld) and withheld > 0
+
+    def findings() -> list[tuple[str, str]]:
+        return [(f.kind, f.key) for f in verify_store(store, signer).findings if f.table == "query_audit"]
+
+    assert findings() == []
+    store.command(
+        "ALTER TABLE query_audit UPDATE principal = 'someone-else' WHERE seq = 2 SETTINGS mutations_sync = 2"
+    )
+    assert ("altered", "test-server#2") in findings()
+    store.command("ALTER TABLE query_audit DELETE WHERE seq = 1 SETTINGS mutations_sync = 2")
+    assert ("deleted", "test-server#2") in findings()
