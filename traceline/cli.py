@@ -43,6 +43,7 @@ from traceline.cli_common import (
 from traceline.cli_gateway_key import gateway_key_app
 from traceline.cli_query import recall_app, trace_app
 from traceline.cli_report import drill_command, report_command
+from traceline.cli_sql_access import sql_access_command
 from traceline.cli_status import status_command
 from traceline.cli_token import token_app
 from traceline.cli_verify import report_verify_command, verify_command
@@ -452,6 +453,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(gateway_key_app, name="gateway-key")
 app.command("verify")(verify_command)
 app.command("report-verify")(report_verify_command)
+app.command("sql-access")(sql_access_command)
 app.add_typer(alerts_app, name="alerts")
 
 
