@@ -3,8 +3,8 @@ commit from stopping the sink or fooling its readers (used by ``sinks.ingest.Sin
 
 * :class:`RecentIds` - recently landed event ids with their content hash: the same id with the
   same hash is a duplicate, with another hash a conflict (:func:`conflict_reason`).
-* :func:`implausible_time` - an event time before ``earliest`` or after the ingest time plus
-  the allowed skew is quarantined, not landed.
+* ``streams.intake.implausible_time`` (the alert engine applies it too) - an event time before
+  ``earliest`` or after the ingest time plus the allowed skew is quarantined, not landed.
 * :func:`fit_dead_letter` - a dead letter larger than the producer may send is sent *by
   reference* (a prefix of the record and headers naming its size and sha256);
   :func:`refused_as_record` says when Kafka refused one record for what it is (its size) rather
@@ -18,7 +18,6 @@ commit from stopping the sink or fooling its readers (used by ``sinks.ingest.Sin
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException
@@ -32,7 +31,6 @@ __all__ = [
     "RecentIds",
     "UNKNOWN_HASH",
     "conflict_reason",
-    "implausible_time",
     "dead_letter_size",
     "fit_dead_letter",
     "refused_as_record",
@@ -79,18 +77,6 @@ def conflict_reason(event_id: str, first: int, this: int) -> str:
         f"event id {event_id} re-used with different content: first landed with content hash"
         f" {first:016x}, this record has {this:016x} (first 64 bits of the sha256 of the Avro body)"
     )
-
-
-def implausible_time(t: datetime, now: datetime, earliest: datetime, skew: timedelta) -> str | None:
-    """Why ``t`` (an event time) is not plausible at ingest time ``now``, or None."""
-    if t < earliest:
-        return f"event_time {t.isoformat()} is before the earliest plausible time {earliest.isoformat()}"
-    if t > now + skew:
-        return (
-            f"event_time {t.isoformat()} is more than {skew} after the ingest time {now.isoformat()}"
-            " (a clock or a field gone wrong)"
-        )
-    return None
 
 
 def dead_letter_size(d: DeadLetter) -> int:

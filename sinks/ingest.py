@@ -96,7 +96,6 @@ from sinks.guards import (
     commit_failure,
     conflict_reason,
     fit_dead_letter,
-    implausible_time,
     refused_as_record,
 )
 from sinks.ledger import CONFLICTS, DEAD_LETTERED, DUPLICATES, LANDED, QUARANTINED, REPLAYED, SinkStats, Tally
@@ -112,7 +111,7 @@ from sinks.rows import (
 )
 from sinks.store import Store, StoreError
 from streams.genealogy import Lots, Send, Touch
-from streams.intake import DeadLetter, batches_by_partition, dead_letter, judge
+from streams.intake import DeadLetter, batches_by_partition, dead_letter, implausible_time, judge
 
 __all__ = ["SinkWorker", "SinkStats", "SinkError", "ConsumerClient", "ProducerClient", "EARLIEST_EVENT_TIME"]
 

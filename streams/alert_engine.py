@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -66,6 +66,7 @@ from schemas.serde import AvroSerde
 from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
 from streams.alerts import RULE_TYPES, AlertRules, AlertState
+from streams.intake import implausible_time
 
 __all__ = [
     "AlertEngine",
@@ -215,6 +216,7 @@ class AlertEngineStats:
     events: int = 0
     undecodable_skipped: int = 0
     unattested_skipped: int = 0  # a gateway signature that does not hold (or none, when required)
+    implausible_skipped: int = 0  # an event time the sink quarantines
     alerts_published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     commits: int = 0  # batches whose offsets Kafka took
@@ -255,10 +257,14 @@ class AlertEngine:
         producer: ProducerClient | None = None,
         gateway_keys: Callable[[], Mapping[str, RegisteredKey]] | None = None,
         require_signed: bool = False,
+        event_times: tuple[datetime, timedelta] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.gateway_keys = gateway_keys  # the sink's registry: what it dead-letters is not evaluated
         self.require_signed = require_signed
+        # (earliest, future skew): the sink's plausible event times; what it quarantines is not
+        # evaluated (a RELEASED stamped 9999-12-31 would end a hold in the engine for good)
+        self.event_times = event_times
         self.topics = topics
         self.evaluator = evaluator
         self.rules = self.evaluator.rules
@@ -477,6 +483,11 @@ class AlertEngine:
                 signed = attest(m.headers(), value, rec["source"], keys, require_signed=self.require_signed)
                 if isinstance(signed, Refusal):
                     self.stats.unattested_skipped += 1  # the sink dead-letters it
+                    continue
+                if self.event_times is not None and implausible_time(
+                    rec["event_time"], datetime.now(UTC), *self.event_times
+                ):
+                    self.stats.implausible_skipped += 1  # the sink quarantines it
                     continue
                 self.stats.events += 1
                 batch.append((type_name, rec))

@@ -37,6 +37,7 @@ import json
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic_core
@@ -47,6 +48,7 @@ from schemas.serde import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroSerde
 from streams.genealogy import Command, GenealogyInputError, Send, command_from_dict, commands_for_event
 
 __all__ = [
+    "implausible_time",
     "GENEALOGY_TYPES",
     "MAX_BATCH",
     "DeadLetter",
@@ -104,6 +106,18 @@ def content_hash_of(value: bytes) -> int:
     first = value[0] if value else -1
     body = value[_SO_HEADER:] if first == _SO_FIRST else value[_CF_HEADER:] if first == _CF_FIRST else value
     return int.from_bytes(_sha256(body).digest()[:8], "big")
+
+
+def implausible_time(t: datetime, now: datetime, earliest: datetime, skew: timedelta) -> str | None:
+    """Why ``t`` (an event time) is not plausible at ingest time ``now``, or None."""
+    if t < earliest:
+        return f"event_time {t.isoformat()} is before the earliest plausible time {earliest.isoformat()}"
+    if t > now + skew:
+        return (
+            f"event_time {t.isoformat()} is more than {skew} after the ingest time {now.isoformat()}"
+            " (a clock or a field gone wrong)"
+        )
+    return None
 
 
 def dead_letter(

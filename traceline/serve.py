@@ -195,6 +195,7 @@ class Server:
                 notifier=self.notifier,
                 gateway_keys=self.gateway_keys.keys,
                 require_signed=s.ingest.require_signed,
+                event_times=(s.ingest.earliest_event_time, timedelta(hours=s.ingest.max_future_skew_hours)),
             )
 
         self._alerts = SupervisedThread("alert engine", build).start()

@@ -17,13 +17,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from schemas.alert import Alert, decode_alert, encode_alert
+from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from streams import alert_engine
 from streams.alert_engine import (
@@ -34,6 +35,7 @@ from streams.alert_engine import (
     ledger_gap,
 )
 from streams.alerts import AlertRules, AlertState
+from tests.samples import sample_events
 
 TOPICS = TopicNames(events="f.events", prefix="f.")
 T = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -419,3 +421,57 @@ def test_the_event_id_conflict_alert_counts_what_was_refused() -> None:
     assert "12 events on ev re-used an event id" in a.title
     assert decode_alert(encode_alert(a)) == a
     assert a.fingerprint() != event_id_conflicts("ev", 13, T, T).fingerprint()  # a new count: a new version
+
+
+# -- what the sink refuses is not evaluated ---------------------------------------------------------
+class EventMsg(Msg):
+    def __init__(self, offset: int, value: bytes) -> None:
+        super().__init__(offset)
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+
+class Recording(FakeEvaluator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, Any]] = []
+
+    def evaluate_batch(self, events: Any) -> list[Alert]:
+        self.seen += list(events)
+        return []
+
+
+def test_an_event_time_the_sink_quarantines_is_not_evaluated() -> None:
+    """A RELEASED stamped 9999-12-31 (quarantined by the sink) must not end a hold in the
+    engine's state; a plausible one is evaluated."""
+    serde = AvroSerde(topic=TOPICS.events)
+    status = next(e for e in sample_events() if e.type == "LotStatusChanged")
+    far = status.model_copy(
+        update={
+            "event_id": "11111111-0000-4000-8000-00000000f00d",
+            "event_time": datetime(9999, 12, 31, tzinfo=UTC),
+            "status": "RELEASED",
+        }
+    )
+    consumer = FakeConsumer([[EventMsg(0, serde.encode_event(far)), EventMsg(1, serde.encode_event(status))]])
+    evaluator = Recording()
+    e = engine(
+        consumer,
+        FakeProducer(),
+        evaluator,
+        event_times=(datetime(2000, 1, 1, tzinfo=UTC), timedelta(hours=24)),
+    )
+    t, raised = run_in_thread(e)
+    try:
+        wait_for(lambda: e.stats.batches == 1)
+    finally:
+        e.stop()
+        t.join(5)
+    assert raised == []
+    assert [rec["event_id"] for _type, rec in evaluator.seen] == [status.event_id]
+    assert e.stats.implausible_skipped == 1
