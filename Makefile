@@ -27,6 +27,7 @@ $(ASSETS): deploy/web/assets.json deploy/web/fetch_assets.py
 	$(PY) deploy/web/fetch_assets.py
 
 install: $(STAMP) $(ASSETS) ## create .venv, install traceline with its dev tools and its browser assets (idempotent)
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }  # tests/browser
 
 demo: install ## run the whole product locally: broker, processors, sink, a simulated plant, a recall
 	$(BIN)/python -m traceline.demo --data-dir $(DATA_DIR) --units $(UNITS)

@@ -12,9 +12,16 @@ documentation at ``/docs`` (Swagger UI) and ``/redoc`` from assets in the packag
 | ``GET /report?kind=&id=&format=&prepared_by=`` | the auditor's recall report (HTML, PDF, CSV) |
 | ``GET /drill?kind=&id=&formats=&prepared_by=`` | a recall drill: timed steps, every format of one document |
 | ``GET /alerts?severity=&rule=&since=&limit=`` | alerts, latest version of each, newest first |
+| ``GET /search?q=``, ``GET /search/suggest?q=`` | what an identifier names (404: near misses); suggestions |
+| ``GET /passport?serial=`` | one unit: lots, operations, tests, installs, shipment, NCs, alerts |
+| ``GET /tree?kind=serial|lot&id=`` | a backward (unit) or forward (lot) trace as a tree, bad lots flagged |
+| ``GET /freshness`` | a report's data freshness line: latest event and landing times, consumer lag |
+| ``GET /alerts/stream`` | the live alert feed, server-sent events (not in the OpenAPI document: a stream) |
+| ``GET /alerts/acks?alert_id=``, ``POST /alerts/acks?alert_id=`` | alert acknowledgements: read, take |
+| ``GET /`` | the analyst workbench (``traceline/static/workbench/``; its data comes from the routes above) |
 | ``GET /docs``, ``GET /redoc``, ``GET /static/...`` | API documentation and its assets |
 
-Every route but ``/health`` (and the documentation pages, which hold no data) needs
+Every route but ``/health`` (and the documentation pages and the workbench page, which hold no data) needs
 ``Authorization: Bearer <token>`` (``traceline.auth``: an API token or, when configured, an
 OIDC JWT): 401 with ``WWW-Authenticate: Bearer`` without one or with a bad one, 403 for a role
 that may not (a gateway may not read; ``/ledger`` and the details of ``/health`` and
@@ -32,6 +39,8 @@ never seen 404 (``detail``: kind, id, suggestions, what was searched), a failed 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -39,18 +48,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Response, Security
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from queries import Trigger, to_jsonable
+from queries.feed import FeedCursor, alert_version, alerts_landed, feed_start
+from queries.passport import unit_passport
+from queries.report import measure_freshness
 from queries.report_render import MEDIA_TYPES
-from schemas.errors import NotFoundError
+from queries.search import resolve, suggest
+from queries.tree import backward_tree, forward_tree, lot_flags, tree_lots
+from schemas.errors import InvalidInputError, NotFoundError
 from sinks.audit import AuditLog, entries_of
 from sinks.store import Store, check_time
 from traceline import audit_http as audited
+from traceline.acks import ACK_FILE, AckStore
 from traceline.auth import ADMIN, READ, AuthConfigError, Authenticator, Principal
 from traceline.backend import WITHHELD_HEADERS, AlertQuery, StoreBackend
 from traceline.errors import classify
@@ -61,6 +77,10 @@ __all__ = ["create_api", "STATIC_DIR"]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
 _VENDOR = STATIC_DIR / "vendor"
+_WORKBENCH = STATIC_DIR / "workbench"
+_WORKBENCH_ASSETS = ("chart.js/chart.umd.min.js", "tabulator/tabulator.min.js", "tabulator/tabulator.min.css")
+_STREAM_SECONDS = 15.0  # one feed response; the page reconnects (a stopping server waits at most this)
+_POLL_SECONDS = 1.0
 _KINDS = "lot | supplier_lot | supplier | serial | station | operator | bench"
 _WHEN = "ISO-8601 with an offset, e.g. 2026-01-05T08:00:00Z"
 _BEARER = HTTPBearer(
@@ -109,7 +129,8 @@ def create_api(
     )
     # scoped per caller; reports signed and registered with the key under keys_dir (the data dir)
     shared = StoreBackend(store, lag=lambda: _lag(lag), where="the server's store", keys_dir=keys_dir)
-    if _VENDOR.is_dir():
+    acks = AckStore(keys_dir / ACK_FILE if keys_dir is not None else None)
+    if STATIC_DIR.is_dir():
         api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if audit is not None:
         audited.install(api, audit)
@@ -338,6 +359,186 @@ def create_api(
             return to_jsonable(backend.alerts(query))
 
         return answer(page)
+
+    # -- the workbench's reads ------------------------------------------------------------
+    @api.get(
+        "/search",
+        summary="What a typed identifier names: unit (UII or bare serial), lot, supplier lot, station...",
+        responses={
+            404: {"description": "nothing by that name: near misses in suggestions"},
+            **_AUTH_RESPONSES,
+        },
+    )
+    def get_search(
+        q: str = Query(
+            ..., min_length=1, max_length=200, description="a UII, serial, lot, supplier lot, ..."
+        ),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        """``{query, matches: [{kind, id, label}]}`` (several kinds may match one string); 404
+        with the same near misses as the other routes' 404 when nothing matches."""
+        return answer(lambda: to_jsonable(resolve(backend.store, backend.programs, q)))
+
+    @api.get(
+        "/search/suggest", summary="Known identifiers starting with what was typed", responses=_AUTH_RESPONSES
+    )
+    def get_suggest(
+        q: str = Query(..., min_length=1, max_length=200),
+        limit: int = Query(10, ge=1, le=50),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        return answer(lambda: to_jsonable(suggest(backend.store, backend.programs, q, limit)))
+
+    @api.get(
+        "/passport",
+        summary="Everything about one unit: lots, operations, tests, installs, shipment, NCs, alerts",
+        responses={404: {"description": "unknown, or outside the caller's programmes"}, **_AUTH_RESPONSES},
+    )
+    def get_passport(
+        serial: str = Query(..., min_length=1, description="UII '<part_number>:<serial_number>'"),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        return answer(lambda: to_jsonable(unit_passport(backend.store, backend.programs, serial)))
+
+    @api.get(
+        "/tree",
+        summary="A trace as a tree: backward from a unit (kind=serial), forward from a lot (kind=lot)",
+        responses={404: {"description": "unknown, or outside the caller's programmes"}, **_AUTH_RESPONSES},
+    )
+    def get_tree(
+        kind: str = Query("serial", description="serial | lot"),
+        id: str = Query(..., min_length=1, description="a UII or a lot id"),  # noqa: A002 - API field name
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        def build() -> Any:
+            if kind == "serial":
+                bt = backend.backward_trace(id)
+                return backward_tree(bt, lot_flags(backend.store, backend.programs, tree_lots(bt)))
+            if kind == "lot":
+                ft = backend.forward_trace(id)
+                return forward_tree(ft, lot_flags(backend.store, backend.programs, tree_lots(ft)))
+            raise InvalidInputError(f"a tree is of kind serial or lot, not {kind!r}", "kind")
+
+        return answer(lambda: to_jsonable(build()))
+
+    @api.get(
+        "/freshness",
+        summary="How fresh the store is: latest event and landing times, lag",
+        responses=_AUTH_RESPONSES,
+    )
+    def get_freshness(backend: StoreBackend = Depends(reader)) -> Any:
+        def fresh() -> Any:
+            got = measure_freshness(backend.store, *_lag(lag))
+            return {**to_jsonable(got), "lag_text": got.lag_text}
+
+        return answer(fresh)
+
+    # -- the live alert feed and acknowledgements ------------------------------------------
+    @api.get("/alerts/stream", include_in_schema=False)
+    async def get_alert_stream(
+        request: Request,
+        severity: str | None = Query(None, description="INFO | WARNING | CRITICAL"),
+        after: datetime | None = Query(None, description="resume: alerts landed at or after this time"),
+        backlog: int = Query(50, ge=0, le=500),
+        backend: StoreBackend = Depends(reader),
+    ) -> StreamingResponse:
+        """Server-sent events (``text/event-stream``): ``hello``, the ``backlog`` alerts landed
+        last, ``ready``, then as they land: ``alert`` (an alert version, with ``landed`` and
+        ``ack``), ``ack`` (an acknowledgement taken); ``end`` after about 15 s (reconnect with
+        ``after`` = the last ``landed``). The caller's programmes only."""
+        wanted = severity.upper() if severity else None
+        store, programs = backend.store, backend.programs
+        first: list[dict[str, Any]] = []
+        if after is not None:
+            cursor = FeedCursor(check_time(after, "after"))
+        else:
+            first, cursor = await run_in_threadpool(feed_start, store, programs, backlog)
+
+        def event(kind: str, data: Any) -> str:
+            return f"event: {kind}\ndata: {json.dumps(to_jsonable(data), default=str)}\n\n"
+
+        def alert(row: dict[str, Any]) -> str:
+            ack = acks.get([row["alert_id"]]).get(row["alert_id"])
+            return event("alert", {**row, "landed": row["ingest_time"], "ack": ack})
+
+        async def events() -> Any:
+            sent: set[str] = set()
+            seen_acks = acks.version
+            yield event("hello", {"programs": sorted(programs), "seconds": _STREAM_SECONDS})
+            rows = first
+            loop = asyncio.get_running_loop()
+            end = loop.time() + _STREAM_SECONDS
+            ready = False
+            while True:
+                for r in rows:
+                    if wanted is None or r["severity"] == wanted:
+                        sent.add(r["alert_id"])
+                        yield alert(r)
+                if not ready:  # the backlog is out: what follows landed after the stream opened
+                    ready = True
+                    yield event("ready", {"backlog": len(sent)})
+                if acks.version != seen_acks:
+                    seen_acks = acks.version
+                    for a in acks.get(sorted(sent)).values():
+                        yield event("ack", a)
+                if loop.time() >= end or await request.is_disconnected():
+                    break
+                await asyncio.sleep(_POLL_SECONDS)
+                try:
+                    rows = await run_in_threadpool(alerts_landed, store, programs, cursor)
+                except Exception as exc:  # noqa: BLE001 - said to the page, which reconnects
+                    yield event("error", {"message": str(exc)})
+                    break
+            yield event("end", {"after": cursor.landed})
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @api.get("/alerts/acks", summary="Acknowledgements of the alerts named", responses=_AUTH_RESPONSES)
+    def get_acks(
+        alert_id: list[str] = Query(..., description="alert ids (repeat the parameter)"),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        wanted = alert_id[:500]
+
+        def read() -> Any:
+            mine = [a for a in wanted if alert_version(backend.store, backend.programs, a) is not None]
+            return to_jsonable(list(acks.get(mine).values()))
+
+        return answer(read)
+
+    @api.post(
+        "/alerts/acks",
+        summary="Acknowledge an alert (its latest version), as the caller",
+        responses={
+            404: {"description": "no such alert, or outside the caller's programmes"},
+            **_AUTH_RESPONSES,
+        },
+    )
+    def post_ack(
+        alert_id: str = Query(..., min_length=1, max_length=500),
+        note: str = Query("", max_length=500),
+        who: Principal = Depends(caller),
+        backend: StoreBackend = Depends(reader),
+    ) -> Any:
+        version = answer(lambda: alert_version(backend.store, backend.programs, alert_id))
+        if version is None:
+            raise HTTPException(status_code=404, detail=f"no alert {alert_id!r} (or not in your programmes)")
+        return to_jsonable(acks.add(alert_id, version, who.name, note))
+
+    @api.get("/", include_in_schema=False)
+    def workbench() -> Response:
+        """The analyst workbench: a page and its scripts, no data (every read it makes needs the
+        token the user signs in with)."""
+        missing = [a for a in _WORKBENCH_ASSETS if not (_VENDOR / a).is_file()]
+        if missing:
+            return HTMLResponse(
+                "<!doctype html><title>traceline</title><p>The workbench's browser assets are not "
+                f"installed ({', '.join(missing)}): run <code>make install</code> "
+                "(deploy/web/fetch_assets.py).</p>",
+                status_code=503,
+            )
+        return FileResponse(_WORKBENCH / "index.html", headers={"Cache-Control": "no-cache"})
 
     @api.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -1,0 +1,362 @@
+"""The unit passport: everything about one unit on one page (``unit_passport``).
+
+Identity (part, serial, the operation that made it, its programmes), where it sits now (parent,
+final system) and what sits in it, the lots it consumed (supplier, supplier lot, certificate,
+incoming inspection, the lots they were made from, their latest status), its operations (who,
+where, when), its tests with every measurement against its limits and the bench's calibration,
+its install and removal history (as a child and as a parent, with times and reasons), the
+shipment that took it to a customer (its own, or its nearest shipped ancestor's), and the
+nonconformances and alerts that touch it.
+
+Reads are point or IN-set reads on the tables' ORDER BY keys (``uii``, ``lot_id``), except
+the history of what was installed *into* the unit (``assembly_events.parent_uii``) and the
+nonconformances (small tables), all as bound parameters.
+
+Programme scoping (``queries.scope``): a unit outside the caller's programmes is "not found"
+exactly like a unit the store never saw (with the same scoped suggestions); inside the
+passport, references to units outside them (parent, system, path, children, the other side of
+an install) read ``(withheld)``, nonconformances and alerts raised under other programmes are
+left out, and ``withheld`` counts what was left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from queries.facts import QueryStore
+from queries.lookup import is_known
+from queries.scope import WITHHELD, sees_all, unit_programs, visible
+from queries.search import scoped_suggestions
+from schemas.errors import NotFoundError
+
+__all__ = ["UnitPassport", "unit_passport"]
+
+_SEARCHED = "the unit genealogy and operations"  # as queries.lookup says for a serial
+
+
+@dataclass
+class UnitPassport:
+    uii: str
+    part_number: str
+    serial_number: str
+    programs: list[str]
+    made: dict[str, Any] | None  # the operation that created the unit (creates_unit)
+    parent_uii: str | None  # now; None: a root
+    root_uii: str  # the final system now (the unit itself when it has no parent)
+    path: list[str]  # ancestors now, parent first
+    children: list[str]  # units installed in it now
+    lots: list[dict[str, Any]]  # consumed lots, with receipt, upstream lots, latest status
+    operations: list[dict[str, Any]]
+    tests: list[dict[str, Any]]  # with measurements [{name, value, unit, low_limit, high_limit, passed}]
+    history: list[dict[str, Any]]  # ASSEMBLED / REMOVED, as child or as parent, oldest first
+    shipment: dict[str, Any] | None
+    nonconformances: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+    withheld: dict[str, int] = field(default_factory=dict)
+
+
+def _aware(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v)
+        for k, v in row.items()
+    }
+
+
+def _first_per_event(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        if r["event_id"] not in seen:
+            seen.add(r["event_id"])
+            out.append(_aware({k: v for k, v in r.items() if k != "event_id"}))
+    return out
+
+
+_OPS_SQL = (
+    "SELECT event_id, part_number, serial_number, work_order, operation, station_id, operator_id, site,"
+    " program, started_at, finished_at, creates_unit, consumed_lot_ids, consumed_lot_quantities,"
+    " consumed_uiis FROM operations WHERE uii = {u:String} ORDER BY started_at, event_id"
+)
+_TESTS_SQL = (
+    "SELECT event_id, part_number, serial_number, bench_id, procedure_id, procedure_version,"
+    " calibration_id, calibration_due, out_of_calibration, operator_id, started_at, finished_at, verdict,"
+    " site, `measurements.name` AS m_name, `measurements.value` AS m_value, `measurements.unit` AS m_unit,"
+    " `measurements.low_limit` AS m_low, `measurements.high_limit` AS m_high,"
+    " `measurements.passed` AS m_passed FROM unit_tests WHERE uii = {u:String} ORDER BY started_at, event_id"
+)
+_GENEALOGY_SQL = (
+    "SELECT uii, argMax(tuple(parent_uii, root_uii, path), seq) AS g FROM unit_genealogy"
+    " WHERE uii IN {u:Array(String)} GROUP BY uii"
+)
+_ASSEMBLY = (
+    "SELECT event_id, event_time, toString(action) AS action, uii, parent_uii, position, reason,"
+    " work_order, toNullable(toString(station_id)) AS station_id,"
+    " toNullable(toString(operator_id)) AS operator_id, toString(site) AS site FROM assembly_events"
+)
+_CONSUMED = (
+    "SELECT event_id, event_time, 'CONSUMED' AS action, consumed_uii AS uii, consumer_uii AS parent_uii,"
+    " CAST(NULL, 'Nullable(String)') AS position, CAST(NULL, 'Nullable(String)') AS reason,"
+    " toNullable(work_order) AS work_order, toNullable(toString(station_id)) AS station_id,"
+    " toNullable(toString(operator_id)) AS operator_id, toString(site) AS site FROM unit_consumption"
+)
+# installs and removals as the child and as the parent; consumption into another unit and of others
+_HISTORY_SQL = (
+    f"{_ASSEMBLY} WHERE uii = {{u:String}} UNION ALL {_ASSEMBLY} WHERE parent_uii = {{u:String}}"
+    f" UNION ALL {_CONSUMED} WHERE consumed_uii = {{u:String}}"
+    f" UNION ALL {_CONSUMED} WHERE consumer_uii = {{u:String}}"
+)
+_SHIP_SQL = (
+    "SELECT uii, argMax(tuple(shipment_id, customer_id, contract, destination_site, end_system, event_time),"
+    " event_time) AS s FROM shipments WHERE uii IN {u:Array(String)} GROUP BY uii"
+)
+_RECEIPTS_SQL = (
+    "SELECT lot_id, any(part_number) AS part_number, any(supplier_id) AS supplier_id,"
+    " any(supplier_lot) AS supplier_lot, any(coc_reference) AS coc_reference,"
+    " any(inspection_result) AS inspection_result, min(event_time) AS received_at"
+    " FROM material_received WHERE lot_id IN {l:Array(String)} GROUP BY lot_id"
+)
+_MADE_FROM_SQL = (
+    "SELECT lot_id, any(part_number) AS part_number, any(transformation) AS transformation,"
+    " any(input_lot_ids) AS inputs FROM lot_transformed WHERE lot_id IN {l:Array(String)} GROUP BY lot_id"
+)
+_STATUS_SQL = (
+    "SELECT lot_id, argMax(status, event_time) AS status, argMax(reason, event_time) AS reason,"
+    " max(event_time) AS at FROM lot_status WHERE lot_id IN {l:Array(String)} GROUP BY lot_id"
+)
+_NC_SQL = (
+    "SELECT ncr_id, argMax(tuple(target_kind, target_id, window_start, window_end, severity, disposition,"
+    " description, program, event_time), event_time) AS n FROM nonconformances"
+    " WHERE (target_kind, target_id) IN {t:Array(Tuple(String, String))} GROUP BY ncr_id"
+)
+_ALERTS_SQL = (
+    "SELECT alert_id, version, rule, severity, title, subject_kind, subject_id, event_time, program,"
+    " unit_count FROM (SELECT * FROM alerts WHERE has(units, {u:String})"
+    " OR (subject_kind IN ('serial', 'unit') AND subject_id = {u:String})"
+    " OR (subject_kind = 'lot' AND subject_id IN {l:Array(String)})"
+    " ORDER BY alert_id, version DESC LIMIT 1 BY alert_id) ORDER BY event_time DESC LIMIT 200"
+)
+
+
+def _upstream(store: QueryStore, lots: list[str]) -> dict[str, dict[str, Any]]:
+    """Every lot in ``lots`` and upstream of them: receipt or transformation (a few levels)."""
+    out: dict[str, dict[str, Any]] = {}
+    frontier = sorted(set(lots))
+    for _ in range(8):
+        if not frontier:
+            break
+        made = {str(r["lot_id"]): r for r in store.query(_MADE_FROM_SQL, {"l": frontier})}
+        received = {str(r["lot_id"]): _aware(r) for r in store.query(_RECEIPTS_SQL, {"l": frontier})}
+        nxt: list[str] = []
+        for lot in frontier:
+            m = made.get(lot)
+            out[lot] = {
+                "lot_id": lot,
+                "receipt": received.get(lot),
+                "made_from": list(m["inputs"]) if m else [],
+                "transformation": str(m["transformation"]) if m else None,
+                "part_number": str(m["part_number"])
+                if m
+                else (received[lot]["part_number"] if lot in received else None),
+            }
+            nxt += [i for i in out[lot]["made_from"] if i not in out]
+        frontier = sorted(set(nxt) - set(out))
+    return out
+
+
+def _tests(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for t in _first_per_event(rows):
+        names = t.pop("m_name")
+        values, units, lows, highs, passed = (
+            t.pop(k) for k in ("m_value", "m_unit", "m_low", "m_high", "m_passed")
+        )
+        t["measurements"] = [
+            {"name": n, "value": v, "unit": u, "low_limit": lo, "high_limit": hi, "passed": bool(p)}
+            for n, v, u, lo, hi, p in zip(names, values, units, lows, highs, passed, strict=False)
+        ]
+        t["calibration_status"] = "OUT OF CALIBRATION" if t["out_of_calibration"] else "in calibration"
+        out.append(t)
+    return out
+
+
+def _overlaps(start: Any, end: Any, ws: Any, we: Any) -> bool:
+    return (ws is None or end is None or end >= ws) and (we is None or start is None or start <= we)
+
+
+def unit_passport(store: QueryStore, programs: Collection[str], uii: str) -> UnitPassport:
+    """Everything about ``uii`` a caller holding ``programs`` may see (module docstring);
+    :class:`NotFoundError` for a unit the store never saw or outside ``programs``."""
+    of = unit_programs(store, [uii])
+    if not is_known(store, "serial", uii) or not visible(programs, of.get(uii)):
+        raise NotFoundError("serial", uii, scoped_suggestions(store, programs, "serial", uii), _SEARCHED)
+    withheld = {"references": 0, "children": 0, "nonconformances": 0, "alerts": 0}
+    ops = _first_per_event(store.query(_OPS_SQL, {"u": uii}))
+    tests = _tests(store.query(_TESTS_SQL, {"u": uii}))
+    made = next((o for o in ops if o["creates_unit"]), None)
+    first = made or (ops[0] if ops else tests[0] if tests else {})
+    part, _, serial = uii.partition(":")
+    gen = {str(r["uii"]): r["g"] for r in store.query(_GENEALOGY_SQL, {"u": [uii]})}
+    parent, root, path = (gen[uii][0], gen[uii][1], list(gen[uii][2])) if uii in gen else (None, uii, [])
+    history = sorted(_first_per_event(store.query(_HISTORY_SQL, {"u": uii})), key=lambda h: h["event_time"])
+    installed = sorted(
+        {str(h["uii"]) for h in history if h["parent_uii"] == uii and h["action"] != "REMOVED"}
+    )
+    now = {str(r["uii"]): r["g"] for r in store.query(_GENEALOGY_SQL, {"u": installed})} if installed else {}
+    children = [c for c in installed if c in now and now[c][0] == uii]
+
+    # who may be named: every other unit the passport refers to
+    others = {*(path or []), root, *(children or []), *(str(h["uii"]) for h in history)}
+    others |= {str(h["parent_uii"]) for h in history}
+    others.discard(uii)
+    seen = unit_programs(store, others) if not sees_all(programs) else {}
+
+    def ref(u: str | None) -> str | None:
+        if u is None or u == uii or sees_all(programs) or visible(programs, seen.get(u)):
+            return u
+        withheld["references"] += 1
+        return WITHHELD
+
+    kept_children = [c for c in children if ref(c) != WITHHELD]
+    withheld["children"] = len(children) - len(kept_children)
+    for h in history:
+        h["uii"], h["parent_uii"] = ref(str(h["uii"])), ref(str(h["parent_uii"]))
+        h["role"] = "child" if h["uii"] == uii else "parent"
+
+    # lots: the unit's own consumption, with their origin and status
+    consumed: list[dict[str, Any]] = []
+    for o in ops:
+        for lot, qty in zip(o["consumed_lot_ids"], o["consumed_lot_quantities"], strict=False):
+            consumed.append(
+                {"lot_id": lot, "quantity": qty, "operation": o["operation"], "at": o["finished_at"]}
+            )
+    lot_ids = sorted({c["lot_id"] for c in consumed})
+    origin = _upstream(store, lot_ids) if lot_ids else {}
+    every_lot = sorted(origin)
+    status = (
+        {str(r["lot_id"]): _aware(r) for r in store.query(_STATUS_SQL, {"l": every_lot})} if every_lot else {}
+    )
+    for c in consumed:
+        o = origin.get(c["lot_id"], {})
+        c.update(
+            part_number=o.get("part_number"),
+            receipt=o.get("receipt"),
+            made_from=o.get("made_from", []),
+            transformation=o.get("transformation"),
+            status=status.get(c["lot_id"]),
+        )
+    upstream = [origin[lot] | {"status": status.get(lot)} for lot in every_lot if lot not in lot_ids]
+
+    # the shipment that counts: its own, else the nearest shipped ancestor's
+    ships = {str(r["uii"]): r["s"] for r in store.query(_SHIP_SQL, {"u": [uii, *path]})}
+    shipment = None
+    for holder in [uii, *path]:
+        if holder in ships:
+            s = ships[holder]
+            shown = ref(holder)
+            shipment = _aware(
+                {
+                    "shipped_uii": shown,
+                    "shipment_id": s[0] if shown != WITHHELD else None,
+                    "customer_id": s[1],
+                    "contract": s[2],
+                    "destination_site": s[3],
+                    "end_system": s[4],
+                    "shipped_at": s[5],
+                }
+            )
+            break
+
+    ncs, alerts = _touching(store, programs, uii, ops, tests, origin, withheld)
+    return UnitPassport(
+        uii=uii,
+        part_number=str(first.get("part_number") or part),
+        serial_number=str(first.get("serial_number") or serial),
+        programs=sorted(of.get(uii, ())),
+        made=made,
+        parent_uii=ref(parent),
+        root_uii=ref(root) or uii,
+        path=[ref(p) or WITHHELD for p in path],
+        children=kept_children,
+        lots=consumed + [{"upstream": True, **u} for u in upstream],
+        operations=ops,
+        tests=tests,
+        history=history,
+        shipment=shipment,
+        nonconformances=ncs,
+        alerts=alerts,
+        withheld=withheld,
+    )
+
+
+def _touching(
+    store: QueryStore,
+    programs: Collection[str],
+    uii: str,
+    ops: list[dict[str, Any]],
+    tests: list[dict[str, Any]],
+    origin: dict[str, dict[str, Any]],
+    withheld: dict[str, int],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The nonconformances on the unit, its lots (and upstream), their supplier lots, their
+    suppliers (a lot received inside the NC's window) and the stations, operators and benches
+    of its operations and tests (inside the NC's window), as a recall of those triggers counts
+    them; the alerts naming the unit or its lots. Only the caller's programmes."""
+    # (target kind, id) -> the (start, end) of the unit's work there (None: no window applies)
+    spans: dict[tuple[str, str], list[tuple[Any, Any]]] = {("SERIAL", uii): [(None, None)]}
+    for lot, o in origin.items():
+        spans[("LOT", lot)] = [(None, None)]
+        r = o.get("receipt")
+        if r:
+            spans[("SUPPLIER_LOT", f"{r['supplier_id']}:{r['supplier_lot']}")] = [(None, None)]
+            # a supplier's NC counts for the lots received inside its window
+            spans.setdefault(("SUPPLIER", str(r["supplier_id"])), []).append(
+                (r["received_at"], r["received_at"])
+            )
+    for o in ops:
+        spans.setdefault(("STATION", str(o["station_id"])), []).append((o["started_at"], o["finished_at"]))
+        spans.setdefault(("OPERATOR", str(o["operator_id"])), []).append((o["started_at"], o["finished_at"]))
+    for t in tests:
+        spans.setdefault(("BENCH", str(t["bench_id"])), []).append((t["started_at"], t["finished_at"]))
+        if t.get("operator_id"):
+            spans.setdefault(("OPERATOR", str(t["operator_id"])), []).append(
+                (t["started_at"], t["finished_at"])
+            )
+    ncs = []
+    for r in store.query(_NC_SQL, {"t": sorted(spans)}):
+        kind, target, ws, we, severity, disposition, description, program, at = r["n"]
+        ws, we = (_aware({"t": ws})["t"], _aware({"t": we})["t"])
+        hit = any(
+            s is None and e is None or _overlaps(_aware({"t": s})["t"], _aware({"t": e})["t"], ws, we)
+            for s, e in spans.get((str(kind), str(target)), [])
+        )
+        if not hit:
+            continue
+        if not visible(programs, [p for p in str(program).split(",") if p]):
+            withheld["nonconformances"] += 1
+            continue
+        ncs.append(
+            _aware(
+                {
+                    "ncr_id": r["ncr_id"],
+                    "target_kind": kind,
+                    "target_id": target,
+                    "window_start": ws,
+                    "window_end": we,
+                    "severity": severity,
+                    "disposition": disposition,
+                    "description": description,
+                    "raised_at": at,
+                }
+            )
+        )
+    ncs.sort(key=lambda n: n["raised_at"])
+    alerts = []
+    for a in store.query(_ALERTS_SQL, {"u": uii, "l": sorted(origin)}):
+        if not visible(programs, [p for p in str(a["program"]).split(",") if p]):
+            withheld["alerts"] += 1
+            continue
+        alerts.append(_aware(a))
+    return ncs, alerts
