@@ -1,6 +1,7 @@
 """Fixtures for the workbench's browser tests (``tests/browser/plant.py`` builds the server):
 
-* ``workbench`` (session: one plant for every browser test): ``traceline serve`` as it runs in
+* ``workbench`` (package: one plant for every browser test, closed after them: one process holds
+  one embedded store at a time): ``traceline serve`` as it runs in
   production, on the session broker (``tests/conftest.py``), over a plant of
   ``WORKBENCH_UNITS`` units (default 400; the demo's is 60000, for measuring);
 * ``browser`` (session): Chromium at ``/usr/bin/chromium`` (``make install`` installs it;
@@ -24,7 +25,7 @@ from tests.browser.plant import Workbench, running_workbench
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # not session: its embedded store must close before other tests open theirs
 def workbench(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
     units = int(os.environ.get("WORKBENCH_UNITS", "400"))
     with running_workbench(kafka_bootstrap, tmp_path_factory.mktemp("workbench"), units) as wb:
