@@ -32,7 +32,7 @@ def workbench(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
         yield wb
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # Playwright's sync API runs an event loop: gone after these tests
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
         pytest.skip(f"no Chromium at {CHROMIUM}: `make install` installs it (apt-get install chromium)")
