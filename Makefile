@@ -44,6 +44,7 @@ lint: install ## ruff and mypy
 
 bench: install ## benchmarks, quick versions (figures, not pass/fail); see docs/BENCHMARKS.md
 	$(BIN)/python -m benchmarks.recall --serials 200000 --peers postgres
+	$(BIN)/python -m benchmarks.pipeline ingest --paired --events 200000
 	$(BIN)/python -m benchmarks.pipeline ingest --duration 30 --warmup 15 --events 600000
 	$(BIN)/python -m benchmarks.pipeline latency --duration 20 --warmup 10
 	$(BIN)/python -m benchmarks.pipeline backlog --events 50000 --genealogy-timeout 180

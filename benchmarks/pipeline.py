@@ -2,6 +2,7 @@
 """End-to-end pipeline figures on the real engines: publisher -> Kafka -> faust -> sink -> ClickHouse.
 
     python -m benchmarks.pipeline ingest  [--duration 120] [--warmup 20]
+    python -m benchmarks.pipeline ingest --paired [--events 1000000] [--raw-batch 50000]
     python -m benchmarks.pipeline latency [--rate N | half of the last ingest figure] [--duration 60]
     python -m benchmarks.pipeline backlog [--events 1000000]
 
@@ -23,6 +24,15 @@ The load generator is a separate process running a real :class:`producers.publis
   per process in cores (1.0 = one core busy) over that window; peak RSS is ``VmHWM``.
   The genealogy is not in the events/s figure (it lands in unit_genealogy separately): the
   streams lag at the start and the end of the window says whether it kept up.
+* ingest --paired: ``--events`` are published into Kafka first (nothing consuming), then the
+  raw-limit pipeline (``benchmarks._raw``: one consumer -> fastavro -> one Arrow insert per
+  ``--raw-batch``, no genealogy, its own process and chdb store) drains them with its own
+  group, then the product (sink + faust genealogy + alert engine) drains the SAME records.
+  events/s on each side = events landed from its first committed batch to the last / that
+  time (start-up left out of both); ``ratio_to_raw`` = product / raw. Also printed: the rate
+  until the genealogy caught up too (``events_per_s_with_genealogy``), start -> all landed
+  on both sides (``backlog_time_over_raw``), CPU (cores, over each side's drain window) and
+  peak RSS per process. Progress on stderr; stdout is the one JSON line.
 * latency: a paced load; for 1 event in 16 (event id ending in ``0``) the publish wall time
   (before ``publish_encoded``, i.e. including the outbox commit) is matched with the wall time
   the sink's ClickHouse insert of the raw row returned (the row is queryable from then on).
@@ -85,17 +95,20 @@ def _base(cmd: str, stack: Stack) -> dict[str, Any]:
     }
 
 
-def _emit(cmd: str, result: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+def _emit(cmd: str, result: dict[str, Any], rows: list[tuple[str, str]], table: Any = None) -> None:
+    """The JSON line on stdout (kept in var/bench/last-<cmd>.json), then a readable table
+    (stdout, or ``table``: ``ingest --paired`` keeps stdout to the one JSON line)."""
     line = json.dumps(result, sort_keys=True, default=str)
     print(line, flush=True)
     out = _stack.cache_dir() / f"last-{cmd}.json"
     out.write_text(line + "\n")
     w = max(len(k) for k, _ in rows)
     print(
-        f"\n{result['benchmark']}  ({result['date']}, {CPU_COUNT} cores, load {result['machine']['loadavg_before']})"
+        f"\n{result['benchmark']}  ({result['date']}, {CPU_COUNT} cores, load {result['machine']['loadavg_before']})",
+        file=table,
     )
     for k, v in rows:
-        print(f"  {k:<{w}}  {v}")
+        print(f"  {k:<{w}}  {v}", file=table)
 
 
 def _cpu_rows(procs: dict[str, Any], top: int = 6) -> list[tuple[str, str]]:
@@ -250,6 +263,8 @@ def _stack_for(a: argparse.Namespace) -> Stack:
 
 
 def cmd_ingest(a: argparse.Namespace) -> int:
+    if a.paired:
+        return cmd_paired(a)
     stack = _stack_for(a)
     try:
         stack.up_broker()
@@ -353,6 +368,234 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         ]
         rows += _cpu_rows(procs)
         _emit("ingest", res, rows)
+        return 0
+    finally:
+        stack.close(keep=a.keep)
+
+
+# ----------------------------------------------------------------------------- ingest --paired
+
+
+def _drain_rate(points: list[tuple[float, int]], n: int) -> tuple[float, float]:
+    """(events/s, seconds) from the first landed batch to the one that completed ``n``.
+
+    ``points`` are (monotonic time a batch was committed, events landed so far). Counting from
+    the first batch's completion leaves start-up (group join, worker boot) out of both sides."""
+    pts = [p for p in points if p[1] > 0]
+    done = [p for p in pts if p[1] >= n]
+    if len(pts) < 2 or not done:
+        return 0.0, 0.0
+    (t0, e0), (t1, e1) = pts[0], done[0]
+    return ((e1 - e0) / (t1 - t0) if t1 > t0 else 0.0), t1 - t0
+
+
+def _run_raw(stack: Stack, a: argparse.Namespace, group: str) -> dict[str, Any]:
+    from benchmarks import _raw
+
+    ctx = mp.get_context("spawn")
+    landed = ctx.Value("q", 0, lock=False)
+    release = ctx.Event()
+    out = stack.tmp / "raw-result.json"
+    t_start = time.monotonic()
+    p = ctx.Process(
+        target=_raw.raw_main,
+        args=(
+            stack.bootstrap,
+            stack.settings.topics.events,
+            group,
+            str(stack.tmp / "raw-store"),
+            a.events,
+            a.raw_batch,
+            landed,
+            str(out),
+            float(a.timeout),
+            release,
+        ),
+        name="raw-pipeline",
+    )
+    p.start()
+    watch = ProcWatch({"raw pipeline": p.pid, "broker": stack.broker_pid})
+    started = False
+    procs: dict[str, Any] = {}
+    next_log = time.monotonic() + 5
+    while p.is_alive():
+        time.sleep(0.05)
+        watch.sample_rss()
+        if not started and landed.value > 0:
+            watch.start()  # CPU over the drain window: from the first committed batch
+            started = True
+        if started and not procs and landed.value >= a.events:
+            procs = watch.stop()  # the process waits for ``release`` before it exits
+            release.set()
+        if time.monotonic() >= next_log:
+            next_log += 5
+            log(f"raw: landed {landed.value:,} of {a.events:,}")
+    p.join()
+    if p.exitcode != 0 or not out.exists():
+        raise SystemExit(f"the raw-limit pipeline failed (exit {p.exitcode})")
+    r = json.loads(out.read_text())
+    pts = [(float(end), 0) for _, end, _ in r["batches"]]
+    acc = 0
+    for i, (_, _, k) in enumerate(r["batches"]):
+        acc += k
+        pts[i] = (pts[i][0], acc)
+    rate, secs = _drain_rate(pts, a.events)
+    if not rate and pts and r["first_message"]:  # one batch: from its first message
+        secs = pts[-1][0] - r["first_message"]
+        rate = pts[-1][1] / secs if secs > 0 else 0.0
+    ends = [end for _, end, _ in r["batches"]]
+    return {
+        "events_per_s": round(rate),
+        "drain_window_s": round(secs, 1),
+        "start_to_all_landed_s": round(ends[-1] - t_start, 1) if ends else None,
+        "batches": len(r["batches"]),
+        "mean_batch": round(r["events"] / max(1, len(r["batches"]))),
+        "stage_seconds": r["stage_seconds"],
+        "rows_in_clickhouse": r["rows_in_clickhouse"],
+        **procs,
+    }
+
+
+def _run_product(stack: Stack, a: argparse.Namespace) -> dict[str, Any]:
+    from tests.support import wait_caught_up
+
+    t_start = time.monotonic()
+    points: list[tuple[float, int]] = []
+    server = stack.start_server()
+    sink = server.sink
+    sink.on_batch = lambda st: points.append((time.monotonic(), st.events_landed))
+    watch = ProcWatch(_procs(stack))
+    started = False
+    landed_at = None
+    deadline = t_start + a.timeout
+    next_log = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        n = sink.stats.events_landed
+        watch.pids = {k: v for k, v in _procs(stack).items() if v}
+        watch.sample_rss()
+        if not started and n > 0:
+            watch.start()
+            started = True
+        if time.monotonic() >= next_log:
+            next_log += 5
+            log(f"traceline: landed {n:,} of {a.events:,}, genealogy changes {sink.stats.changes_landed:,}")
+        if n >= a.events:
+            landed_at = time.monotonic()
+            break
+    procs = watch.stop() if started else {}
+    stages = _sink_stages(server)
+    log("traceline: every event in ClickHouse; waiting for the genealogy to catch up")
+    quiet = 2.0
+    s = stack.settings
+    last: dict[str, int] = {}
+    ok = wait_caught_up(
+        stack.bootstrap,
+        s.topics,
+        app_id=s.app_id,
+        sink_group=s.sink_group,
+        timeout=a.genealogy_timeout,
+        quiet=quiet,
+        progress=last.update,
+    )
+    caught = time.monotonic() - quiet if ok else None
+    rate, secs = _drain_rate(points, a.events)
+    t_first = points[0][0] if points else t_start
+    with_gen = (
+        (a.events - points[0][1]) / (caught - t_first) if caught and points and caught > t_first else 0.0
+    )
+    return {
+        "events_per_s": round(rate),
+        "events_per_s_with_genealogy": round(with_gen),
+        "drain_window_s": round(secs, 1),
+        "start_to_all_landed_s": round(landed_at - t_start, 1) if landed_at else None,
+        "start_to_genealogy_caught_up_s": round(caught - t_start, 1) if caught else None,
+        "lag_at_end": last,
+        "batches": int(stages["batches"]),
+        "mean_batch": round(stages["events"] / max(1, stages["batches"])),
+        "sink_stage_seconds": {k: round(v, 2) for k, v in stages.items() if k not in ("batches", "events")},
+        "genealogy_changes": sink.stats.changes_landed,
+        "rows_in_clickhouse": _raw_count(stack),
+        "worker_counters": _worker_counters(stack),
+        **procs,
+    }
+
+
+def cmd_paired(a: argparse.Namespace) -> int:
+    """The raw-limit pipeline, then traceline, each draining the same published backlog."""
+    stack = _stack_for(a)
+    try:
+        stack.up_broker()
+        cache = _stack.row_cache(a.events, a.seed)
+        stack.ensure_topics()
+        res = _base("ingest-paired", stack)
+        log(f"publishing {a.events:,} events into {stack.settings.topics.events} (nothing consuming yet)")
+        t = time.monotonic()
+        pub = _start_publisher(stack, cache, a.events, 0.0, 0)
+        pub.join()
+        if pub.published.value < a.events:
+            raise SystemExit(f"the publisher stopped after {pub.published.value} events")
+        publish_s = time.monotonic() - t
+        log(f"published in {publish_s:.1f}s; raw-limit pipeline (consumer -> fastavro -> Arrow insert)")
+        res["loadavg_before_raw"] = _stack.loadavg()
+        raw = _run_raw(stack, a, f"{stack.prefix}rawlimit")
+        log(
+            f"raw: {raw['events_per_s']:,} events/s; now traceline (sink + genealogy + alerts) on the same events"
+        )
+        res["loadavg_before_product"] = _stack.loadavg()
+        prod = _run_product(stack, a)
+        rate, raw_rate = prod["events_per_s"], raw["events_per_s"]
+        backlog_ratio = (
+            prod["start_to_all_landed_s"] / raw["start_to_all_landed_s"]
+            if prod["start_to_all_landed_s"] and raw["start_to_all_landed_s"]
+            else None
+        )
+        res.update(
+            events=a.events,
+            alerts=not a.no_alerts,
+            publish_into_kafka_s=round(publish_s, 1),
+            events_per_s=rate,
+            raw_limit_events_per_s=raw_rate,
+            ratio_to_raw=round(rate / raw_rate, 3) if raw_rate else None,
+            events_per_s_with_genealogy=prod["events_per_s_with_genealogy"],
+            ratio_to_raw_with_genealogy=round(prod["events_per_s_with_genealogy"] / raw_rate, 3)
+            if raw_rate
+            else None,
+            backlog_time_over_raw=round(backlog_ratio, 2) if backlog_ratio else None,
+            raw=raw,
+            product=prod,
+            cpu_cores={"raw": raw.get("cpu_cores", {}), "product": prod.get("cpu_cores", {})},
+            peak_rss_mib={"raw": raw.get("peak_rss_mib", {}), "product": prod.get("peak_rss_mib", {})},
+            loadavg_after=_stack.loadavg(),
+        )
+        rows = [
+            ("events (same backlog for both)", f"{a.events:,}, published in {publish_s:.1f} s"),
+            (
+                "raw limit events/s",
+                f"{raw_rate:,}  ({raw['batches']} inserts of ~{raw['mean_batch']:,}; drain {raw['drain_window_s']} s)",
+            ),
+            (
+                "traceline events/s",
+                f"{rate:,}  ({prod['batches']} batches of ~{prod['mean_batch']:,}; drain {prod['drain_window_s']} s)",
+            ),
+            ("ratio_to_raw", f"{res['ratio_to_raw']}  (target >= 0.5)"),
+            (
+                "with the genealogy caught up",
+                f"{prod['events_per_s_with_genealogy']:,} events/s, ratio {res['ratio_to_raw_with_genealogy']}",
+            ),
+            (
+                "start -> all landed: traceline / raw",
+                f"{prod['start_to_all_landed_s']} s / {raw['start_to_all_landed_s']} s = {res['backlog_time_over_raw']}x (target <= 2)",
+            ),
+            ("raw stages (s)", ", ".join(f"{k} {v}" for k, v in raw["stage_seconds"].items())),
+            (
+                "traceline sink stages (s)",
+                ", ".join(f"{k} {v}" for k, v in prod["sink_stage_seconds"].items()),
+            ),
+        ]
+        for side, d in (("raw", raw), ("traceline", prod)):
+            rows += [(f"{side}: {k}", v) for k, v in _cpu_rows(d)] if d.get("cpu_cores") else []
+        _emit("ingest-paired", res, rows, table=sys.stderr)
         return 0
     finally:
         stack.close(keep=a.keep)
@@ -600,12 +843,32 @@ def main(argv: list[str] | None = None) -> int:
     common(si)
     si.add_argument("--duration", type=float, default=120, help="steady window in seconds (default 120)")
     si.add_argument("--warmup", type=float, default=20, help="seconds before the window (default 20)")
-    si.add_argument("--events", type=int, default=3_000_000, help="most events to offer (default 3M)")
+    si.add_argument(
+        "--events",
+        type=int,
+        default=0,
+        help="most events to offer (default 3M; --paired: the backlog, default 1M)",
+    )
     si.add_argument(
         "--max-ahead",
         type=int,
         default=200_000,
         help="most events published but not landed (Kafka backlog bound; default 200k)",
+    )
+    si.add_argument(
+        "--paired",
+        action="store_true",
+        help="the raw-limit pipeline (benchmarks/_raw.py) and the product back to back on the same "
+        "--events (a backlog published first); prints events_per_s, raw_limit_events_per_s, ratio_to_raw",
+    )
+    si.add_argument(
+        "--raw-batch", type=int, default=50_000, help="--paired: events per raw insert (default 50k)"
+    )
+    si.add_argument(
+        "--genealogy-timeout",
+        type=float,
+        default=600,
+        help="--paired: how long to wait for the genealogy after the events landed (default 600)",
     )
     si.add_argument("--profile", default="", help="py-spy the worker / server / publisher into this dir")
     si.add_argument("--profile-seconds", type=float, default=30)
@@ -631,7 +894,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sb.set_defaults(fn=cmd_backlog)
 
+    si.add_argument("--timeout", type=float, default=1800, help="--paired: limit per side in seconds")
     a = p.parse_args(argv)
+    if a.cmd == "ingest" and not a.events:
+        a.events = 1_000_000 if a.paired else 3_000_000
     return int(a.fn(a))
 
 

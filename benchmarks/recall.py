@@ -492,19 +492,33 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 class _Counting:
-    """The store as the query functions see it, counting the statements they run."""
+    """The store as the query functions see it, counting the statements they run and the wall
+    time spent inside them (the rest of a call is Python: reduction, closures, result objects)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.statements = 0
+        self.seconds = 0.0
+
+    def reset(self) -> None:
+        self.statements = 0
+        self.seconds = 0.0
 
     def query(self, sql: str, params: Any = None) -> Any:
         self.statements += 1
-        return self._store.query(sql, params)
+        t = time.perf_counter()
+        try:
+            return self._store.query(sql, params)
+        finally:
+            self.seconds += time.perf_counter() - t
 
     def query_arrow(self, sql: str, params: Any = None) -> Any:
         self.statements += 1
-        return self._store.query_arrow(sql, params)
+        t = time.perf_counter()
+        try:
+            return self._store.query_arrow(sql, params)
+        finally:
+            self.seconds += time.perf_counter() - t
 
 
 #: the engine's floor, timed between the calls of the warm rounds (same box, same moment): a
@@ -613,12 +627,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         n_units: list[int] = []
         n_stmts: dict[str, list[int]] = {m: [] for m, _c in per_mod}
+        in_stmts: dict[str, list[float]] = {m: [] for m, _c in per_mod}
         for r in range(args.rounds):
             for k in keys:
                 for m, cases in per_mod:
-                    counted.statements = 0
+                    counted.reset()
                     dt, out = _time(lambda k=k, fn=cases[name][0]: fn(k))
                     warm[m].append(dt)
+                    in_stmts[m].append(counted.seconds)
                     if r == 0:
                         n_stmts[m].append(counted.statements)
                         if m == per_mod[0][0]:
@@ -627,7 +643,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     floor[f].append(_time(lambda sql=sql: store.query_arrow(sql, {"l": lot_sample[0]}))[0])
             _log(f"{name}: warm round {r + 1}/{args.rounds}")
         for m, _c in per_mod:
-            results[label[m]] = {"warm": _stats(warm[m]), "cold": _stats(cold[m]) if cold[m] else None}
+            results[label[m]] = {
+                "warm": _stats(warm[m]),
+                "cold": _stats(cold[m]) if cold[m] else None,
+                # warm: the p50 of the time spent inside the statements, and of the rest (Python)
+                "warm_in_statements_p50_ms": round(_pct(in_stmts[m], 50) * 1e3, 2),
+                "warm_python_p50_ms": round(
+                    _pct([w - i for w, i in zip(warm[m], in_stmts[m], strict=True)], 50) * 1e3, 2
+                ),
+            }
             sizes[label[m]] = n_units
             stmts[label[m]] = n_stmts[m]
     peer = _compare_postgres(args, store, meta, lot_sample, sys_sample, mods[0][1]) if args.peers else None
@@ -741,6 +765,7 @@ def _compare_postgres(
                     _log(msg)
             ts: dict[str, list[float]] = {"ours": [], "point": [], "peer": []}
             stmts: list[int] = []
+            ins: list[float] = []  # seconds of each traceline call spent inside its statements
             steps: dict[str, Callable[[str], Any]] = {
                 "ours": ours,
                 "point": lambda _k: store.query_arrow(point_sql, {"l": lot_sample[0]}),
@@ -751,11 +776,13 @@ def _compare_postgres(
                 rot = order[r % 3 :] + order[: r % 3]
                 for k in keys:
                     for s in rot:
-                        counted.statements = 0
+                        counted.reset()
                         dt, _ = _time(lambda fn=steps[s], k=k: fn(k))
                         ts[s].append(dt)
-                        if s == "ours" and r == 0:
-                            stmts.append(counted.statements)
+                        if s == "ours":
+                            ins.append(counted.seconds)
+                            if r == 0:
+                                stmts.append(counted.statements)
                 _log(f"postgres peer, {name}: warm round {r + 1}/{args.rounds}")
             p50 = {s: _pct(v, 50) * 1e3 for s, v in ts.items()}
             out[f"{name}_p50_ms"] = round(p50["ours"], 2)
@@ -771,6 +798,7 @@ def _compare_postgres(
                 "units_max": max(n_units, default=0),
                 "statements_p50": int(_pct(stmts, 50)) if stmts else 0,
                 "statements_max": max(stmts, default=0),
+                "in_statements_p50_ms": round(_pct(ins, 50) * 1e3, 2) if ins else None,
                 "traceline": _stats(ts["ours"]),
                 "point_read": _stats(ts["point"]),
                 "postgres": _stats(ts["peer"]),
@@ -804,7 +832,7 @@ def _table(summary: dict[str, Any]) -> str:
     lines = [
         f"recall benchmark: {summary['serials']:,} serials ({summary['dsn']}), load avg {summary['load_avg']}",
         f"{'query':<{w}} {'warm p50':>9} {'warm p99':>9} {'cold p50':>9} {'cold p99':>9} {'units p50/max':>14}"
-        f" {'stmts p50/max':>14}",
+        f" {'stmts p50/max':>14} {'in stmts / python p50':>22}",
     ]
     for name, r in summary["results"].items():
         c = r["cold"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
@@ -814,6 +842,7 @@ def _table(summary: dict[str, Any]) -> str:
             f"{name:<{w}} {r['warm']['p50_ms']:>7.2f}ms {r['warm']['p99_ms']:>7.2f}ms"
             f" {c['p50_ms']:>7.2f}ms {c['p99_ms']:>7.2f}ms {u['p50']:>7}/{u['max']:<6}"
             f" {n['p50']:>7}/{n['max']:<6}"
+            f" {r.get('warm_in_statements_p50_ms', float('nan')):>9.2f} / {r.get('warm_python_p50_ms', float('nan')):.2f}ms"
         )
     fl = summary.get("floor", {})
     if fl:
