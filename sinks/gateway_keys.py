@@ -16,22 +16,17 @@ Records are never deleted: the store's rows name the key that verified them.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import re
-import secrets
-import stat
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
 from schemas.errors import InvalidInputError
 from schemas.signing import GatewayKey, RegisteredKey, SigningKeyError, key_id_of, public_key_from_pem
+from sinks.recordfile import RecordFile
 
 __all__ = ["GatewayKeyRecord", "GatewayKeyRegistry", "check_source", "default_key_file"]
 
@@ -77,8 +72,11 @@ class GatewayKeyRegistry:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._file = RecordFile(
+            self.path, "keys", GatewayKeyRecord, SigningKeyError, "the gateway key registry",
+            "check which keys it holds: `traceline gateway-key list`",
+        )  # fmt: skip
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
         self._records: list[GatewayKeyRecord] = []
         self._keys: Mapping[str, RegisteredKey] = MappingProxyType({})
 
@@ -97,16 +95,9 @@ class GatewayKeyRegistry:
             return self._keys
 
     def _refresh(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._seen, self._records, self._keys = None, [], MappingProxyType({})
+        records = self._file.read_if_changed()
+        if records is None:
             return
-        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if seen == self._seen:
-            return
-        _check_mode(self.path, st)
-        records = _read(self.path)
         keys: dict[str, RegisteredKey] = {}
         for r in records:
             public = public_key_from_pem(r.public_key)
@@ -115,7 +106,7 @@ class GatewayKeyRegistry:
                     f"the key registry {self.path}: key {r.key_id} is not its public key's id"
                 )
             keys[r.key_id] = RegisteredKey(r.key_id, r.source, public, revoked=not r.active)
-        self._records, self._keys, self._seen = records, MappingProxyType(keys), seen
+        self._records, self._keys = records, MappingProxyType(keys)
 
     # -- changing --------------------------------------------------------------------------
     def register(self, source: str, public_pem: str) -> GatewayKeyRecord:
@@ -124,7 +115,7 @@ class GatewayKeyRegistry:
         check_source(source)
         public = public_key_from_pem(public_pem)
         rec = GatewayKeyRecord(key_id_of(public), source, public_pem, _now())
-        with self._changing() as records:
+        with self._file.changing() as records:
             if any(r.key_id == rec.key_id for r in records):
                 raise InvalidInputError(f"key {rec.key_id} is registered already", "key")
             records.append(rec)
@@ -146,7 +137,7 @@ class GatewayKeyRegistry:
         """Revoke ``source``'s active keys (or only ``key_id``): they stop verifying from the
         sink's next batch. Returns the keys revoked."""
         done: list[GatewayKeyRecord] = []
-        with self._changing() as records:
+        with self._file.changing() as records:
             for r in records:
                 if r.source == source and r.active and key_id in (None, r.key_id):
                     r.revoked_at = _now()
@@ -157,53 +148,3 @@ class GatewayKeyRegistry:
                 f"no active {which} {source!r} (see `traceline gateway-key list`)", "source"
             )
         return done
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[list[GatewayKeyRecord]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            records: list[GatewayKeyRecord] = []
-            if self.path.exists():
-                _check_mode(self.path, self.path.stat())
-                records = _read(self.path)
-            yield records
-            _write(self.path, records)
-        finally:
-            os.close(lock)  # releases the lock
-        with self._lock:
-            self._seen = None
-
-
-def _check_mode(path: Path, st: os.stat_result) -> None:
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SigningKeyError(
-            f"the gateway key registry {path} may be written by others than its owner: refused "
-            f"(chmod 600 {path}, and check which keys it holds: `traceline gateway-key list`)"
-        )
-
-
-def _read(path: Path) -> list[GatewayKeyRecord]:
-    try:
-        data = json.loads(path.read_text())
-        return [GatewayKeyRecord(**r) for r in data.get("keys", [])]
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise SigningKeyError(f"the gateway key registry {path} cannot be read: {exc}") from exc
-
-
-def _write(path: Path, records: list[GatewayKeyRecord]) -> None:
-    """Atomically, owner-only: a temporary file (0600) renamed over the old one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "keys": [asdict(r) for r in records]}, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # whatever the umask did
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

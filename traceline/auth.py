@@ -29,23 +29,18 @@ too; its role and programmes come from the claims ``..._ROLES_CLAIM`` / ``..._PR
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
-import os
 import re
 import secrets
-import stat
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from queries.scope import ALL, parse_programs
 from schemas.errors import InvalidInputError, TracelineError
+from sinks.recordfile import RecordFile
 from traceline.settings import Settings
 
 try:  # OIDC needs PyJWT (pip install 'pyjwt[crypto]'); API tokens do not
@@ -157,8 +152,11 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._file = RecordFile(
+            path, "tokens", TokenRecord, AuthConfigError, "the token file",
+            "check who added what: `traceline token list`",
+        )  # fmt: skip
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
         self._records: list[TokenRecord] = []
         self._by_hash: dict[str, TokenRecord] = {}
 
@@ -179,18 +177,9 @@ class TokenStore:
         return Principal(rec.name, rec.role, frozenset(rec.programs), "token")
 
     def _refresh(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._seen, self._records, self._by_hash = None, [], {}
-            return
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if key == self._seen:
-            return
-        _check_mode(self.path, st)
-        self._records = _read(self.path)
-        self._by_hash = {r.sha256: r for r in self._records}
-        self._seen = key
+        records = self._file.read_if_changed()
+        if records is not None:
+            self._records, self._by_hash = records, {r.sha256: r for r in records}
 
     # -- changing --------------------------------------------------------------------------
     def create(self, name: str, role: str, programs: str) -> tuple[TokenRecord, str]:
@@ -202,7 +191,7 @@ class TokenStore:
         rec_role, progs = check_role(role), check_programs(programs)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         rec = TokenRecord(name, rec_role, sorted(progs), hash_token(token), _now())
-        with self._changing() as records:
+        with self._file.changing() as records:
             if any(r.name == name and r.active for r in records):
                 raise InvalidInputError(
                     f"a token named {name!r} exists: revoke it first, or pick another name", "name"
@@ -211,63 +200,12 @@ class TokenStore:
         return rec, token
 
     def revoke(self, name: str) -> TokenRecord:
-        with self._changing() as records:
+        with self._file.changing() as records:
             for r in records:
                 if r.name == name and r.active:
                     r.revoked_at = _now()
                     return r
         raise InvalidInputError(f"no active token named {name!r} (see `traceline token list`)", "name")
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[list[TokenRecord]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            records: list[TokenRecord] = []
-            if self.path.exists():
-                _check_mode(self.path, self.path.stat())
-                records = _read(self.path)
-            yield records
-            _write(self.path, records)
-        finally:
-            os.close(lock)  # releases the lock
-        with self._lock:
-            self._seen = None
-
-
-def _check_mode(path: Path, st: os.stat_result) -> None:
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise AuthConfigError(
-            f"the token file {path} may be written by others than its owner: refused "
-            f"(chmod 600 {path}, and check who added what: `traceline token list`)"
-        )
-
-
-def _read(path: Path) -> list[TokenRecord]:
-    try:
-        data = json.loads(path.read_text())
-        return [TokenRecord(**r) for r in data.get("tokens", [])]
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise AuthConfigError(f"the token file {path} cannot be read: {exc}") from exc
-
-
-def _write(path: Path, records: list[TokenRecord]) -> None:
-    """Atomically, owner-only: a temporary file (0600) renamed over the old one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "tokens": [asdict(r) for r in records]}, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # whatever the umask did
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 # ----------------------------------------------------------------------------- OIDC
 
