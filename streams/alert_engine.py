@@ -661,24 +661,11 @@ def ledger_gap(topic: str, partition: int, gap: int, now: datetime) -> Alert:
     twice). Only the gap is content: the same gap raised again is not a new version (``GET
     /ledger`` has the partition's counts). ``program`` is empty: only callers who see every
     programme list it (the pipeline belongs to no programme)."""
-    key = f"LEDGER_GAP:{topic}:{partition}"
     what = f"{gap:,} records read but not accounted for" if gap > 0 else f"{-gap:,} records counted twice"
-    return Alert(
-        alert_id=key,
-        rule=AlertRule.LEDGER_GAP,
-        severity=AlertSeverity.CRITICAL,
-        title=f"Ledger gap on {topic} partition {partition}: {what}",
-        subject_kind="pipeline",
-        subject_id=f"{topic}:{partition}",
-        raised_at=now,
-        event_time=now,
-        trigger_event_id="",
-        trigger_type="",
-        site="",
-        program="",
-        details={"gap": str(gap)},
+    title = f"Ledger gap on {topic} partition {partition}: {what}"
+    return _pipeline_alert(
+        AlertRule.LEDGER_GAP, AlertSeverity.CRITICAL, f"{topic}:{partition}", title, now, gap=gap
     )
-
 
 
 def event_id_conflicts(topic: str, count: int, since: datetime, now: datetime) -> Alert:
@@ -687,21 +674,38 @@ def event_id_conflicts(topic: str, count: int, since: datetime, now: datetime) -
     ``since``, its start) whose event id had landed before with other content: a gateway re-uses
     ids, or two sources collide. Each one is a ``ConflictingDuplicate`` dead letter with both
     payload hashes (``dead_letters``); the first content stays. A new count updates the alert."""
+    title = f"{count:,} events on {topic} re-used an event id with other content (refused, dead-lettered)"
+    return _pipeline_alert(
+        AlertRule.EVENT_ID_CONFLICT,
+        AlertSeverity.WARNING,
+        topic,
+        title,
+        now,
+        conflicts=count,
+        since=since.isoformat(),
+    )
+
+
+def _pipeline_alert(
+    rule: AlertRule, severity: AlertSeverity, subject: str, title: str, now: datetime, **details: object
+) -> Alert:
+    """An alert of the pipeline itself (key ``<RULE>:<subject>``): no event, site or programme."""
     return Alert(
-        alert_id=f"EVENT_ID_CONFLICT:{topic}",
-        rule=AlertRule.EVENT_ID_CONFLICT,
-        severity=AlertSeverity.WARNING,
-        title=f"{count:,} events on {topic} re-used an event id with other content (refused, dead-lettered)",
+        alert_id=f"{rule.value}:{subject}",
+        rule=rule,
+        severity=severity,
+        title=title,
         subject_kind="pipeline",
-        subject_id=topic,
+        subject_id=subject,
         raised_at=now,
         event_time=now,
         trigger_event_id="",
         trigger_type="",
         site="",
         program="",
-        details={"conflicts": str(count), "since": since.isoformat()},
+        details={k: str(v) for k, v in details.items()},
     )
+
 
 class _NotAcknowledged(AlertPublishError):
     """Some alerts were not acknowledged: ``pending`` are the ones to publish again."""
