@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from queries.alerts import AlertEvaluator
 from schemas.kafka import ensure_topics, pipeline_lag
@@ -348,25 +349,30 @@ class Server:
             self.store.close()
         clear_serve_state(self.settings.data_dir)
 
+    def build_api(self) -> FastAPI:
+        """The HTTP API over a reader of the store, with this server's health, lag and ledger,
+        its token file and its query audit log (started here, stopped with the server)."""
+        assert self.store is not None, "start() first"
+        reader = self._reader()
+        signer = Signer.load_or_create(chain_key_path(self.settings.data_dir))
+        self.audit = AuditLog(reader, server_id_for(self.settings.data_dir), signer).start()
+        return create_api(
+            reader,
+            health=self.health,
+            lag=self.lag,
+            ledger=self.ledger,
+            auth=Authenticator.for_settings(self.settings),
+            keys_dir=self.settings.data_dir,
+            audit=self.audit,
+        )
+
     def run_forever(self) -> None:
         """Serve the API (or just wait) until SIGINT/SIGTERM, then stop everything."""
         url = f"http://{self.opts.host}:{self.opts.port}"
         write_serve_state(self.settings.data_dir, url, self.started_at)
         try:
             if self.opts.with_api and self.store is not None:
-                reader = self._reader()
-                signer = Signer.load_or_create(chain_key_path(self.settings.data_dir))
-                self.audit = AuditLog(reader, server_id_for(self.settings.data_dir), signer).start()
-                api = create_api(
-                    reader,
-                    health=self.health,
-                    lag=self.lag,
-                    ledger=self.ledger,
-                    auth=Authenticator.for_settings(self.settings),
-                    keys_dir=self.settings.data_dir,
-                    audit=self.audit,
-                )
-                uvicorn.run(api, host=self.opts.host, port=self.opts.port, log_level="warning")
+                uvicorn.run(self.build_api(), host=self.opts.host, port=self.opts.port, log_level="warning")
             else:
                 signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
                 while not self._stop.wait(1.0):

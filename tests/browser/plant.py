@@ -32,8 +32,7 @@ from schemas.jsonform import parse_event
 from schemas.models import Disposition, NonconformanceRaised, Severity, TargetKind
 from tests.integration.conftest import pipeline_settings
 from tests.support import wait_caught_up
-from traceline.api import create_api
-from traceline.auth import Authenticator, TokenStore
+from traceline.auth import TokenStore
 from traceline.serve import ServeOptions, Server
 
 __all__ = ["Workbench", "running_workbench", "largest_lot", "nc_event"]
@@ -109,14 +108,7 @@ def running_workbench(bootstrap: str, tmp: Path, units: int) -> Iterator[Workben
         admin = tokens.create("wb-admin", "administrator", "*")[1]
         program = _a_program(server)
         analyst = tokens.create("wb-analyst", "analyst", program)[1]
-        api = create_api(
-            server._reader(),
-            health=server.health,
-            lag=server.lag,
-            ledger=server.ledger,
-            auth=Authenticator(tokens),
-            keys_dir=settings.data_dir,
-        )
+        api = server.build_api()  # as `traceline serve` builds it: the query audit log included
         port = _free_port()
         uv = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=uv.run, name="workbench-api", daemon=True).start()

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -438,3 +439,24 @@ def test_a_station_recall_takes_a_time_window(page: Page, workbench: Workbench) 
     ).json()
     expect(pg.locator("#impact-summary")).to_contain_text(f"{len(windowed['units'])} units")
     assert len(windowed["units"]) < len(whole["units"]), "the window should leave units out"
+
+
+def test_what_the_workbench_asked_is_in_the_query_audit_log(page: Page, workbench: Workbench) -> None:
+    """The pages are API callers like any other: the server's audit log (built as `traceline
+    serve` builds it) names who asked for which recall, with their programmes."""
+    wb = workbench
+    lot, _impact = largest_lot(wb)
+    sign_in(page, wb)
+    page.fill("#q", lot)
+    page.click("#search button[type=submit]")
+    expect(page.locator("h1")).to_contain_text(lot)
+    deadline = time.monotonic() + 30
+    mine: list[dict[str, Any]] = []
+    while not mine and time.monotonic() < deadline:
+        got = wb.get("/audit", principal="wb-admin", limit=1000)
+        assert got.status_code == 200, got.text
+        mine = [r for r in got.json()["rows"] if r["path"] == "/recall" and lot in r["params"]]
+        time.sleep(0.5)
+    assert mine and mine[0]["programs"] == ["*"] and mine[0]["status"] == 200
+    assert mine[0]["results"] > 0
+    assert wb.get("/audit", token=wb.analyst).status_code == 403  # administrators only
