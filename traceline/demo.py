@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {exe} recall report --lot {lot} --format pdf --prepared-by 'Your Name'{dd}\n"
             f"  {exe} alerts list{dd}\n"
             f'  curl -H "Authorization: Bearer $TRACELINE_TOKEN" '
-            f"'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (API docs: /docs)",
+            f"'http://127.0.0.1:{args.port}/recall?kind=lot&id={lot}'   (API docs: /docs)\n"
+            f"  the analyst workbench in a browser: http://127.0.0.1:{args.port}/ (sign in with the token)",
             soft_wrap=True,
             highlight=False,
         )
