@@ -140,7 +140,7 @@ def run_one(
             "problems": [f"the run ended with exit code {code} and no result (see {run_dir}/stderr.log)"],
             "notes": [], "details": {},
         }  # fmt: skip
-    row["details"]["run_dir"] = str(run_dir)
+    row["details"]["run_dir"] = run_dir.name  # relative to the suite's work dir (results.json beside it)
     row["details"]["process_s"] = round(time.monotonic() - t0, 1)
     return row
 
@@ -197,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             "suite_s": round(time.monotonic() - t_suite, 1),
             "rows": rows,
         }
-        (work / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+        # paths inside the work dir written relative to it: the results can be kept or moved
+        text = json.dumps(summary, indent=1, default=str).replace(json.dumps(str(work) + "/")[1:-1], "")
+        (work / "results.json").write_text(text)
         (work / "table.md").write_text(table(rows) + "\n")
         if not a.keep:  # the runs that passed leave only their row; the others keep their logs
             shutil.rmtree(broker_dir, ignore_errors=True)
             for r in rows:
-                run_dir = Path(r["details"].get("run_dir", ""))
-                if r["verdict"] in ("pass", "skipped") and run_dir.is_dir() and run_dir.parent == work:
+                name = str(r["details"].get("run_dir", ""))
+                run_dir = work / name
+                if name and r["verdict"] in ("pass", "skipped") and run_dir.is_dir():
                     shutil.rmtree(run_dir, ignore_errors=True)
     print()
     print(f"chaos: {len(rows)} runs, {summary['date']}, {os.cpu_count()} cores, {a.events:,} events per run")
