@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from queries.facts import QueryStore
-from queries.scope import sees_all, unit_programs, visible
+from queries.scope import sees_all, withhold_alert_units
 
 __all__ = ["FeedCursor", "alerts_landed", "feed_start", "alert_version"]
 
@@ -84,13 +84,7 @@ def _rows(
         params,
     )
     out = [{k: _utc(v) for k, v in r.items()} for r in rows]
-    if out and not sees_all(programs):
-        of = unit_programs(store, {u for r in out for u in r.get("units") or ()})
-        for r in out:
-            listed = list(r.get("units") or ())
-            kept = [u for u in listed if visible(programs, of.get(u))]
-            if len(kept) < len(listed):
-                r["units"], r["units_withheld"] = kept, len(listed) - len(kept)
+    withhold_alert_units(store, programs, out)
     return out
 
 

@@ -47,6 +47,7 @@ from queries.drill import _Clock, _render_timed  # the drill's own clock and ren
 from queries.facts import QueryStore
 from queries.recall import forward_trace
 from queries.report import (
+    NO_LAG_NOTE,
     Freshness,
     RecallReport,
     Step,
@@ -68,6 +69,7 @@ __all__ = [
     "sees_all",
     "visible",
     "unit_programs",
+    "withhold_alert_units",
     "referenced_units",
     "scope",
     "scoped",
@@ -301,15 +303,21 @@ def scoped_alerts(
         offset=offset,
         programs=programs,
     )
-    rows = page.rows
-    if rows:
-        of = unit_programs(store, {u for r in rows for u in r.get("units") or ()})
-        for r in rows:
-            listed = list(r.get("units") or ())
-            kept = [u for u in listed if visible(programs, of.get(u))]
-            if len(kept) < len(listed):
-                r["units"], r["units_withheld"] = kept, len(listed) - len(kept)
+    withhold_alert_units(store, programs, page.rows)
     return page
+
+
+def withhold_alert_units(store: QueryStore, programs: Collection[str], rows: list[dict[str, Any]]) -> None:
+    """In each alert row, leave out the ``units`` outside ``programs`` and count them
+    (``units_withheld``), in place."""
+    if not rows or sees_all(programs):
+        return
+    of = unit_programs(store, {u for r in rows for u in r.get("units") or ()})
+    for r in rows:
+        listed = list(r.get("units") or ())
+        kept = [u for u in listed if visible(programs, of.get(u))]
+        if len(kept) < len(listed):
+            r["units"], r["units_withheld"] = kept, len(listed) - len(kept)
 
 
 # ----------------------------------------------------------------------------- report and drill
@@ -401,6 +409,7 @@ def scoped_report(
     step: Step = run_step,
     drill: bool = False,
     verifier: Verifier | None = None,
+    lag_note: str | None = NO_LAG_NOTE,
 ) -> ScopedReport:
     """``queries.report.build_report`` for a caller holding ``programs`` (its document number
     derived from what this caller sees)."""
@@ -409,6 +418,7 @@ def scoped_report(
         store,
         trigger,
         freshness=freshness,
+        lag_note=lag_note,
         prepared_by=prepared_by,
         drill=drill,
         step=_scoping_step(store, programs, step, seen),
@@ -444,20 +454,19 @@ def scoped_drill_documents(
             lambda: scoped(store, forward_trace(store, trigger.id), programs),
             lambda ft: f"{len(ft.lots)} lots, {len(ft.units)} units, {len(ft.systems)} systems",
         )
-    seen = {"units": 0, "past": 0, "ncrs": 0}
-    report = build_report(
+    answer = scoped_report(
         store,
         trigger,
+        programs,
         freshness=lag,
         lag_note=lag_note,
         prepared_by=prepared_by,
         drill=True,
-        step=_scoping_step(store, programs, clock.run, seen),
+        step=clock.run,
         verifier=verifier,
     )
-    _checked(seen)
-    report.document_number = document_number(report)
+    report = answer.report
     report.query_seconds = sum(s for _, s, _ in clock.steps)
     documents = {fmt: _render_timed(report, clock, fmt, order[i + 1 :]) for i, fmt in enumerate(order)}
     report.drill_timings = list(clock.steps)
-    return ScopedReport(report, seen["units"], seen["past"], seen["ncrs"]), documents, list(clock.steps)
+    return answer, documents, list(clock.steps)
