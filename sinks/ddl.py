@@ -221,18 +221,21 @@ def _m4(database: str, opts: EngineOptions) -> list[str]:
     return out + lot_units_backfill(database)
 
 
+def _added_columns(database: str, opts: EngineOptions, version: int) -> list[str]:
+    """``ADD COLUMN`` for every column of the tables that migration ``version`` added."""
+    return [
+        f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
+        f" `{c.name}` {c.type} COMMENT {_quote(c.comment)}"
+        for t in TABLES
+        for c in t.columns
+        if c.since == version
+    ]
+
+
 def _m5(database: str, opts: EngineOptions) -> list[str]:
     # raw tables: content_hash (rows landed before read 0: "not known", a re-use is a duplicate);
     # dead_letters: raw_size / raw_sha256 / raw_truncated (older rows: 0 / '' / false)
-    out = []
-    for t in TABLES:
-        for c in t.columns:
-            if c.since == 5:
-                out.append(
-                    f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
-                    f" `{c.name}` {c.type} COMMENT {_quote(c.comment)}"
-                )
-    return out
+    return _added_columns(database, opts, 5)
 
 
 def _m6(database: str, opts: EngineOptions) -> list[str]:
@@ -259,15 +262,7 @@ def _m7(database: str, opts: EngineOptions) -> list[str]:
     # attributable events: the source a gateway signature proved and the key that proved it
     # (rows landed before read ''; sinks.chain hashes these columns only when they are set, so
     # the rows chained before verify as they did)
-    out = []
-    for t in TABLES:
-        for c in t.columns:
-            if c.since == 7:
-                out.append(
-                    f"ALTER TABLE `{database}`.`{t.name}`{opts.on_cluster()} ADD COLUMN IF NOT EXISTS"
-                    f" `{c.name}` {c.type} COMMENT {_quote(c.comment)}"
-                )
-    return out
+    return _added_columns(database, opts, 7)
 
 
 def _m8(database: str, opts: EngineOptions) -> list[str]:
