@@ -470,6 +470,7 @@ class AlertEngine:
                 return 0  # stopping: nothing committed
             batch: list[tuple[str, Mapping[str, Any]]] = []
             keys = self.gateway_keys() if self.gateway_keys is not None else {}
+            now = datetime.now(UTC)  # after the sink landed the batch: its ingest time, or just after
             for m in msgs:
                 value = m.value() or b""
                 try:
@@ -485,7 +486,7 @@ class AlertEngine:
                     self.stats.unattested_skipped += 1  # the sink dead-letters it
                     continue
                 if self.event_times is not None and implausible_time(
-                    rec["event_time"], datetime.now(UTC), *self.event_times
+                    rec["event_time"], now, *self.event_times
                 ):
                     self.stats.implausible_skipped += 1  # the sink quarantines it
                     continue
