@@ -12,7 +12,7 @@ from chaos.harness import (
     Pipeline,
     Result,
     genealogy_check,
-    landed_ids,
+    landed_within,
     log,
     measure,
     sink_figures,
@@ -81,18 +81,15 @@ def broker_kill_publish(ctx: Ctx) -> Result:
         wait_until(lambda: pipe.sink_stat("events_landed") > 0, 60, 0.1)
         _kill_and_restart(broker, pipe, ctx.broker_down)
         k = pub.published
-        before = set(plant.ids[:k])
         log(f"{k:,} events were published before the broker came back; waiting for them in the store")
-        rec = wait_until(lambda: before <= landed_ids(pipe.store, pipe.topic), 600)
+        rec = landed_within(pipe, plant.ids[:k])
         assert pipe.sampler is not None
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the events published before the broker came back did not all land within 600 s")
-        figures = pub.join()
-        res.details["publisher"] = figures
-        if figures.get("pending_after_flush") or figures.get("error"):
-            res.fail(f"the publisher did not deliver everything: {figures}")
+        res.recovered(
+            pipe.sampler,
+            rec,
+            "the events published before the broker came back did not all land within 600 s",
+        )
+        res.publisher(pub.join())
         return _finish(ctx, pipe, plant, res)
     finally:
         pipe.close()
@@ -113,9 +110,7 @@ def broker_kill_ingest(ctx: Ctx) -> Result:
         ensure_topics(ctx.bootstrap, s.topics, partitions=s.kafka.partitions, replication=1)
         log(f"publishing {len(plant.ids):,} events into Kafka (nothing consuming yet)")
         figures = PublisherProcess(ctx.bootstrap, ctx.work, plant.outbox_rows(pipe.topic)).start().join()
-        res.details["publisher"] = figures
-        if figures.get("pending_after_flush") or figures.get("error"):
-            res.fail(f"the publisher did not deliver everything before the fault: {figures}")
+        res.publisher(figures, what="everything before the fault")
         pipe.start()
         want = len(plant.ids) // 4
         if wait_until(lambda: pipe.sink_stat("events_landed") >= want, 300, 0.05) is None:
@@ -126,13 +121,9 @@ def broker_kill_ingest(ctx: Ctx) -> Result:
         if at_kill >= len(plant.ids):
             res.note("the whole backlog had landed before the kill: raise --events")
         _kill_and_restart(broker, pipe, ctx.broker_down)
-        everything = set(plant.ids)
-        rec = wait_until(lambda: everything <= landed_ids(pipe.store, pipe.topic), 600)
+        rec = landed_within(pipe, plant.ids)
         assert pipe.sampler is not None
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the backlog did not land within 600 s of the broker's return")
+        res.recovered(pipe.sampler, rec, "the backlog did not land within 600 s of the broker's return")
         return _finish(ctx, pipe, plant, res)
     finally:
         pipe.close()
@@ -174,17 +165,14 @@ def partition(ctx: Ctx) -> Result:
         proxy.restore()
         pipe.sampler.mark("fault_end")
         k = pub.published
-        before = set(plant.ids[:k])
         log(f"proxy restored; {k:,} events were published by then")
-        rec = wait_until(lambda: before <= landed_ids(pipe.store, pipe.topic), 600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the events published during the partition did not land within 600 s of its end")
-        figures = pub.join()
-        res.details["publisher"] = figures
-        if figures.get("pending_after_flush") or figures.get("error"):
-            res.fail(f"the publisher did not deliver everything: {figures}")
+        rec = landed_within(pipe, plant.ids[:k])
+        res.recovered(
+            pipe.sampler,
+            rec,
+            "the events published during the partition did not land within 600 s of its end",
+        )
+        res.publisher(pub.join())
         return _finish(ctx, pipe, plant, res)
     finally:
         pipe.close(delete=False)
@@ -223,16 +211,11 @@ def cluster_broker_loss(ctx: Ctx) -> Result:
         victim.kill()
         pipe.sampler.mark("fault_end")
         k = pub.published
-        before = set(plant.ids[:k])
-        rec = wait_until(lambda: before <= landed_ids(pipe.store, pipe.topic), 600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the events published before the broker was lost did not land within 600 s")
-        figures = pub.join()
-        res.details["publisher"] = figures
-        if figures.get("pending_after_flush") or figures.get("error"):
-            res.fail(f"the publisher did not deliver everything with two brokers: {figures}")
+        rec = landed_within(pipe, plant.ids[:k])
+        res.recovered(
+            pipe.sampler, rec, "the events published before the broker was lost did not land within 600 s"
+        )
+        res.publisher(pub.join(), what="everything with two brokers")
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
         res.details["caught_up_with_two_brokers_s"] = round(caught, 1) if caught is not None else None
         log("starting the lost broker again")

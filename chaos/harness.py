@@ -107,6 +107,19 @@ class Result:
         self.notes.append(text)
         log(f"note: {text}")
 
+    def recovered(self, sampler: HealthSampler, seconds: float | None, failure: str) -> None:
+        """Recovery ends now (a health mark): ``seconds`` it took, or ``failure`` when None."""
+        sampler.mark("recovered")
+        self.recovery_s = round(seconds, 1) if seconds is not None else None
+        if seconds is None:
+            self.fail(failure)
+
+    def publisher(self, figures: dict[str, Any], what: str = "everything", key: str = "publisher") -> None:
+        """A publisher process's figures; it must have delivered everything it stored."""
+        self.details[key] = figures
+        if figures.get("pending_after_flush") or figures.get("error"):
+            self.fail(f"the publisher did not deliver {what}: {figures}")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -516,6 +529,12 @@ def genealogy_check(store: Any, events: list[dict[str, Any]], result: Result) ->
 
 
 # ----------------------------------------------------------------------------- waiting
+
+
+def landed_within(pipe: Pipeline, ids: Iterable[str], timeout: float = 600.0) -> float | None:
+    """Seconds until the store holds every event id of ``ids`` (None after ``timeout``)."""
+    want = set(ids)
+    return wait_until(lambda: want <= landed_ids(pipe.store, pipe.topic), timeout)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, every: float = 0.5) -> float | None:

@@ -123,15 +123,10 @@ def poison(ctx: Ctx) -> Result:
                 where[pos] = (f"{name} ({rnd})", err)
             log(f"round {rnd}: {len(kinds)} poison records produced; publishing {len(part):,} valid events")
             figures = PublisherProcess(ctx.bootstrap, ctx.work, part, name=f"publisher-{rnd}").start().join()
-            res.details[f"publisher_{rnd}"] = figures
-            if figures.get("pending_after_flush") or figures.get("error"):
-                res.fail(f"the publisher did not deliver everything: {figures}")
+            res.publisher(figures, key=f"publisher_{rnd}")
         pipe.sampler.mark("fault_end")
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(caught, 1) if caught is not None else None
-        if caught is None:
-            res.fail("the pipeline did not catch up within 600 s")
+        res.recovered(pipe.sampler, caught, "the pipeline did not catch up within 600 s")
         res.details["sink"] = sink_figures(pipe)
         measure(pipe.store, topic, plant.ids, res)
         dl = pipe.store.query(
@@ -239,10 +234,7 @@ def conflicts(ctx: Ctx) -> Result:
         log(f"publishing the other {len(rest):,} events")
         PublisherProcess(ctx.bootstrap, ctx.work, plant.outbox_rows(topic, rest), name="pub-2").start().join()
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(caught, 1) if caught is not None else None
-        if caught is None:
-            res.fail("the pipeline did not catch up within 600 s")
+        res.recovered(pipe.sampler, caught, "the pipeline did not catch up within 600 s")
         stats.append(sink_figures(pipe))
         res.details["sink_before_restart"], res.details["sink_after_restart"] = stats
         measure(pipe.store, topic, plant.ids, res)
@@ -404,10 +396,7 @@ def clock_skew(ctx: Ctx, skewed: int = 200) -> Result:
         figures = PublisherProcess(ctx.bootstrap, ctx.work, plant.outbox_rows(topic)).start().join()
         res.details["publisher"] = figures
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(caught, 1) if caught is not None else None
-        if caught is None:
-            res.fail("the pipeline did not catch up within 600 s")
+        res.recovered(pipe.sampler, caught, "the pipeline did not catch up within 600 s")
         res.details["sink"] = sink_figures(pipe)
         bad_ids = [json.loads(line)["event_id"] for line in skewed_file.read_text().splitlines()]
         bad_ids += [d["event_id"] for d in odd]

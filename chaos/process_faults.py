@@ -192,14 +192,8 @@ def serve_kill(ctx: Ctx) -> Result:
         ends = end_offsets(ctx.bootstrap, serve.topic)
         log("serve is back; waiting until its sink committed what was published before")
         rec = wait_until(lambda: committed_reach(ctx.bootstrap, settings.sink_group, ends), 600)
-        sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the restarted server did not land the backlog within 600 s")
-        figures = pub.join()
-        res.details["publisher"] = figures
-        if figures.get("pending_after_flush") or figures.get("error"):
-            res.fail(f"the publisher did not deliver everything: {figures}")
+        res.recovered(sampler, rec, "the restarted server did not land the backlog within 600 s")
+        res.publisher(pub.join())
 
         def no_lag() -> bool:
             t = settings.topics
@@ -298,10 +292,7 @@ def worker_kill(ctx: Ctx, kills: int = 3) -> Result:
         figures = pub.join()
         res.details["publisher"] = figures
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(caught, 1) if caught is not None else None
-        if caught is None:
-            res.fail("the pipeline did not catch up within 600 s of the last restart")
+        res.recovered(pipe.sampler, caught, "the pipeline did not catch up within 600 s of the last restart")
         res.details["sink"] = sink_figures(pipe)
         measure(pipe.store, pipe.topic, plant.ids, res)
         if caught is not None:
@@ -360,10 +351,7 @@ def alert_crash(ctx: Ctx) -> Result:
             res.fail("the alert engine was not rebuilt within 120 s")
         log("alert engine rebuilt; waiting until it committed what was published before the crash")
         rec = wait_until(lambda: committed_reach(ctx.bootstrap, pipe.settings.alerts_group, ends), 600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the rebuilt alert engine did not catch up within 600 s")
+        res.recovered(pipe.sampler, rec, "the rebuilt alert engine did not catch up within 600 s")
         res.details["publisher"] = pub.join()
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
         if caught is None:

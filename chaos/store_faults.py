@@ -13,7 +13,7 @@ from chaos.harness import (
     Ctx,
     Pipeline,
     Result,
-    landed_ids,
+    landed_within,
     log,
     measure,
     sink_figures,
@@ -99,13 +99,11 @@ def disk_full(ctx: Ctx) -> Result:
             (mnt / name).unlink(missing_ok=True)
         pipe.sampler.mark("fault_end")
         k = pub.published
-        before = set(plant.ids[:k])
         log(f"space is back; {k:,} events were published by then")
-        rec = wait_until(lambda: before <= landed_ids(pipe.store, pipe.topic), 600)
-        pipe.sampler.mark("recovered")
-        res.recovery_s = round(rec, 1) if rec is not None else None
-        if rec is None:
-            res.fail("the events published while the disk was full did not land within 600 s")
+        rec = landed_within(pipe, plant.ids[:k])
+        res.recovered(
+            pipe.sampler, rec, "the events published while the disk was full did not land within 600 s"
+        )
         res.details["publisher"] = pub.join()
         caught = wait_caught_up(pipe, plant.ids, timeout=600)
         if caught is None:
