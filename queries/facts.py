@@ -10,7 +10,8 @@ read of the derived index ``unit_facts`` and the plumbing of every statement.
   with the exact set of units it holds every fact for;
 * ``columns`` / ``fact_rows``: a statement's result as plain column lists, moved as Arrow
   columns when the store can (no dict per row);
-* ``gc_paused``: the cyclic garbage collector paused for the length of a query;
+* ``gc_paused`` (``schemas.nogc``, re-exported): the cyclic garbage collector paused for the
+  length of a query;
 * ``MAX_HOPS`` (the cycle guard of every closure walk) and ``part_of`` (a UII's part number).
 
 Genealogy is the ``GENEALOGY`` fact with the highest ``seq`` per uii (exact before merges).
@@ -19,10 +20,10 @@ Units with no genealogy fact were never assembled: they are their own root.
 
 from __future__ import annotations
 
-import functools
-import gc
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from schemas.nogc import gc_paused
 
 __all__ = [
     "MAX_HOPS",
@@ -242,26 +243,3 @@ def columns(store: QueryStore, sql: str, params: dict[str, Any], names: Sequence
 
 def fact_rows(store: QueryStore, sql: str, params: dict[str, Any]) -> Iterable[FactRow]:
     return zip(*columns(store, sql, params, FACT_COLS), strict=True)
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with the cyclic garbage collector paused. A large recall builds tens of
-    thousands of small dicts and lists (no reference cycles: reference counting frees them),
-    which triggers collections that scan every live object: measured on a 2,500-unit lot,
-    p50 108 -> 76 ms and the max 184 -> 79 ms. Re-enabled afterwards unless it was off."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    return wrapper

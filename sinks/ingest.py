@@ -85,6 +85,7 @@ from schemas.kafka import (
     read_dead_letter_headers,
     read_dead_letter_reference,
 )
+from schemas.nogc import gc_paused
 from schemas.serde import AvroSerde
 from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
@@ -445,8 +446,10 @@ class SinkWorker:
                 self._stop.wait(min(30.0, self.retry_backoff * 2 ** min(attempt, 6)))
         return False
 
+    @gc_paused
     def _land(self, msgs: list[Message]) -> None:
-        """Judge, send, build rows, insert (see the module doc); the commit is the caller's."""
+        """Judge, send, build rows, insert (see the module doc); the commit is the caller's.
+        The collector is paused for the batch (``schemas.nogc``)."""
         t0 = time.monotonic()
         now = datetime.now(UTC)
         b = _Batch(now, self.stats.last_event_time, self.earliest_event_time, now + self.max_future_skew)

@@ -62,6 +62,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.alert import Alert, AlertRule, AlertSeverity, encode_alert
 from schemas.errors import DecodeError, TracelineError
 from schemas.kafka import client_config, consumer_config, message_position, producer_config
+from schemas.nogc import gc_paused
 from schemas.serde import AvroSerde
 from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
@@ -458,6 +459,37 @@ class AlertEngine:
             if a is not None:
                 out.append(a)
 
+    @gc_paused
+    def _evaluate(self, msgs: list[Message]) -> list[Alert]:
+        """Decode the batch's events the rules read (what the sink refuses is skipped) and
+        evaluate them; the collector is paused for the batch (``schemas.nogc``)."""
+        batch: list[tuple[str, Mapping[str, Any]]] = []
+        keys = self.gateway_keys() if self.gateway_keys is not None else {}
+        now = datetime.now(UTC)  # after the sink landed the batch: its ingest time, or just after
+        for m in msgs:
+            value = m.value() or b""
+            try:
+                if self.serde.peek_type(value) not in RULE_TYPES:
+                    self.stats.events += 1  # no rule reads it: not decoded
+                    continue
+                type_name, rec = self.serde.decode(value)
+            except DecodeError:
+                self.stats.undecodable_skipped += 1  # the sink dead-letters it
+                continue
+            signed = attest(m.headers(), value, rec["source"], keys, require_signed=self.require_signed)
+            if isinstance(signed, Refusal):
+                self.stats.unattested_skipped += 1  # the sink dead-letters it
+                continue
+            if self.event_times is not None and implausible_time(rec["event_time"], now, *self.event_times):
+                self.stats.implausible_skipped += 1  # the sink quarantines it
+                continue
+            self.stats.events += 1
+            batch.append((type_name, rec))
+        t0 = time.monotonic()
+        out = self.evaluator.evaluate_batch(batch)
+        self.stats.evaluate_s += time.monotonic() - t0
+        return out
+
     def poll_once(self) -> int:
         msgs = self._consume()
         alerts: list[Alert] = self._drain_raised()
@@ -468,33 +500,7 @@ class AlertEngine:
                 need[(t, p)] = max(need.get((t, p), 0), o + 1)
             if not self._wait_landed(need):
                 return 0  # stopping: nothing committed
-            batch: list[tuple[str, Mapping[str, Any]]] = []
-            keys = self.gateway_keys() if self.gateway_keys is not None else {}
-            now = datetime.now(UTC)  # after the sink landed the batch: its ingest time, or just after
-            for m in msgs:
-                value = m.value() or b""
-                try:
-                    if self.serde.peek_type(value) not in RULE_TYPES:
-                        self.stats.events += 1  # no rule reads it: not decoded
-                        continue
-                    type_name, rec = self.serde.decode(value)
-                except DecodeError:
-                    self.stats.undecodable_skipped += 1  # the sink dead-letters it
-                    continue
-                signed = attest(m.headers(), value, rec["source"], keys, require_signed=self.require_signed)
-                if isinstance(signed, Refusal):
-                    self.stats.unattested_skipped += 1  # the sink dead-letters it
-                    continue
-                if self.event_times is not None and implausible_time(
-                    rec["event_time"], now, *self.event_times
-                ):
-                    self.stats.implausible_skipped += 1  # the sink quarantines it
-                    continue
-                self.stats.events += 1
-                batch.append((type_name, rec))
-            t0 = time.monotonic()
-            alerts += self.evaluator.evaluate_batch(batch)
-            self.stats.evaluate_s += time.monotonic() - t0
+            alerts += self._evaluate(msgs)
         if (
             self.rules.nc_refresh_seconds > 0
             and time.monotonic() - self._last_refresh > self.rules.nc_refresh_seconds

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
@@ -475,3 +476,23 @@ def test_an_event_time_the_sink_quarantines_is_not_evaluated() -> None:
     assert raised == []
     assert [rec["event_id"] for _type, rec in evaluator.seen] == [status.event_id]
     assert e.stats.implausible_skipped == 1
+
+
+def test_a_batch_is_evaluated_with_the_collector_paused_and_it_is_on_again_after() -> None:
+    serde = AvroSerde(topic=TOPICS.events)
+    status = next(e for e in sample_events() if e.type == "LotStatusChanged")
+    seen: list[bool] = []
+
+    class Watching(FakeEvaluator):
+        def evaluate_batch(self, events: Any) -> list[Alert]:
+            seen.append(gc.isenabled())
+            return []
+
+    e = engine(FakeConsumer([[EventMsg(0, serde.encode_event(status))]]), FakeProducer(), Watching())
+    t, raised = run_in_thread(e)
+    try:
+        wait_for(lambda: e.stats.batches == 1)
+    finally:
+        e.stop()
+        t.join(5)
+    assert raised == [] and seen == [False] and gc.isenabled()

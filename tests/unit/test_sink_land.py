@@ -10,6 +10,7 @@ writes nothing; offsets are committed only after the insert.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -581,3 +582,24 @@ def test_poll_once_commits_after_the_insert() -> None:
     assert r.index("flush")[0] < r.index("write_batch")[0] < commit
     assert r.log[commit][1] == sorted([(TOPICS.deadletter, 0, 10), (TOPICS.events, 1, 6)])
     assert set(r.sink.stats.stage_seconds) == {"collect", "judge", "send", "rows", "insert", "commit"}
+
+
+def test_a_batch_lands_with_the_collector_paused_and_it_is_on_again_after() -> None:
+    """``schemas.nogc``: the batch's records are freed by reference counting; the collector
+    must come back on after the batch, also when the insert fails."""
+    seen: list[bool] = []
+    r = rig()
+    write = r.store.write_batch
+
+    def spy(tables: dict[str, Any], token: str) -> dict[str, int]:
+        seen.append(gc.isenabled())
+        return write(tables, token)
+
+    r.store.write_batch = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    land(r, [ev_msg(event("OperationCompleted"), 0)])
+    assert seen == [False] and gc.isenabled()
+    r.store.fail_writes = 1
+    with pytest.raises(StoreError):
+        land(r, [ev_msg(event("UnitTested"), 1)])
+    assert seen == [False, False] and gc.isenabled()
