@@ -76,11 +76,20 @@ INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
 CHDB_UNCOMPRESSED_CACHE_MB = 1024
 
 
+#: embedded engine (chdb): the Arrow results the queries read (``Store.query_arrow``) are moved
+#: within this process, so ClickHouse's default LZ4 frame compression of Arrow output is pure
+#: cost: a recall's facts statement (276 units with their paths) 38 -> 25 ms p50 without it,
+#: interleaved (docs/BENCHMARKS.md, 2026-12-05). A session default of the embedded engine, so it
+#: costs no per-call ``SET`` (clickhouse-connect's chdb backend brackets per-call settings with
+#: a read of ``system.settings``, a ``SET`` and a restore: three more engine calls).
+CHDB_SESSION_OPTIONS = {"output_format_arrow_compression_method": "none"}
+
+
 def _chdb_client_args(mb: int) -> dict[str, Any]:
     if mb <= 0:
-        return {}
+        return {"chdb_options": dict(CHDB_SESSION_OPTIONS)}
     return {
-        "chdb_options": {"uncompressed_cache_size": mb * 1024 * 1024},
+        "chdb_options": {**CHDB_SESSION_OPTIONS, "uncompressed_cache_size": mb * 1024 * 1024},
         "settings": {"use_uncompressed_cache": 1},
     }
 

@@ -224,3 +224,15 @@ def test_an_embedded_store_is_created_owner_only(tmp_path: Path) -> None:
     store = Store.open(f"chdb://{path}", "traceline")
     store.close()
     assert path.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_embedded_store_moves_arrow_results_uncompressed(store: Store) -> None:
+    """In-process Arrow results are not LZ4-framed (``CHDB_SESSION_OPTIONS``), also after a
+    write with per-call settings; a server keeps its own configuration."""
+    if not store.dsn.startswith("chdb:"):
+        pytest.skip("a session default of the embedded engine only")
+    sql = "SELECT value FROM system.settings WHERE name = 'output_format_arrow_compression_method'"
+    assert store.query(sql)[0]["value"] == "none"
+    store.write_batch(rows_for_batch(_batch()), "arrow-setting")
+    assert store.query(sql)[0]["value"] == "none"
+    assert store.query_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
