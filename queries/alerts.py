@@ -287,6 +287,7 @@ class AlertEvaluator:
         self._batch_yields: _Yields | None = None
         self._batch_contents: dict[str, UnitContents] | None = None
         self._batch_impacts: dict[tuple[Any, ...], Impact] | None = None
+        self._batch_uses: dict[tuple[str, datetime, datetime | None], list[dict[str, Any]]] | None = None
 
     def reload(self) -> None:
         self.state = load_state(self.store)
@@ -294,9 +295,13 @@ class AlertEvaluator:
     # -- context reads ----------------------------------------------------------------
     def impact(self, trigger: Trigger) -> Impact:
         key = _trigger_key(trigger)
-        if self._batch_impacts is not None and key in self._batch_impacts:
-            return self._batch_impacts[key]
-        return self._impacts([trigger])[key]
+        memo = self._batch_impacts
+        if memo is not None and key in memo:
+            return memo[key]
+        got = self._impacts([trigger])[key]
+        if memo is not None:  # inside a batch: the store holds all of it, the answer holds too
+            memo[key] = got
+        return got
 
     def _impacts(self, triggers: Sequence[Trigger]) -> dict[tuple[Any, ...], Impact]:
         """The recall impact of each trigger (the facts read once for all of them)."""
@@ -314,7 +319,21 @@ class AlertEvaluator:
 
     def lot_uses(self, lot_id: str, held_from: datetime, until: datetime | None) -> list[dict[str, Any]]:
         """The units that consumed the lot in [held_from, until): the first such consumption of
-        each (uii, event_time, station_id, operator_id, work_order), by uii."""
+        each (uii, event_time, station_id, operator_id, work_order), by uii. Read once per
+        batch and question: every operation of a batch that uses a held lot asks again, and the
+        store already holds the whole batch, so the answer is the same."""
+        memo = self._batch_uses
+        key = (lot_id, held_from, until)
+        if memo is not None and key in memo:
+            return memo[key]
+        got = self._read_lot_uses(lot_id, held_from, until)
+        if memo is not None:
+            memo[key] = got
+        return got
+
+    def _read_lot_uses(
+        self, lot_id: str, held_from: datetime, until: datetime | None
+    ) -> list[dict[str, Any]]:
         rows = self.store.query(
             "SELECT uii, argMin(tuple(event_time, station_id, operator_id, work_order),"
             " tuple(event_time, event_id)) AS u FROM lot_consumption"
@@ -436,8 +455,8 @@ class AlertEvaluator:
             else:
                 continue
             triggers.setdefault(_trigger_key(trig), trig)
-        if triggers:
-            self._batch_impacts = self._impacts(list(triggers.values()))
+        self._batch_impacts = self._impacts(list(triggers.values())) if triggers else {}
+        self._batch_uses = {}
         st = self.state
         gated = st.any_held or st.open_ncs() or any(t in _GATE_OPENERS for t, _r in events)
         shipped = [uii_of(r["unit"]) for t, r in events if t == "UnitShipped"] if gated else []
@@ -446,7 +465,9 @@ class AlertEvaluator:
         try:
             return [a for t, r in events for a in self.evaluate(t, r)]
         finally:
-            self._batch_lots = self._batch_yields = self._batch_contents = self._batch_impacts = None
+            self._batch_lots = self._batch_yields = self._batch_contents = None
+            self._batch_impacts = None
+            self._batch_uses = None
 
     def evaluate(self, type_name: str, rec: Mapping[str, Any]) -> list[Alert]:
         """Alerts (admitted: new or changed) for one landed event."""

@@ -383,6 +383,24 @@ def test_batched_impacts_equal_the_per_event_impacts(store: Store) -> None:
     assert reads[1].calls < reads[0].calls
 
 
+def test_a_batch_of_uses_of_a_held_lot_reads_its_usage_once(store: Store) -> None:
+    """Every operation that uses a held lot asks for the lot's usage (its impact and its uses
+    while held); inside a batch the store already holds the whole batch, so the answers are
+    read once: the alerts equal per-event evaluation with far fewer statements."""
+    lot = _p("HB")
+    units = [f"PCB:{_p('hb')}" for _ in range(7)]
+    land(store, [received(lot, T0), operation(units[0], [lot], T0 + timedelta(hours=1))])
+    batch = [status(lot, "HOLD", T0 + timedelta(hours=2))]
+    batch += [operation(u, [lot], T0 + timedelta(hours=3, minutes=i)) for i, u in enumerate(units[1:])]
+    land(store, batch)
+    per_event, in_batch, reads = _per_event_and_batched(store, batch)
+    key = [(a.alert_id, a.version, a.units, a.details) for a in per_event]
+    assert key == [(a.alert_id, a.version, a.units, a.details) for a in in_batch]
+    assert {a.rule for a in per_event} == {"LOT_HELD_AFTER_USE", "HELD_LOT_USED"}
+    assert per_event[-1].units == sorted(units[1:])
+    assert reads[1].calls * 2 < reads[0].calls
+
+
 def test_suspect_lot_and_out_of_calibration_on_the_store(store: Store) -> None:
     lot, good = _p("YL"), _p("YG")
     ev = _evaluator(store)
