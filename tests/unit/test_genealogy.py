@@ -524,3 +524,28 @@ def test_lots_grow_only_smallest_site_and_records_carry_them() -> None:
     c, _, changes = apply(c, "C:1", Root("C:1", "P:1", "P:1", (), p.seq))
     assert [(ch["root_uii"], ch["lots"]) for ch in changes] == [("P:1", {"L7": "s"})]
     assert g.resend(c)[1][0]["lots"] == {"L7": "s"}
+
+
+def test_a_command_record_is_applied_encoded_and_routed_in_one_call() -> None:
+    """``streams.app.apply_record``: what the faust writer does with one record, minus Kafka."""
+    from streams.app import apply_record
+    from streams.intake import command_partition, decode_command_batch, encode_command_batch
+
+    parts = 4
+    child, parent = "PCB:1", "MOD:1"
+    link = Link(child, parent, (1_000, "e1"), True)
+    store: dict[str, Node] = {}
+    value = encode_command_batch([[child, link.to_dict()]])
+    own = command_partition(child, parts)
+    n, nodes, records, out = apply_record(store.get, value, own, 7, parts)
+    assert n == 1
+    [(key, raw)] = nodes
+    node = Node.from_bytes(raw)
+    assert key == child.encode() and node.parent == parent and node.offset == 7
+    # the Edge for the parent goes to the parent's partition
+    [(p, rec, k)] = records
+    assert p == command_partition(parent, parts) and k == 1
+    assert [(key, type(c).__name__) for key, c in decode_command_batch(rec)] == [(parent, "Edge")]
+    assert [c["uii"] for c in out] == [child]
+    with pytest.raises(ValueError, match="not its own"):
+        apply_record(store.get, value, (own + 1) % parts, 8, parts)
