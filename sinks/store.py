@@ -84,14 +84,31 @@ CHDB_UNCOMPRESSED_CACHE_MB = 1024
 #: a read of ``system.settings``, a ``SET`` and a restore: three more engine calls).
 CHDB_SESSION_OPTIONS = {"output_format_arrow_compression_method": "none"}
 
+#: embedded engine (chdb): its caches of marks and primary indexes, in MiB. ClickHouse sizes
+#: each at 5 GiB by default, so a long-running ``traceline serve`` could grow by up to 15 GiB
+#: of caches alone; at 10M serials every table's marks take a few MiB.
+CHDB_MARK_CACHE_MB = 256
+CHDB_PRIMARY_INDEX_CACHE_MB = 256
+CHDB_INDEX_MARK_CACHE_MB = 64
 
-def _chdb_client_args(mb: int) -> dict[str, Any]:
-    if mb <= 0:
-        return {"chdb_options": dict(CHDB_SESSION_OPTIONS)}
-    return {
-        "chdb_options": {**CHDB_SESSION_OPTIONS, "uncompressed_cache_size": mb * 1024 * 1024},
-        "settings": {"use_uncompressed_cache": 1},
+
+def _chdb_client_args(mb: int, max_memory_mb: int = 0) -> dict[str, Any]:
+    """The client arguments of an embedded engine: its session defaults and memory bounds (the
+    uncompressed-block cache ``mb``, 0: off; the caches above; all of its memory at most
+    ``max_memory_mb``, 0: ClickHouse's own limit, 90 % of RAM). A query over the limit fails
+    with MEMORY_LIMIT_EXCEEDED, which the sink retries as a transient error."""
+    options: dict[str, Any] = {
+        **CHDB_SESSION_OPTIONS,
+        "mark_cache_size": CHDB_MARK_CACHE_MB << 20,
+        "primary_index_cache_size": CHDB_PRIMARY_INDEX_CACHE_MB << 20,
+        "index_mark_cache_size": CHDB_INDEX_MARK_CACHE_MB << 20,
     }
+    if max_memory_mb > 0:
+        options["max_server_memory_usage"] = max_memory_mb << 20
+    if mb <= 0:
+        return {"chdb_options": options}
+    options["uncompressed_cache_size"] = mb << 20
+    return {"chdb_options": options, "settings": {"use_uncompressed_cache": 1}}
 
 
 #: the instants a ``DateTime64(3, 'UTC')`` column holds; a bound parameter outside them is an
@@ -220,11 +237,13 @@ class Store:
         backoff_s: float = 0.2,
         uncompressed_cache_mb: int = CHDB_UNCOMPRESSED_CACHE_MB,
         create: bool = True,
+        max_memory_mb: int = 0,
     ) -> Store:
         """Connect, create the database and apply pending DDL migrations.
 
-        ``uncompressed_cache_mb`` sizes the embedded engine's uncompressed-block cache (0: off;
-        ignored for a ClickHouse server, which has its own configuration). With
+        ``uncompressed_cache_mb`` sizes the embedded engine's uncompressed-block cache (0: off)
+        and ``max_memory_mb`` caps all of its memory (0: ClickHouse's own limit); both are
+        ignored for a ClickHouse server, which has its own configuration. With
         ``create=False`` (readers: the CLI's queries) a store that does not exist yet is an
         error (:class:`StoreMissingError`), never a new empty one: an embedded store's
         directory must exist and hold the database."""
@@ -238,7 +257,7 @@ class Store:
                 path.mkdir(mode=0o700, parents=True)  # owner-only: programme data
 
         def connect() -> Any:
-            extra = _chdb_client_args(uncompressed_cache_mb) if dsn.startswith("chdb:") else {}
+            extra = _chdb_client_args(uncompressed_cache_mb, max_memory_mb) if dsn.startswith("chdb:") else {}
             return clickhouse_connect.get_client(dsn=dsn, **extra)
 
         probe = cls(None, database, dsn=dsn, retries=retries, backoff_s=backoff_s)

@@ -242,6 +242,7 @@ def open_store(settings: Settings, *, create: bool = True) -> Store:
         settings.clickhouse_dsn,
         settings.clickhouse.database,
         uncompressed_cache_mb=settings.chdb.uncompressed_cache_mb,
+        max_memory_mb=settings.chdb.max_memory_mb,
         create=create,
     )
 

@@ -122,6 +122,12 @@ class ChdbSettings(BaseSettings):
     uncompressed_cache_mb: int = Field(
         1024, ge=0, description="ClickHouse's uncompressed-block cache in MiB (0 = off); chdb leaves it off"
     )
+    max_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="all of the embedded engine's memory at most, in MiB (0 = ClickHouse's own "
+        "limit, 90 % of RAM); its mark and index caches are 256 + 256 + 64 MiB at most",
+    )
 
 
 class SchemaRegistrySettings(BaseSettings):

@@ -226,13 +226,33 @@ def test_an_embedded_store_is_created_owner_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o700
 
 
-def test_an_embedded_store_moves_arrow_results_uncompressed(store: Store) -> None:
+def test_an_embedded_store_moves_arrow_results_uncompressed_and_bounds_its_memory(tmp_path: Path) -> None:
     """In-process Arrow results are not LZ4-framed (``CHDB_SESSION_OPTIONS``), also after a
-    write with per-call settings; a server keeps its own configuration."""
-    if not store.dsn.startswith("chdb:"):
-        pytest.skip("a session default of the embedded engine only")
-    sql = "SELECT value FROM system.settings WHERE name = 'output_format_arrow_compression_method'"
-    assert store.query(sql)[0]["value"] == "none"
-    store.write_batch(rows_for_batch(_batch()), "arrow-setting")
-    assert store.query(sql)[0]["value"] == "none"
-    assert store.query_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
+    write with per-call settings; the engine's caches are bounded (ClickHouse's 5 GiB each by
+    default) and ``max_memory_mb`` caps the whole engine."""
+    store = Store.open(
+        f"chdb://{tmp_path / 'bounded'}", "traceline", max_memory_mb=3000, uncompressed_cache_mb=64
+    )
+    try:
+        sql = "SELECT value FROM system.settings WHERE name = 'output_format_arrow_compression_method'"
+        assert store.query(sql)[0]["value"] == "none"
+        store.write_batch(rows_for_batch(_batch()), "arrow-setting")
+        assert store.query(sql)[0]["value"] == "none"
+        assert store.query_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
+        server = {
+            r["name"]: int(r["value"])
+            for r in store.query(
+                "SELECT name, value FROM system.server_settings WHERE name IN ('mark_cache_size',"
+                " 'primary_index_cache_size', 'index_mark_cache_size', 'uncompressed_cache_size',"
+                " 'max_server_memory_usage')"
+            )
+        }
+    finally:
+        store.close()
+    assert server == {
+        "mark_cache_size": 256 << 20,
+        "primary_index_cache_size": 256 << 20,
+        "index_mark_cache_size": 64 << 20,
+        "uncompressed_cache_size": 64 << 20,
+        "max_server_memory_usage": 3000 << 20,
+    }
