@@ -223,6 +223,17 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def run_batches(e: AlertEngine, n: int) -> list[BaseException]:
+    """Run the engine in a thread until it handled ``n`` batches, stop it; what ``run()`` raised."""
+    t, raised = run_in_thread(e)
+    try:
+        wait_for(lambda: e.stats.batches == n)
+    finally:
+        e.stop()
+        t.join(5)
+    return raised
+
+
 # -- commits --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "code",
@@ -467,13 +478,7 @@ def test_an_event_time_the_sink_quarantines_is_not_evaluated() -> None:
         evaluator,
         event_times=(datetime(2000, 1, 1, tzinfo=UTC), timedelta(hours=24)),
     )
-    t, raised = run_in_thread(e)
-    try:
-        wait_for(lambda: e.stats.batches == 1)
-    finally:
-        e.stop()
-        t.join(5)
-    assert raised == []
+    assert run_batches(e, 1) == []
     assert [rec["event_id"] for _type, rec in evaluator.seen] == [status.event_id]
     assert e.stats.implausible_skipped == 1
 
@@ -489,10 +494,4 @@ def test_a_batch_is_evaluated_with_the_collector_paused_and_it_is_on_again_after
             return []
 
     e = engine(FakeConsumer([[EventMsg(0, serde.encode_event(status))]]), FakeProducer(), Watching())
-    t, raised = run_in_thread(e)
-    try:
-        wait_for(lambda: e.stats.batches == 1)
-    finally:
-        e.stop()
-        t.join(5)
-    assert raised == [] and seen == [False] and gc.isenabled()
+    assert run_batches(e, 1) == [] and seen == [False] and gc.isenabled()
