@@ -534,6 +534,12 @@ class SinkWorker:
         if b.last_time is None or et > b.last_time:
             b.last_time = et
 
+    def landed_content_hash(self, event_id: str) -> int | None:
+        """The content hash an event id landed with, as far as this sink remembers (the recent
+        ids, loaded from the store at start); None when it does not know the id (thread-safe
+        read: the alert engine of this process asks)."""
+        return self._recent.get(event_id)
+
     def _dead_event(self, b: _Batch, part: int, off: int, d: DeadLetter, category: str) -> None:
         """An events-topic record to dead-letter, unless a later record of its partition
         landed: then its dead letter was sent before (a replay)."""

@@ -9,7 +9,11 @@ because impact lists come from the store and faust agents never do ClickHouse I/
    sink group's committed offsets: the sink commits only after ClickHouse has the rows), so
    the impact read next is complete;
 3. evaluate the batch (``evaluator.evaluate_batch``); only the types the rules read
-   (``streams.alerts.RULE_TYPES``) are decoded;
+   (``streams.alerts.RULE_TYPES``) are decoded, and what the sink refuses is left out: an
+   undecodable record, a signature that does not hold, an implausible event time, and an
+   event id the sink landed with other content (``landed_hash``: the content hash the sink of
+   this process remembers for the id, ``SinkWorker.landed_content_hash``; a RELEASED re-using
+   a HOLD's event id must not end the hold in the engine's state);
 4. publish the admitted alerts to the alerts topic (Avro, key ``alert_id``), flush, then
    commit the events' offsets (at-least-once; a replay is absorbed by the dedup state);
 5. hand the alerts to the notifier (``streams.notify``: webhook / e-mail), which never blocks
@@ -67,7 +71,7 @@ from schemas.serde import AvroSerde
 from schemas.signing import Refusal, RegisteredKey, attest
 from schemas.topics import TopicNames
 from streams.alerts import RULE_TYPES, AlertRules, AlertState
-from streams.intake import implausible_time
+from streams.intake import content_hash_of, implausible_time
 
 __all__ = [
     "AlertEngine",
@@ -218,6 +222,7 @@ class AlertEngineStats:
     undecodable_skipped: int = 0
     unattested_skipped: int = 0  # a gateway signature that does not hold (or none, when required)
     implausible_skipped: int = 0  # an event time the sink quarantines
+    conflicts_skipped: int = 0  # an event id the sink landed with other content (it dead-letters this one)
     alerts_published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     commits: int = 0  # batches whose offsets Kafka took
@@ -246,6 +251,7 @@ class AlertEngine:
         group_id: str = "traceline-alerts",
         sink_group: str = "traceline-sink",
         landed: Landed | None = None,
+        landed_hash: Callable[[str], int | None] | None = None,
         notifier: _Notifier | None = None,
         serde: AvroSerde | None = None,
         batch_size: int = 2_000,
@@ -271,6 +277,7 @@ class AlertEngine:
         self.rules = self.evaluator.rules
         self.sink_group = sink_group
         self.landed = landed
+        self.landed_hash = landed_hash
         self.notifier = notifier
         self.serde = serde or AvroSerde(topic=topics.events)
         self.batch_size = batch_size
@@ -483,6 +490,11 @@ class AlertEngine:
             if self.event_times is not None and implausible_time(rec["event_time"], now, *self.event_times):
                 self.stats.implausible_skipped += 1  # the sink quarantines it
                 continue
+            if self.landed_hash is not None:
+                landed = self.landed_hash(rec["event_id"])
+                if landed and landed != content_hash_of(value):
+                    self.stats.conflicts_skipped += 1  # the sink dead-letters it (ConflictingDuplicate)
+                    continue
             self.stats.events += 1
             batch.append((type_name, rec))
         t0 = time.monotonic()

@@ -179,6 +179,11 @@ class Server:
         sink = self.sink
         return dict(sink_positions(sink)()) if sink is not None else {}
 
+    def _landed_hash(self, event_id: str) -> int | None:
+        """The content hash the current sink landed an event id with (None: not known)."""
+        sink = self.sink
+        return sink.landed_content_hash(event_id) if sink is not None else None
+
     def _start_alerts(self) -> None:
         s = self.settings
         notifier = Notifier(s.notify)
@@ -193,6 +198,7 @@ class Server:
                 group_id=s.alerts_group,
                 sink_group=s.sink_group,
                 landed=self._landed,
+                landed_hash=self._landed_hash,
                 notifier=self.notifier,
                 gateway_keys=self.gateway_keys.keys,
                 require_signed=s.ingest.require_signed,

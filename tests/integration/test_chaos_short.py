@@ -29,12 +29,14 @@ from typing import Any
 import httpx
 import pytest
 
-from chaos.harness import dead_letter_counts, landed_ids, raw_counts
+from chaos.harness import dead_letter_counts, landed_ids, raw_counts, wait_until
 from chaos.input_faults import altered, poison_records, produce_raw, raw_producer
 from chaos.load import Plant
 from producers.publisher import Publisher
 from producers.simulator import simulate
+from schemas.serde import AvroSerde
 from sinks.rows import RAW_TABLES
+from streams.alerts import RULE_TYPES
 from streams.intake import content_hash_of
 from tests.support import wait_caught_up
 from traceline.auth import TokenStore
@@ -154,6 +156,13 @@ def test_poison_kinds_and_conflicting_duplicates_on_a_running_server(
             break
         time.sleep(0.5)
     assert alerted and alerted[0]["n"] == str(len(conflict) + len(burst)), alerted
+    # ... and the alert engine left the re-used ids' other content out (a type its rules read)
+    serde = AvroSerde(topic=topic)
+    read = sum(serde.peek_type(altered(plant, i)) in RULE_TYPES for i in conflict + burst)
+    engine = server.alerts
+    assert read > 0 and engine is not None
+    wait_until(lambda: engine.stats.conflicts_skipped >= read, 60)
+    assert engine.stats.conflicts_skipped == read
 
 
 def test_a_ledger_gap_turns_health_failing_and_raises_a_critical_alert(

@@ -36,6 +36,7 @@ from streams.alert_engine import (
     ledger_gap,
 )
 from streams.alerts import AlertRules, AlertState
+from streams.intake import content_hash_of
 from tests.samples import sample_events
 
 TOPICS = TopicNames(events="f.events", prefix="f.")
@@ -495,3 +496,32 @@ def test_a_batch_is_evaluated_with_the_collector_paused_and_it_is_on_again_after
 
     e = engine(FakeConsumer([[EventMsg(0, serde.encode_event(status))]]), FakeProducer(), Watching())
     assert run_batches(e, 1) == [] and seen == [False] and gc.isenabled()
+
+
+def test_an_event_id_the_sink_landed_with_other_content_is_not_evaluated() -> None:
+    """A RELEASED re-using a HOLD's event id is dead-lettered by the sink (ConflictingDuplicate);
+    the engine must not let it end the hold in its state. The same content again (a re-send) and
+    an id the sink does not remember are evaluated as before."""
+    serde = AvroSerde(topic=TOPICS.events)
+    hold = next(e for e in sample_events() if e.type == "LotStatusChanged").model_copy(
+        update={"status": "HOLD"}
+    )
+    spoof = hold.model_copy(update={"status": "RELEASED"})  # the same event id, other content
+    resend = hold
+    unknown = hold.model_copy(update={"event_id": "11111111-0000-4000-8000-00000000beef"})
+    values = [serde.encode_event(x) for x in (hold, spoof, resend, unknown)]
+    landed = {hold.event_id: content_hash_of(values[0])}
+    evaluator = Recording()
+    e = engine(
+        FakeConsumer([[EventMsg(i, v) for i, v in enumerate(values)]]),
+        FakeProducer(),
+        evaluator,
+        landed_hash=landed.get,
+    )
+    assert run_batches(e, 1) == []
+    assert [(r["event_id"], r["status"]) for _t, r in evaluator.seen] == [
+        (hold.event_id, "HOLD"),
+        (hold.event_id, "HOLD"),
+        (unknown.event_id, "HOLD"),
+    ]
+    assert e.stats.conflicts_skipped == 1
