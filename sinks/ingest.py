@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+import pyarrow as pa
 import pydantic_core
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -613,7 +614,11 @@ class SinkWorker:
         for name, tbl in raw.items():
             if name not in RAW_TABLES:
                 tables[name] = tbl
-        tables.update(genealogy_rows(b.changes) if b.changes else {})
+        for name, tbl in (genealogy_rows(b.changes) if b.changes else {}).items():
+            # lot_units comes from both: the batch's consumptions (each unit under its lots as
+            # its own root, seq 0: queryable by lot before the genealogy places it) and the
+            # genealogy's change records; both are kept
+            tables[name] = pa.concat_tables([tables[name], tbl]) if name in tables else tbl
         tables.update(deadletter_rows(b.dead) if b.dead else {})
         tables.update(alert_rows(b.alerts) if b.alerts else {})
         for name, tbl in raw.items():

@@ -603,3 +603,29 @@ def test_a_batch_lands_with_the_collector_paused_and_it_is_on_again_after() -> N
     with pytest.raises(StoreError):
         land(r, [ev_msg(event("UnitTested"), 1)])
     assert seen == [False, False] and gc.isenabled()
+
+
+def test_a_batch_keeps_its_consumptions_under_their_lots_beside_the_genealogys_lot_rows() -> None:
+    """``lot_units`` gets rows from the batch's operations (the unit under each lot it consumed,
+    as its own root, seq 0: found by a lot recall before the genealogy places it) and from the
+    genealogy's change records in the same batch; one must not replace the other (it did: a
+    lot recall missed units until the genealogy processor caught up)."""
+    op = event("OperationCompleted")
+    change: dict[str, Any] = {
+        "uii": "P:9",
+        "parent_uii": "S:9",
+        "root_uii": "S:9",
+        "path": ["S:9"],
+        "seq": 3,
+        "lots": {"LOT-G": "SITE-1"},
+    }
+    r = rig()
+    land(r, [Msg(TOPICS.changes, 0, 0, json.dumps([change]).encode()), ev_msg(op, 0)])
+    rows = r.rows("lot_units")
+    consumed = {x["lot_id"] for x in r.rows("lot_consumption")}
+    assert consumed and {(x["lot_id"], x["seq"]) for x in rows if x["uii"] != "P:9"} == {
+        (lot, 0) for lot in consumed
+    }
+    assert [(x["lot_id"], x["uii"], x["root_uii"], x["seq"]) for x in rows if x["uii"] == "P:9"] == [
+        ("LOT-G", "P:9", "S:9", 3)
+    ]
