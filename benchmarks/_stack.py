@@ -1,7 +1,7 @@
 """Helpers for the pipeline benchmarks: a load generator, a local stack, process figures.
 
 * :func:`row_cache` - simulated plant events, Avro-encoded ONCE into a cache file
-  (``<cache>/rows-s<seed>-n<N>.bin``), so the load generator only reads bytes and hands them
+  (``<cache>/rows-s<seed>-t<start>-n<N>.bin``), so the load generator only reads bytes and hands them
   to :meth:`producers.publisher.Publisher.publish_encoded`: no pydantic and no encoding on the
   load generator's clock. The encoder used to build the cache (:func:`fast_encoder`) maps the
   simulator's JSON form straight onto the Avro schema and is checked byte-for-byte against
@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,21 +135,31 @@ def cache_dir() -> Path:
     return d
 
 
+#: where the load cache's simulated plant starts. Its events must lie in the past: the sink
+#: quarantines an event time more than a day ahead (``ImplausibleEventTime``), and the simulator
+#: advances ~3 weeks per 100k events, so a cache that started in 2026-01 passed today's date at
+#: 1.58M events and the closed loop then waited for rows that never land (2026-12-05). From
+#: 2024-01-01, 3M events end in 2025-09.
+CACHE_START = datetime(2024, 1, 1, tzinfo=UTC)
+_CACHE_TAG = f"t{CACHE_START:%Y%m%d}"
+
+
 def row_cache(n: int, seed: int = 1) -> Path:
     """A file of ``n`` encoded simulated events (built once; a larger cache of the seed serves)."""
     where = cache_dir()
-    for p in sorted(where.glob(f"rows-s{seed}-n*.bin"), key=lambda p: int(p.stem.rsplit("n", 1)[1])):
+    found = where.glob(f"rows-s{seed}-{_CACHE_TAG}-n*.bin")
+    for p in sorted(found, key=lambda p: int(p.stem.rsplit("n", 1)[1])):
         if int(p.stem.rsplit("n", 1)[1]) >= n:
             return p
     from producers.simulator import simulate
 
-    path = where / f"rows-s{seed}-n{n}.bin"
+    path = where / f"rows-s{seed}-{_CACHE_TAG}-n{n}.bin"
     tmp = path.with_suffix(".tmp")
     units = int(n / 5.0) + 1000
     log(f"building the load cache: {n:,} simulated events (seed {seed}) -> {path}")
     t0 = time.monotonic()
     enc = fast_encoder()
-    it = simulate(units, seed=seed)
+    it = simulate(units, seed=seed, start=CACHE_START)
     head: list[dict[str, Any]] = []
     written = 0
     with tmp.open("wb") as f:

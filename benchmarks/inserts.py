@@ -3,7 +3,7 @@
     python -m benchmarks.inserts [--events 1000] [--batches 12] [--data-dir DIR]
 
 Decodes ``--events`` simulated events per batch from the pipeline benchmark's row cache
-(``var/bench/rows-s1-n*.bin``, built on first use), builds the sink's Arrow tables
+(``var/bench/rows-s1-t20240101-n*.bin``, built on first use), builds the sink's Arrow tables
 (``sinks.rows.rows_for_batch``) and inserts them table by table into a fresh embedded store
 (chdb under ``--data-dir``, default a temp dir) with the sink's insert settings. Prints the
 median milliseconds per table (the first two batches are not counted), their sum, and a

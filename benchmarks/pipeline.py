@@ -165,6 +165,11 @@ def _stop_publisher(p: Any) -> None:
         p.join(10)
 
 
+def _refused(stats: Any) -> int:
+    """Events the sink dead-lettered instead of landing (bad, conflicting, implausible time)."""
+    return int(stats.quarantined + stats.conflicts + stats.undecodable_skipped)
+
+
 def _profile(pids: Mapping[str, int | None], seconds: float, out_dir: str) -> list[subprocess.Popen[bytes]]:
     """py-spy record (collapsed stacks) of the given processes for ``seconds``."""
     spy = Path(sys.executable).with_name("py-spy")
@@ -291,7 +296,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             now = time.monotonic()
             next_t += 1.0
             landed = sink.stats.events_landed
-            pub.landed.value = landed
+            refused = _refused(sink.stats)
+            # the closed loop counts what the sink refused too (a quarantined event never lands)
+            pub.landed.value = landed + refused
             watch.pids = {k: v for k, v in _procs(stack, pub).items() if v}
             watch.sample_rss()
             if not in_window and now >= window_at:
@@ -309,7 +316,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
                 log(f"t={now - t_start:4.0f}s landed {landed:,} published {pub.published.value:,}")
             if now >= end_at:
                 break
-            if not pub.is_alive() and landed >= pub.published.value:
+            if not pub.is_alive() and landed + refused >= pub.published.value:
                 log("the load generator ran out of events: raise --events")
                 break
         procs = watch.stop()
@@ -338,6 +345,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             steady_window_s=round(wall, 1),
             warmup_s=a.warmup,
             events_landed=samples[-1][1] if samples else 0,
+            refused_by_sink=_refused(sink.stats),
             rows_in_clickhouse=in_ch,
             streams_lag_start=lag0.get("streams"),
             streams_lag_end=lag1.get("streams"),
@@ -363,6 +371,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
                 f"{res['streams_lag_start']:,} -> {res['streams_lag_end']:,} records",
             ),
             ("rows in ClickHouse after / landed in window", f"{in_ch:,} / {res['events_landed']:,}"),
+            ("refused by the sink (dead-lettered, all run)", f"{res['refused_by_sink']:,}"),
             ("sink batches in window (mean events per batch)", f"{n_batches:,} ({res['sink_mean_batch']:,})"),
             ("machine busy (all processes)", f"{res['machine_busy_cores']} of {CPU_COUNT} cores"),
         ]
