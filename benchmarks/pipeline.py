@@ -165,6 +165,18 @@ def _stop_publisher(p: Any) -> None:
         p.join(10)
 
 
+def _publish_backlog(stack: Stack, cache: Path, n: int) -> float:
+    """Publish ``n`` cached events into the events topic with nothing consuming (a backlog);
+    the seconds it took. Exits when the publisher stopped short."""
+    log(f"publishing {n:,} events into {stack.settings.topics.events} (nothing consuming yet)")
+    t = time.monotonic()
+    pub = _start_publisher(stack, cache, n, 0.0, 0)
+    pub.join()
+    if pub.published.value < n:
+        raise SystemExit(f"the publisher stopped after {pub.published.value} events")
+    return time.monotonic() - t
+
+
 def _refused(stats: Any) -> int:
     """Events the sink dead-lettered instead of landing (bad, conflicting, implausible time)."""
     return int(stats.quarantined + stats.conflicts + stats.undecodable_skipped)
@@ -538,13 +550,7 @@ def cmd_paired(a: argparse.Namespace) -> int:
         cache = _stack.row_cache(a.events, a.seed)
         stack.ensure_topics()
         res = _base("ingest-paired", stack)
-        log(f"publishing {a.events:,} events into {stack.settings.topics.events} (nothing consuming yet)")
-        t = time.monotonic()
-        pub = _start_publisher(stack, cache, a.events, 0.0, 0)
-        pub.join()
-        if pub.published.value < a.events:
-            raise SystemExit(f"the publisher stopped after {pub.published.value} events")
-        publish_s = time.monotonic() - t
+        publish_s = _publish_backlog(stack, cache, a.events)
         log(f"published in {publish_s:.1f}s; raw-limit pipeline (consumer -> fastavro -> Arrow insert)")
         res["loadavg_before_raw"] = _stack.loadavg()
         raw = _run_raw(stack, a, f"{stack.prefix}rawlimit")
@@ -754,13 +760,7 @@ def cmd_backlog(a: argparse.Namespace) -> int:
         cache = _stack.row_cache(a.events, a.seed)
         stack.ensure_topics()
         res = _base("backlog", stack)
-        log(f"publishing {a.events:,} events into Kafka (nothing consuming yet)")
-        t = time.monotonic()
-        pub = _start_publisher(stack, cache, a.events, 0.0, 0)
-        pub.join()
-        publish_s = time.monotonic() - t
-        if pub.published.value < a.events:
-            raise SystemExit(f"the publisher stopped after {pub.published.value} events")
+        publish_s = _publish_backlog(stack, cache, a.events)
         log(f"published in {publish_s:.1f}s; starting the server")
         t0 = time.monotonic()
         server = stack.start_server()
