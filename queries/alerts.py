@@ -50,7 +50,7 @@ from streams.alerts import (
     window_start,
 )
 
-__all__ = ["AlertEvaluator", "AlertPage", "load_state", "list_alerts", "MAX_PAGE"]
+__all__ = ["AlertEvaluator", "AlertPage", "load_state", "list_alerts", "program_clause", "MAX_PAGE"]
 
 _NTS = "Nullable(DateTime64(3, 'UTC'))"
 # measurement columns of unit_tests a yield alert lists (read as m_<name>)
@@ -182,6 +182,17 @@ def _aware(t: datetime | None, name: str) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def program_clause(programs: Collection[str], params: dict[str, Any]) -> str:
+    """The ``AND ...`` that keeps only alerts every programme of which is in ``programs`` (an
+    alert with no programme is kept from nobody but a caller who sees all); sets
+    ``params["progs"]``."""
+    params["progs"] = sorted(programs)
+    return (
+        " AND program != ''"
+        " AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
+    )
+
+
 def list_alerts(
     store: _Store,
     *,
@@ -220,11 +231,7 @@ def list_alerts(
     )
     params: dict[str, Any] = {"sev": sev, "rule": rul, "since": start, "until": end}
     if programs is not None:
-        where += (
-            " AND program != ''"
-            " AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
-        )
-        params["progs"] = sorted(programs)
+        where += program_clause(programs, params)
     total = int(store.query(f"SELECT count() AS n FROM {_LATEST}{where}", params)[0]["n"])
     page = " ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
     rows: list[dict[str, Any]] = []

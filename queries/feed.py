@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from queries.alerts import program_clause
 from queries.facts import QueryStore
+from queries.report_text import utc
 from queries.scope import sees_all, withhold_alert_units
 
-__all__ = ["FeedCursor", "alerts_landed", "feed_start", "alert_version"]
+__all__ = ["FeedCursor", "alerts_landed", "feed_start", "alert_version", "visible_alert_ids"]
 
 _PAGE = 200
 _TS = "Nullable(DateTime64(3, 'UTC'))"
@@ -31,10 +33,6 @@ _TS = "Nullable(DateTime64(3, 'UTC'))"
 class FeedCursor:
     landed: datetime | None = None  # ingest_time of the last row sent (None: from the start)
     keys: set[tuple[str, int]] = field(default_factory=set)  # rows sent at exactly that time
-
-
-def _utc(v: Any) -> Any:
-    return v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
 
 
 def feed_start(
@@ -74,18 +72,26 @@ def _rows(
     where = f" WHERE ({{after:{_TS}}} IS NULL OR ingest_time >= {{after:{_TS}}})"
     params: dict[str, Any] = {"after": after, "n": n}
     if not sees_all(programs):
-        where += (
-            " AND program != ''"
-            " AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
-        )
-        params["progs"] = sorted(programs)
+        where += program_clause(programs, params)
     rows = store.query(
         "SELECT * EXCEPT (kafka_partition, kafka_offset, fingerprint) FROM alerts" + where + " " + order,  # noqa: S608
         params,
     )
-    out = [{k: _utc(v) for k, v in r.items()} for r in rows]
+    out = [{k: utc(v) for k, v in r.items()} for r in rows]
     withhold_alert_units(store, programs, out)
     return out
+
+
+def visible_alert_ids(store: QueryStore, programs: Collection[str], alert_ids: Collection[str]) -> set[str]:
+    """Those of ``alert_ids`` that exist and the caller may see (one statement for all)."""
+    if not alert_ids:
+        return set()
+    params: dict[str, Any] = {"a": sorted(set(alert_ids))}
+    where = " WHERE alert_id IN {a:Array(String)}"
+    if not sees_all(programs):
+        where += program_clause(programs, params)
+    rows = store.query("SELECT DISTINCT alert_id FROM alerts" + where, params)  # noqa: S608
+    return {r["alert_id"] for r in rows}
 
 
 def alert_version(store: QueryStore, programs: Collection[str], alert_id: str) -> int | None:
@@ -93,10 +99,6 @@ def alert_version(store: QueryStore, programs: Collection[str], alert_id: str) -
     params: dict[str, Any] = {"a": alert_id}
     where = " WHERE alert_id = {a:String}"
     if not sees_all(programs):
-        where += (
-            " AND program != ''"
-            " AND arrayAll(p -> has({progs:Array(String)}, p), splitByChar(',', toString(program)))"
-        )
-        params["progs"] = sorted(programs)
+        where += program_clause(programs, params)
     rows = store.query("SELECT max(version) AS v, count() AS n FROM alerts" + where, params)  # noqa: S608
     return int(rows[0]["v"]) if rows and int(rows[0]["n"]) else None

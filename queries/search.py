@@ -26,7 +26,15 @@ from queries.lookup import is_known, suggestions
 from queries.scope import sees_all, unit_programs, visible
 from schemas.errors import InvalidInputError, NotFoundError
 
-__all__ = ["SearchHit", "Resolution", "suggest", "resolve", "scoped_suggestions", "SEARCHED"]
+__all__ = [
+    "SearchHit",
+    "Resolution",
+    "suggest",
+    "resolve",
+    "scoped_suggestions",
+    "visible_suggestions",
+    "SEARCHED",
+]
 
 SEARCHED = "units, lots, supplier lots, suppliers, stations, operators and benches"
 _MAX_QUERY = 200
@@ -118,7 +126,12 @@ def suggest(store: QueryStore, programs: Collection[str], text: str, limit: int 
 
 def scoped_suggestions(store: QueryStore, programs: Collection[str], kind: str, ident: str) -> list[str]:
     """``queries.lookup.suggestions``, naming only units inside ``programs``."""
-    got = suggestions(store, kind, ident)
+    return visible_suggestions(store, programs, suggestions(store, kind, ident))
+
+
+def visible_suggestions(store: QueryStore, programs: Collection[str], got: list[str]) -> list[str]:
+    """The suggestions of ``got`` a caller with ``programs`` may see: a ``serial:`` one only
+    when the unit is inside them (the others name no unit)."""
     if sees_all(programs):
         return got
     units = [s.split(":", 1)[1] for s in got if s.startswith("serial:")]

@@ -56,7 +56,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from queries import Trigger, to_jsonable
-from queries.feed import FeedCursor, alert_version, alerts_landed, feed_start
+from queries.feed import FeedCursor, alert_version, alerts_landed, feed_start, visible_alert_ids
 from queries.passport import unit_passport
 from queries.report import measure_freshness
 from queries.report_render import MEDIA_TYPES
@@ -502,7 +502,8 @@ def create_api(
         wanted = alert_id[:500]
 
         def read() -> Any:
-            mine = [a for a in wanted if alert_version(backend.store, backend.programs, a) is not None]
+            seen = visible_alert_ids(backend.store, backend.programs, wanted)
+            mine = [a for a in wanted if a in seen]
             return to_jsonable(list(acks.get(mine).values()))
 
         return answer(read)

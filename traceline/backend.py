@@ -53,6 +53,7 @@ from queries.scope import (
     unit_programs,
     visible,
 )
+from queries.search import visible_suggestions
 from schemas.errors import InvalidInputError, NotFoundError, TracelineError
 from schemas.kafka import KafkaSecurity, pipeline_lag, use_security
 from sinks.chain import Signer, Verifier, chain_key_path, report_key_path
@@ -497,13 +498,7 @@ class StoreBackend:
         except NotFoundError as exc:
             if sees_all(self.programs):
                 raise
-            units = {s.split(":", 1)[1] for s in exc.suggestions if s.startswith("serial:")}
-            of = unit_programs(self.store, units)
-            kept = [
-                s
-                for s in exc.suggestions
-                if not s.startswith("serial:") or visible(self.programs, of.get(s.split(":", 1)[1]))
-            ]
+            kept = visible_suggestions(self.store, self.programs, list(exc.suggestions))
             raise NotFoundError(exc.kind, exc.ident, kept, exc.searched) from None
 
     def _sees(self, uii: str) -> bool:

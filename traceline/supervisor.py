@@ -294,8 +294,10 @@ def derive_health(
     ledger_gap: Mapping[Any, int],
     lag: Mapping[str, int] | None,
     lag_error: str | None,
+    audit_error: str | None = None,
 ) -> dict[str, Any]:
-    """One status from every part: ``failing`` > ``degraded`` > ``ok``, with the reasons."""
+    """One status from every part: ``failing`` > ``degraded`` > ``ok``, with the reasons.
+    ``audit_error``: the query audit log cannot be written (answers go on: degraded)."""
     failing: list[str] = []
     degraded: list[str] = []
     for name, p in parts.items():
@@ -316,5 +318,7 @@ def derive_health(
         failing.append(f"ledger gap (records read but neither landed nor accounted for): {dict(ledger_gap)}")
     if lag_error:  # Kafka did not answer within the lag read's timeout: nothing can be ingested
         failing.append(f"Kafka unreachable (consumer lag unavailable): {lag_error}")
+    if audit_error:  # answers go on; who asked is not being written
+        degraded.append(f"the query audit log cannot be written: {audit_error}")
     status = "failing" if failing else "degraded" if degraded else "ok"
     return {"status": status, "problems": failing + degraded, "lag": dict(lag) if lag is not None else None}
