@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from queries.facts import QueryStore
 from queries.lookup import is_known
+from queries.report_text import utc
 from queries.scope import WITHHELD, sees_all, unit_programs, visible
 from queries.search import scoped_suggestions
 from schemas.errors import NotFoundError
@@ -59,10 +59,7 @@ class UnitPassport:
 
 
 def _aware(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v)
-        for k, v in row.items()
-    }
+    return {k: utc(v) for k, v in row.items()}
 
 
 def _first_per_event(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -327,9 +324,9 @@ def _touching(
     ncs = []
     for r in store.query(_NC_SQL, {"t": sorted(spans)}):
         kind, target, ws, we, severity, disposition, description, program, at = r["n"]
-        ws, we = (_aware({"t": ws})["t"], _aware({"t": we})["t"])
+        ws, we = utc(ws), utc(we)
         hit = any(
-            s is None and e is None or _overlaps(_aware({"t": s})["t"], _aware({"t": e})["t"], ws, we)
+            s is None and e is None or _overlaps(utc(s), utc(e), ws, we)
             for s, e in spans.get((str(kind), str(target)), [])
         )
         if not hit:

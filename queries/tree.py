@@ -25,10 +25,9 @@ from typing import Any
 from queries.facts import QueryStore
 from queries.results import BackwardTrace, ForwardTrace
 from queries.scope import WITHHELD, visible
+from streams.alerts import HELD_STATUSES
 
 __all__ = ["TreeNode", "GenealogyTree", "lot_flags", "backward_tree", "forward_tree", "tree_lots"]
-
-_BAD_STATUS = ("HOLD", "QUARANTINE", "SCRAPPED")
 
 
 @dataclass
@@ -71,7 +70,7 @@ def lot_flags(store: QueryStore, programs: Collection[str], lots: Iterable[str])
         return {}
     out: dict[str, list[str]] = {}
     for r in store.query(_STATUS_SQL, {"l": wanted}):
-        if str(r["status"]) in _BAD_STATUS:
+        if str(r["status"]) in HELD_STATUSES:
             out.setdefault(str(r["lot_id"]), []).append(str(r["status"]))
     for r in store.query(_NC_SQL, {"l": wanted}):
         if visible(programs, [p for p in r["programs"] if p]):
@@ -96,12 +95,13 @@ def backward_tree(trace: BackwardTrace, flags: dict[str, str]) -> GenealogyTree:
     nodes: list[TreeNode] = []
     units = {u["uii"] for u in trace.units}
     root = f"u:{trace.uii}"
+    with_kids = {x.get("parent_uii") or x.get("consumed_by") for x in trace.units}
     for u in trace.units:  # parents before children (sorted by depth)
         up = u.get("parent_uii") or u.get("consumed_by")
         parent = (
             f"u:{up}" if up in units and u["uii"] != trace.uii else (None if u["uii"] == trace.uii else root)
         )
-        has_kids = any((x.get("parent_uii") or x.get("consumed_by")) == u["uii"] for x in trace.units)
+        has_kids = u["uii"] in with_kids
         how = "consumed by its parent" if u.get("consumed_by") else ""
         nodes.append(
             TreeNode(

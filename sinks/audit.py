@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from sinks.chain import Signer, Verifier
+from sinks.chain import Signer, Verifier, link
 
 __all__ = [
     "AuditCheck", "AuditEntry", "AuditLog", "AuditStats", "check", "entries_of", "genesis", "row_hash",
@@ -212,7 +212,7 @@ class AuditLog:
                 "duration_ms": round(e.duration_ms, 3),
             }  # fmt: skip
             h = row_hash(row)
-            self._head = hashlib.sha256(self._head + h).digest()
+            self._head = link(self._head, h)
             row.update(
                 row_hash=h,
                 chain_hash=self._head,
@@ -268,7 +268,7 @@ def check(store: _Reads, verifier: Verifier | None) -> AuditCheck:
             h = row_hash(r)
             if h != _bytes(r["row_hash"]):
                 out.findings.append(("altered", where, "its content does not hash to its row_hash"))
-            if hashlib.sha256(prev + h).digest() != _bytes(r["chain_hash"]):
+            if link(prev, h) != _bytes(r["chain_hash"]):
                 out.findings.append(
                     ("chain", where, "does not follow the row before it (removed or changed)")
                 )

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from schemas.errors import TracelineError
+from schemas.signing import key_id_of
 from sinks.rows import RAW_TABLES, SCHEMAS
 
 __all__ = [
@@ -191,17 +192,12 @@ def report_key_path(data_dir: Path) -> Path:
     return Path(data_dir) / "keys" / "report.ed25519"
 
 
-def _key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
 class Verifier:
     """An Ed25519 public key: checks signatures (``key_id`` names it)."""
 
     def __init__(self, public: Ed25519PublicKey) -> None:
         self.public = public
-        self.key_id = _key_id(public)
+        self.key_id = key_id_of(public)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         try:
