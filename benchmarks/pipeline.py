@@ -410,6 +410,16 @@ def _drain_rate(points: list[tuple[float, int]], n: int) -> tuple[float, float]:
     return ((e1 - e0) / (t1 - t0) if t1 > t0 else 0.0), t1 - t0
 
 
+def _ratio(rate: float, reference: float) -> float | None:
+    """``rate / reference``, or None when either side has no measured rate (a run whose events
+    landed in fewer than two batches has no drain window: 0 events/s is "not measured", and a
+    ratio of 0.0 would read as "infinitely slow")."""
+    return round(rate / reference, 3) if rate > 0 and reference > 0 else None
+
+
+UNMEASURED = "fewer than two batches landed on one side: no drain rate (publish more --events)"
+
+
 def _run_raw(stack: Stack, a: argparse.Namespace, group: str) -> dict[str, Any]:
     from benchmarks import _raw
 
@@ -571,11 +581,9 @@ def cmd_paired(a: argparse.Namespace) -> int:
             publish_into_kafka_s=round(publish_s, 1),
             events_per_s=rate,
             raw_limit_events_per_s=raw_rate,
-            ratio_to_raw=round(rate / raw_rate, 3) if raw_rate else None,
+            ratio_to_raw=_ratio(rate, raw_rate),
             events_per_s_with_genealogy=prod["events_per_s_with_genealogy"],
-            ratio_to_raw_with_genealogy=round(prod["events_per_s_with_genealogy"] / raw_rate, 3)
-            if raw_rate
-            else None,
+            ratio_to_raw_with_genealogy=_ratio(prod["events_per_s_with_genealogy"], raw_rate),
             backlog_time_over_raw=round(backlog_ratio, 2) if backlog_ratio else None,
             raw=raw,
             product=prod,
@@ -583,6 +591,8 @@ def cmd_paired(a: argparse.Namespace) -> int:
             peak_rss_mib={"raw": raw.get("peak_rss_mib", {}), "product": prod.get("peak_rss_mib", {})},
             loadavg_after=_stack.loadavg(),
         )
+        if res["ratio_to_raw"] is None:
+            res["ratio_unmeasured"] = UNMEASURED
         rows = [
             ("events (same backlog for both)", f"{a.events:,}, published in {publish_s:.1f} s"),
             (
@@ -593,7 +603,10 @@ def cmd_paired(a: argparse.Namespace) -> int:
                 "traceline events/s",
                 f"{rate:,}  ({prod['batches']} batches of ~{prod['mean_batch']:,}; drain {prod['drain_window_s']} s)",
             ),
-            ("ratio_to_raw", f"{res['ratio_to_raw']}  (target >= 0.5)"),
+            (
+                "ratio_to_raw",
+                f"{res['ratio_to_raw']}  (target >= 0.5)" if res["ratio_to_raw"] else UNMEASURED,
+            ),
             (
                 "with the genealogy caught up",
                 f"{prod['events_per_s_with_genealogy']:,} events/s, ratio {res['ratio_to_raw_with_genealogy']}",
