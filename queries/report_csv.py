@@ -2,7 +2,10 @@
 
 ``CSV_COLUMNS`` are the columns, in order; the full test history and production record of each
 unit are in its ``test_history`` / ``production_record`` cells. Text cells that a spreadsheet
-would run as a formula get a leading apostrophe.
+would run as a formula get a leading apostrophe. A report cut to the caller's programmes that
+left units, past holds or nonconformance reports out ends with one row whose ``holds`` is
+``withheld`` and whose ``status`` says how many (``Coverage.text``), so a sheet of the visible
+units never reads as the whole recall.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def _csv_safe(v: Any) -> str:
 
 
 def render_csv(report: RecallReport) -> str:
-    """One row per unit (NOW holders, then PAST holders), every test and operation in columns."""
+    """One row per unit (NOW holders, then PAST holders), every test and operation in columns;
+    then the withheld row, if anything was withheld."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
@@ -97,5 +101,10 @@ def render_csv(report: RecallReport) -> str:
             "; ".join(t.text for t in u.tests),
             "; ".join(o.text for o in u.operations),
         ]
+        w.writerow([_csv_safe(c) for c in row])
+    if report.coverage.withheld:
+        cov = report.coverage
+        told = {"document_number": report.document_number, "holds": "withheld", "status": cov.text}
+        row = [told.get(c, "") for c in CSV_COLUMNS]
         w.writerow([_csv_safe(c) for c in row])
     return buf.getvalue()

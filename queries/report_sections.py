@@ -150,6 +150,7 @@ def _title(r: RecallReport) -> Section:
         ("Consumer lag", f.lag_text),
         ("Verification at report time", _verification_text(r)),
         ("Built on chain heads", _heads_text(r)),
+        ("Programmes covered", r.coverage.text),
         (
             "Scope",
             f"{len(r.now_units)} units hold the part now; {_past_text(r)}; "

@@ -48,6 +48,7 @@ from queries.facts import QueryStore
 from queries.recall import forward_trace
 from queries.report import (
     NO_LAG_NOTE,
+    Coverage,
     Freshness,
     RecallReport,
     Step,
@@ -425,6 +426,9 @@ def scoped_report(
         verifier=verifier,
     )
     _checked(seen)
+    report.coverage = Coverage(
+        None if sees_all(programs) else sorted(programs), seen["units"], seen["past"], seen["ncrs"]
+    )
     report.document_number = document_number(report)
     return ScopedReport(report, seen["units"], seen["past"], seen["ncrs"])
 

@@ -423,11 +423,16 @@ def test_reports_and_drills_of_programme_a_hold_no_b_unit_or_b_ncr(
     assert {row["uii"] for row in rows if row["uii"]} <= set(A_UNITS)
     assert int(r.headers["x-traceline-withheld-units"]) > 0
     assert r.headers["x-traceline-withheld-past"] == "1"
+    # the document itself says it is cut and by how much (a sheet of A's units is not the recall)
+    told = f"{r.headers['x-traceline-withheld-units']} units holding the part now, 1 past holder"
+    assert rows[-1]["holds"] == "withheld" and told in rows[-1]["status"], rows[-1]
     html = a.get("/report", params={**params, "format": "html"}).text
     _no_b(html, "report HTML")
+    assert told in html and "WITHHELD as outside them" in html
     assert "NCR-A-1" in html and "NCR-B-1" not in html and "NCR-B-2" not in html
     admin_html = _client(api, tokens["admin"]).get("/report", params={**params, "format": "html"}).text
     assert "NCR-B-1" in admin_html and "B-SYS:1" in admin_html
+    assert "every programme" in admin_html and "WITHHELD" not in admin_html
 
     d = a.get("/drill", params={**params, "formats": "html,csv"})
     assert d.status_code == 200, d.text

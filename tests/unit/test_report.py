@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from queries import LotHop, Trigger
 from queries.drill import drill_documents, drill_report, run_drill
 from queries.report import (
+    Coverage,
     Freshness,
     Operation,
     RecallReport,
@@ -173,6 +174,35 @@ def test_pdf_parses_with_page_numbers_and_escaped_text(tmp_path) -> None:  # noq
     assert f"page 1 of {n}" in text and f"page {n} of {n}" in text
     assert "PCB:60" in text and EVIL in text  # shown as text, not interpreted as markup
     assert reader.metadata.title == "Recall report RR-TEST-0001"
+
+
+def test_a_report_cut_to_programmes_says_on_its_face_what_it_withheld(tmp_path) -> None:  # noqa: ANN001
+    pypdf = pytest.importorskip("pypdf")
+    r = _report()
+    r.coverage = Coverage(["PRG-A"], withheld_units=3, withheld_past=1, withheld_ncrs=2)
+    told = "3 units holding the part now, 1 past holder, 2 nonconformance reports"
+    assert r.coverage.text == f"programmes PRG-A only; WITHHELD as outside them (counted, not listed): {told}"
+    rows = list(csv.DictReader(io.StringIO(render_csv(r))))
+    assert [row["holds"] for row in rows] == ["now", "now", "past", "withheld"]
+    assert rows[-1]["status"] == r.coverage.text and rows[-1]["uii"] == ""
+    assert rows[-1]["document_number"] == r.document_number
+    assert told in render_html(r)
+    render_pdf(r, tmp_path / "r.pdf")
+    pages = pypdf.PdfReader(str(tmp_path / "r.pdf")).pages
+    text = " ".join(" ".join(p.extract_text() for p in pages).split())
+    assert "Programmes covered" in text and "3 units holding the part now" in text
+
+
+def test_a_report_that_withheld_nothing_says_which_programmes_it_covers() -> None:
+    r = _report()
+    assert r.coverage.text == "every programme"
+    assert "every programme" in render_html(r)
+    assert [row["holds"] for row in csv.DictReader(io.StringIO(render_csv(r)))] == ["now", "now", "past"]
+    r.coverage = Coverage(["PRG-A", "PRG-B"])
+    assert r.coverage.text == "programmes PRG-A, PRG-B only; nothing outside them was withheld"
+    assert "withheld" not in {row["holds"] for row in csv.DictReader(io.StringIO(render_csv(r)))}
+    one = Coverage(["PRG-A"], withheld_units=1)
+    assert one.withheld_text == "1 unit holding the part now"
 
 
 def _cli() -> typer.Typer:
