@@ -6,7 +6,9 @@ incoming inspection, the lots they were made from, their latest status), its ope
 where, when), its tests with every measurement against its limits and the bench's calibration,
 its install and removal history (as a child and as a parent, with times and reasons), the
 shipment that took it to a customer (its own, or its nearest shipped ancestor's), and the
-nonconformances and alerts that touch it.
+nonconformances and alerts that touch it or a unit installed in it now (``via_uii`` names that
+unit: an NC on a board's lot reaches the module and the system the board sits in, as a recall
+of that lot does; None: the unit itself).
 
 Reads are point or IN-set reads on the tables' ORDER BY keys (``uii``, ``lot_id``), except
 the history of what was installed *into* the unit (``assembly_events.parent_uii``) and the
@@ -28,8 +30,9 @@ from typing import Any
 from queries.facts import QueryStore
 from queries.lookup import is_known
 from queries.report_text import utc
-from queries.scope import WITHHELD, sees_all, unit_programs, visible
+from queries.scope import WITHHELD, scoped, sees_all, unit_programs, visible
 from queries.search import scoped_suggestions
+from queries.trace import backward_trace
 from schemas.errors import NotFoundError
 
 __all__ = ["UnitPassport", "unit_passport"]
@@ -130,8 +133,9 @@ _NC_SQL = (
 )
 _ALERTS_SQL = (
     "SELECT alert_id, version, rule, severity, title, subject_kind, subject_id, event_time, program,"
-    " unit_count FROM (SELECT * FROM alerts WHERE has(units, {u:String})"
-    " OR (subject_kind IN ('serial', 'unit') AND subject_id = {u:String})"
+    " unit_count, arrayFilter(x -> has({u:Array(String)}, x), units) AS hit_units"
+    " FROM (SELECT * FROM alerts WHERE hasAny(units, {u:Array(String)})"
+    " OR (subject_kind IN ('serial', 'unit') AND subject_id IN {u:Array(String)})"
     " OR (subject_kind = 'lot' AND subject_id IN {l:Array(String)})"
     " ORDER BY alert_id, version DESC LIMIT 1 BY alert_id) ORDER BY event_time DESC LIMIT 200"
 )
@@ -266,7 +270,7 @@ def unit_passport(store: QueryStore, programs: Collection[str], uii: str) -> Uni
             )
             break
 
-    ncs, alerts = _touching(store, programs, uii, ops, tests, origin, withheld)
+    ncs, alerts = _touching(store, programs, uii, ops, tests, origin, withheld, _inside(store, programs, uii))
     return UnitPassport(
         uii=uii,
         part_number=str(first.get("part_number") or part),
@@ -288,6 +292,96 @@ def unit_passport(store: QueryStore, programs: Collection[str], uii: str) -> Uni
     )
 
 
+# (target kind, id) -> the (start, end, via) of work there that an NC on it reaches: ``via`` is
+# None for the unit's own work, else the unit inside it that did it (start and end None: no
+# window applies, any NC on the target counts)
+_Spans = dict[tuple[str, str], list[tuple[Any, Any, str | None]]]
+
+
+def _add_work(
+    spans: _Spans,
+    via: str | None,
+    ops: Iterable[dict[str, Any]],
+    tests: Iterable[dict[str, Any]],
+) -> None:
+    """The stations and operators of ``ops`` and the benches and operators of ``tests``, each
+    with the window of the work (an NC on them counts inside its own window)."""
+    for o in ops:
+        window = (o["started_at"], o["finished_at"], via)
+        spans.setdefault(("STATION", str(o["station_id"])), []).append(window)
+        spans.setdefault(("OPERATOR", str(o["operator_id"])), []).append(window)
+    for t in tests:
+        window = (t["started_at"], t["finished_at"], via)
+        spans.setdefault(("BENCH", str(t["bench_id"])), []).append(window)
+        if t.get("operator_id"):
+            spans.setdefault(("OPERATOR", str(t["operator_id"])), []).append(window)
+
+
+def _add_lot(
+    spans: _Spans, via: str | None, lot: str, supplier: Any, supplier_lot: Any, received: Any
+) -> None:
+    spans.setdefault(("LOT", lot), []).append((None, None, via))
+    if supplier is not None:
+        spans.setdefault(("SUPPLIER_LOT", f"{supplier}:{supplier_lot}"), []).append((None, None, via))
+        # a supplier's NC counts for the lots received inside its window
+        spans.setdefault(("SUPPLIER", str(supplier)), []).append((received, received, via))
+
+
+@dataclass
+class _Inside:
+    """What is installed in the unit now (its current descendants, and the serialised parts
+    they consumed), as far as the caller may see it, and the NC targets their work carries."""
+
+    units: list[str]
+    lots: dict[str, str]  # lots consumed inside it (and upstream of them) -> the unit that consumed
+    spans: _Spans
+
+
+def _inside(store: QueryStore, programs: Collection[str], uii: str) -> _Inside:
+    """The backward trace of ``uii`` (cut to ``programs``) without the unit itself: each unit
+    inside it, the lots they consumed and the lots those were made from, the supplier lots and
+    suppliers of those, the stations, operators and benches of their operations and tests.
+    A lot reached from several units names the first in order."""
+    bt = scoped(store, backward_trace(store, uii), programs)
+    units = sorted({str(u["uii"]) for u in bt.units} - {uii, WITHHELD})
+    inside = set(units)
+    lots: dict[str, str] = {}
+    for x in bt.lots:
+        if x["uii"] in inside:
+            lots.setdefault(str(x["lot_id"]), str(x["uii"]))
+    inputs: dict[str, list[str]] = {}
+    for x in bt.lot_lineage:
+        inputs.setdefault(str(x["lot_id"]), []).append(str(x["input_lot_id"]))
+    frontier = sorted(lots)
+    for _ in range(8):  # upstream: the lots they were made from, a few levels
+        nxt = []
+        for lot in frontier:
+            for i in inputs.get(lot, ()):
+                if i not in lots:
+                    lots[i] = lots[lot]
+                    nxt.append(i)
+        frontier = sorted(nxt)
+    spans: _Spans = {("SERIAL", u): [(None, None, u)] for u in units}
+    received = {str(m["lot_id"]): m for m in bt.materials}
+    for lot, via in lots.items():
+        m = received.get(lot)
+        _add_lot(spans, via, lot, m and m["supplier_id"], m and m["supplier_lot"], m and utc(m["event_time"]))
+    for u in units:
+        _add_work(
+            spans,
+            u,
+            (o for o in bt.operations if o["uii"] == u),
+            (t for t in bt.tests if t["uii"] == u),
+        )
+    return _Inside(units, lots, spans)
+
+
+def _via(matches: list[str | None]) -> str | None:
+    """The unit an NC or alert reaches this one through: None (the unit itself) when any of its
+    matches is the unit's own, else the first unit inside it."""
+    return None if None in matches else min(m for m in matches if m is not None)
+
+
 def _touching(
     store: QueryStore,
     programs: Collection[str],
@@ -296,40 +390,30 @@ def _touching(
     tests: list[dict[str, Any]],
     origin: dict[str, dict[str, Any]],
     withheld: dict[str, int],
+    inside: _Inside,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The nonconformances on the unit, its lots (and upstream), their supplier lots, their
     suppliers (a lot received inside the NC's window) and the stations, operators and benches
     of its operations and tests (inside the NC's window), as a recall of those triggers counts
-    them; the alerts naming the unit or its lots. Only the caller's programmes."""
-    # (target kind, id) -> the (start, end) of the unit's work there (None: no window applies)
-    spans: dict[tuple[str, str], list[tuple[Any, Any]]] = {("SERIAL", uii): [(None, None)]}
+    them; the same for every unit installed in it now (``via_uii`` names that unit; None: the
+    unit itself), since a recall of any of those reaches this unit too. The alerts naming the
+    unit, a unit inside it, or one of their lots. Only the caller's programmes."""
+    spans: _Spans = {k: list(v) for k, v in inside.spans.items()}
+    spans.setdefault(("SERIAL", uii), []).append((None, None, None))
     for lot, o in origin.items():
-        spans[("LOT", lot)] = [(None, None)]
-        r = o.get("receipt")
-        if r:
-            spans[("SUPPLIER_LOT", f"{r['supplier_id']}:{r['supplier_lot']}")] = [(None, None)]
-            # a supplier's NC counts for the lots received inside its window
-            spans.setdefault(("SUPPLIER", str(r["supplier_id"])), []).append(
-                (r["received_at"], r["received_at"])
-            )
-    for o in ops:
-        spans.setdefault(("STATION", str(o["station_id"])), []).append((o["started_at"], o["finished_at"]))
-        spans.setdefault(("OPERATOR", str(o["operator_id"])), []).append((o["started_at"], o["finished_at"]))
-    for t in tests:
-        spans.setdefault(("BENCH", str(t["bench_id"])), []).append((t["started_at"], t["finished_at"]))
-        if t.get("operator_id"):
-            spans.setdefault(("OPERATOR", str(t["operator_id"])), []).append(
-                (t["started_at"], t["finished_at"])
-            )
+        r = o.get("receipt") or {}
+        _add_lot(spans, None, lot, r.get("supplier_id"), r.get("supplier_lot"), r.get("received_at"))
+    _add_work(spans, None, ops, tests)
     ncs = []
     for r in store.query(_NC_SQL, {"t": sorted(spans)}):
         kind, target, ws, we, severity, disposition, description, program, at = r["n"]
         ws, we = utc(ws), utc(we)
-        hit = any(
-            s is None and e is None or _overlaps(utc(s), utc(e), ws, we)
-            for s, e in spans.get((str(kind), str(target)), [])
-        )
-        if not hit:
+        matches = [
+            via
+            for s, e, via in spans.get((str(kind), str(target)), [])
+            if s is None and e is None or _overlaps(utc(s), utc(e), ws, we)
+        ]
+        if not matches:
             continue
         if not visible(programs, [p for p in str(program).split(",") if p]):
             withheld["nonconformances"] += 1
@@ -346,14 +430,21 @@ def _touching(
                     "disposition": disposition,
                     "description": description,
                     "raised_at": at,
+                    "via_uii": _via(matches),
                 }
             )
         )
     ncs.sort(key=lambda n: n["raised_at"])
     alerts = []
-    for a in store.query(_ALERTS_SQL, {"u": uii, "l": sorted(origin)}):
+    units, lots = [uii, *inside.units], {**inside.lots, **dict.fromkeys(origin)}  # own lots: via None
+    for a in store.query(_ALERTS_SQL, {"u": units, "l": sorted(lots)}):
         if not visible(programs, [p for p in str(a["program"]).split(",") if p]):
             withheld["alerts"] += 1
             continue
-        alerts.append(_aware(a))
+        hit: list[str | None] = [None if u == uii else u for u in a.pop("hit_units")]
+        if a["subject_kind"] in ("serial", "unit") and a["subject_id"] in units:
+            hit.append(None if a["subject_id"] == uii else a["subject_id"])
+        if a["subject_kind"] == "lot" and a["subject_id"] in lots:
+            hit.append(lots[a["subject_id"]])
+        alerts.append(_aware({**a, "via_uii": _via(hit) if hit else None}))
     return ncs, alerts

@@ -246,15 +246,43 @@ def test_passport_lists_the_nonconformances_and_alerts_that_touch_the_unit(workb
         "SELECT DISTINCT alert_id FROM alerts WHERE subject_id = {l:String}", {"l": nc["target_id"]}
     )
     assert {r["alert_id"] for r in raised} <= alert_ids
-    # a unit that never met that lot does not list it
-    other = wb.get(
-        "/passport",
-        serial=_store(wb).query(
-            "SELECT uii FROM operations WHERE creates_unit AND NOT has(consumed_lot_ids, {l:String})"
-            " ORDER BY uii DESC LIMIT 1",
-            {"l": nc["target_id"]},
-        )[0]["uii"],
-    ).json()
+    # a unit that never met that lot (neither itself nor a unit inside it) does not list it
+    recalled = wb.get("/recall", kind="lot", id=nc["target_id"]).json()["units"]
+    reached = {u["uii"] for u in recalled} | {a for u in recalled for a in u["path"]}
+    candidates = _store(wb).query(
+        "SELECT uii FROM operations WHERE creates_unit AND NOT has(consumed_lot_ids, {l:String})"
+        " ORDER BY uii DESC LIMIT 500",
+        {"l": nc["target_id"]},
+    )
+    other = wb.get("/passport", serial=next(c["uii"] for c in candidates if c["uii"] not in reached)).json()
     assert nc["ncr_id"] not in {n["ncr_id"] for n in other["nonconformances"]} or any(
         x["lot_id"] == nc["target_id"] for x in other["lots"]
     )
+
+
+def test_a_passport_lists_what_reaches_the_unit_through_a_unit_installed_in_it(workbench: Workbench) -> None:
+    """An NC on a board's lot reaches the module and the system the board sits in (a recall of
+    the lot names them): their passports list it, through the unit inside that met it."""
+    wb = workbench
+    ncs = _store(wb).query(
+        "SELECT ncr_id, target_id FROM nonconformances WHERE target_kind = 'LOT' ORDER BY ncr_id"
+    )
+    for nc in ncs:
+        recalled = wb.get("/recall", kind="lot", id=nc["target_id"]).json()["units"]
+        installed = [u for u in recalled if u["path"]]
+        if installed:
+            break
+    else:
+        pytest.fail("the plant should have a nonconformance on a lot used in a unit installed in another")
+    board = installed[0]
+    for holder in board["path"]:  # its parent, ..., its final system
+        p = wb.get("/passport", serial=holder).json()
+        got = {n["ncr_id"]: n for n in p["nonconformances"]}
+        assert nc["ncr_id"] in got, (holder, sorted(got))
+        via = got[nc["ncr_id"]]["via_uii"]
+        inside_holder = {u["uii"] for u in recalled if holder in u["path"]}
+        assert via in inside_holder or (via is None and holder in {u["uii"] for u in recalled}), (holder, via)
+        assert any(c in inside_holder or c in board["path"] for c in p["children"]), p["children"]
+    # the board's own passport: the NC is its own (its lot), not through another unit
+    own = {n["ncr_id"]: n for n in wb.get("/passport", serial=board["uii"]).json()["nonconformances"]}
+    assert own[nc["ncr_id"]]["via_uii"] is None

@@ -123,15 +123,17 @@ function shipment(p) {
 function ncs(p) {
   return section("Nonconformances", p.nonconformances.length ? table([
     ["NCR", (n) => n.ncr_id], ["Severity", (n) => n.severity], ["Target", (n) => `${n.target_kind} ${n.target_id}`],
+    ["Reaches it", (n) => (n.via_uii ? h("span", {}, "through ", unitLink(n.via_uii), " inside it") : "directly")],
     ["Window", (n) => (n.window_start || n.window_end ? `${when(n.window_start)} – ${when(n.window_end)}` : "")],
     ["Disposition", (n) => n.disposition], ["Description", (n) => n.description], ["Raised (UTC)", (n) => when(n.raised_at)],
     ["Impact", (n) => h("a", { href: href("recall", { kind: n.target_kind.toLowerCase(), id: n.target_id }) }, "recall")],
-  ], p.nonconformances) : h("p", {}, "No nonconformance touches this unit, its lots, suppliers, stations, operators or benches."));
+  ], p.nonconformances) : h("p", {}, "No nonconformance touches this unit, the units installed in it, their lots, suppliers, stations, operators or benches."));
 }
 
 function alerts(p) {
   return section("Alerts", p.alerts.length ? table([
     ["Severity", (a) => h("span", { class: `sev sev-${a.severity}` }, a.severity)], ["Rule", (a) => a.rule],
     ["Title", (a) => a.title], ["Event (UTC)", (a) => when(a.event_time)],
-  ], p.alerts) : h("p", {}, "No alert names this unit or its lots."));
+    ["Reaches it", (a) => (a.via_uii ? h("span", {}, "through ", unitLink(a.via_uii), " inside it") : "directly")],
+  ], p.alerts) : h("p", {}, "No alert names this unit, the units installed in it or their lots."));
 }
