@@ -135,6 +135,7 @@ def sample(server: Any, landed: int, t0: float) -> dict[str, Any]:
             k[: -len("Bytes")]: round(v / MIB, 1) for k, v in engine.items() if k.endswith("CacheBytes")
         },
         "parts": {"active": engine.get("PartsActive", 0), "outdated": engine.get("PartsOutdated", 0)},
+        "heap_trims": server.heap.as_dict(),  # the server's own trims of the C heap (schemas.heap)
         **_structures(server),
     }
 

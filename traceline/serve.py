@@ -33,6 +33,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from queries.alerts import AlertEvaluator
+from schemas import heap
 from schemas.kafka import ensure_topics, pipeline_lag
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
@@ -73,6 +74,7 @@ class ServeOptions:
     stall_after: float = 60.0  # lag that has not shrunk for this long while nothing lands: stalled
     monitor_seconds: float = 2.0  # how often the consumer lag is measured for health
     lag_timeout: float = 3.0  # a lag read slower than this: the broker is unavailable (health)
+    heap_trim_seconds: float = heap.TRIM_EVERY_S  # how often the C heap's free pages go back
 
 
 class Server:
@@ -100,6 +102,7 @@ class Server:
         self._lag_error: str | None = None
         self._sink_watch = ProgressWatch(opts.stall_after)
         self._worker_watch = ProgressWatch(opts.stall_after)
+        self.heap = heap.HeapTrims()  # the C heap's free pages given back (schemas.heap), for health
 
     # -- the parts, as they are now --------------------------------------------------------
     @property
@@ -208,14 +211,19 @@ class Server:
         self._alerts = SupervisedThread("alert engine", build).start()
 
     def _supervise(self) -> None:
-        """Restart a dead worker (after its back-off) and watch the pipeline for health."""
+        """Restart a dead worker (after its back-off) and watch the pipeline for health; give
+        the C heap's free pages back every ``heap_trim_seconds`` (``schemas.heap``)."""
         next_look = 0.0
+        next_trim = time.monotonic() + self.opts.heap_trim_seconds
         while not self._stop.wait(1.0):
             if self.worker is not None:
                 self.worker.check()
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + self.opts.monitor_seconds
                 self._monitor()
+            if time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + self.opts.heap_trim_seconds
+                heap.trim(self.heap)
 
     def _monitor(self) -> None:
         """Consumer lag against progress (stalls) and store write errors, for health."""
@@ -299,6 +307,7 @@ class Server:
             "alerts": self.alerts.stats.as_dict() if self.alerts else None,
             "alerts_error": self.alerts_error,
             "audit": self.audit.stats.as_dict() if self.audit is not None else None,
+            "heap": self.heap.as_dict(),
         }
 
     def lag(self) -> dict[str, int]:

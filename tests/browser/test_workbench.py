@@ -204,6 +204,18 @@ def test_search_recall_tree_passport_report(page: Page, workbench: Workbench) ->
         expect(pg.locator("#s-operations + .scroll")).to_contain_text(op["operation"])
     assert pg.locator(".test").count() == len(passport["tests"])
     shot(pg, "passport")
+    # the assembly it sits in lists what reaches it through the unit (an NC on the unit's lot)
+    if passport["parent_uii"]:
+        above = wb.get("/passport", serial=passport["parent_uii"]).json()
+        through = [n for n in above["nonconformances"] if n["via_uii"]]
+        if through:
+            pg.goto(wb.url + f"/#/passport?uii={passport['parent_uii']}")
+            pg.wait_for_selector(".page-passport[data-ready=true]")
+            ncs = pg.locator("#s-nonconformances + .scroll")
+            expect(ncs).to_contain_text(f"through {through[0]['via_uii']} inside it")
+            shot(pg, "passport-assembly")
+            pg.go_back()
+            pg.wait_for_selector(".page-passport[data-ready=true]")
     pg.click("a.button:has-text('Genealogy tree of its system')")
     pg.wait_for_selector("#tree[data-ready=true]")
     backward = wb.get("/tree", kind="serial", id=passport["root_uii"]).json()

@@ -286,7 +286,7 @@ def test_shuffled_duplicated_plant_matches_oracle_and_raw_sql(
     events = list(simulate(400, seed=11))
     plant = oracle.Plant(events)
     assert any(e["type"] == "UnitRemoved" for e in events), "the plant should rework something"
-    server = pipeline()
+    server = pipeline(heap_trim_seconds=1.0)  # the heap trims run under the oracle too
     topic = server.topics.events
     rows = encode(events, topic)
     rng = random.Random(5)
@@ -306,6 +306,8 @@ def test_shuffled_duplicated_plant_matches_oracle_and_raw_sql(
     assert scalar(store, "SELECT count() FROM dead_letters") == 0
     assert_genealogy_matches(store, plant.gen)
     assert_recall_matches(store, plant, pick_lots(plant, rng))
+    trims = server.health()["heap"]
+    assert trims["trims"] >= 1 and trims["released_mib"] >= 0, trims
 
 
 # ----------------------------------------------------------------------------- 2. crashes
