@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar
 
 from queries.recall import recall_impact
 from queries.report_text import day, few, ts, utc
-from queries.results import LotHop, RecallImpact, Trigger
+from queries.results import Coverage, LotHop, RecallImpact, Trigger
 from queries.verify import ChainStatus, quick_check
 from schemas.errors import InvalidInputError
 from sinks.chain import Verifier
@@ -218,40 +218,6 @@ class Freshness:
         total = sum(self.consumer_lag.values())
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.consumer_lag.items()))
         return f"{total} messages behind ({parts})" if total else f"caught up ({parts})"
-
-
-@dataclass
-class Coverage:
-    """Which programmes a report covers and what it left out (``queries.scope``): a document
-    cut to a caller's programmes says so on its face, with counts, never which units."""
-
-    programs: list[str] | None = None  # None: every programme (nothing can be withheld)
-    withheld_units: int = 0  # units holding the part now, outside the programmes
-    withheld_past: int = 0  # past holds by units outside the programmes
-    withheld_ncrs: int = 0  # nonconformance reports raised under other programmes
-
-    @property
-    def withheld(self) -> bool:
-        return bool(self.withheld_units or self.withheld_past or self.withheld_ncrs)
-
-    @property
-    def withheld_text(self) -> str:
-        """``"3 units holding the part now, 1 past holder"`` (what was left out), or ""."""
-        parts = [
-            (self.withheld_units, "unit holding the part now", "units holding the part now"),
-            (self.withheld_past, "past holder", "past holders"),
-            (self.withheld_ncrs, "nonconformance report", "nonconformance reports"),
-        ]
-        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
-
-    @property
-    def text(self) -> str:
-        if self.programs is None:
-            return "every programme"
-        covered = f"programmes {', '.join(self.programs)} only" if self.programs else "no programme"
-        if not self.withheld:
-            return f"{covered}; nothing outside them was withheld"
-        return f"{covered}; WITHHELD as outside them (counted, not listed): {self.withheld_text}"
 
 
 @dataclass

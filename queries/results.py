@@ -32,6 +32,7 @@ __all__ = [
     "ForwardTrace",
     "RecallImpact",
     "BackwardTrace",
+    "Coverage",
     "to_jsonable",
     "from_jsonable",
     "count_values",
@@ -143,6 +144,40 @@ class RecallImpact:
     @property
     def unit_count(self) -> int:
         return len(self.units)
+
+
+@dataclass
+class Coverage:
+    """Which programmes a report covers and what it left out (``queries.scope``): a document
+    cut to a caller's programmes says so on its face, with counts, never which units."""
+
+    programs: list[str] | None = None  # None: every programme (nothing can be withheld)
+    withheld_units: int = 0  # units holding the part now, outside the programmes
+    withheld_past: int = 0  # past holds by units outside the programmes
+    withheld_ncrs: int = 0  # nonconformance reports raised under other programmes
+
+    @property
+    def withheld(self) -> bool:
+        return bool(self.withheld_units or self.withheld_past or self.withheld_ncrs)
+
+    @property
+    def withheld_text(self) -> str:
+        """``"3 units holding the part now, 1 past holder"`` (what was left out), or ""."""
+        parts = [
+            (self.withheld_units, "unit holding the part now", "units holding the part now"),
+            (self.withheld_past, "past holder", "past holders"),
+            (self.withheld_ncrs, "nonconformance report", "nonconformance reports"),
+        ]
+        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
+
+    @property
+    def text(self) -> str:
+        if self.programs is None:
+            return "every programme"
+        covered = f"programmes {', '.join(self.programs)} only" if self.programs else "no programme"
+        if not self.withheld:
+            return f"{covered}; nothing outside them was withheld"
+        return f"{covered}; WITHHELD as outside them (counted, not listed): {self.withheld_text}"
 
 
 @dataclass
