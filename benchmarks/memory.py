@@ -28,9 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from benchmarks import _stack
 from benchmarks._stack import log
-from benchmarks.pipeline import _base, _emit, _refused, _stack_for, _start_publisher, _stop_publisher
+from benchmarks.pipeline import _emit, _refused, _stack_for, _stop_publisher, stack_args, start_closed_loop
 
 ENGINE_METRICS = (
     "MemoryTracking",
@@ -156,12 +155,7 @@ def cmd_memory(a: argparse.Namespace) -> int:
         tracemalloc.start(1)
     stack = _stack_for(a)
     try:
-        stack.up_broker()
-        cache = _stack.row_cache(a.events, a.seed)
-        stack.ensure_topics()
-        res = _base("memory", stack)
-        server = stack.start_server()
-        pub = _start_publisher(stack, cache, a.events, 0.0, a.max_ahead)
+        res, server, pub = start_closed_loop(stack, a, "memory")
         sink = server.sink
         t0 = time.monotonic()
         samples: list[dict[str, Any]] = [sample(server, 0, t0)]  # started, nothing landed yet
@@ -248,13 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--top", type=int, default=15, help="allocation sites listed (default 15)")
     p.add_argument("--stall", type=float, default=300, help="give up after this long without progress (s)")
-    p.add_argument("--partitions", type=int, default=6, help="partitions of the topics (default 6)")
-    p.add_argument("--seed", type=int, default=1, help="simulator seed of the load cache")
-    p.add_argument("--data-dir", default="", help="where broker / store / outbox live (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the data dir (and the broker's data)")
-    p.add_argument("--no-alerts", action="store_true", help="run the server without the alert engine")
-    p.add_argument("--sink-batch-size", type=int, default=20_000)
-    p.add_argument("--sink-batch-seconds", type=float, default=0.25)
+    stack_args(p)
     a = p.parse_args(argv)
     if a.events <= 0 or a.every <= 0:
         p.error("--events and --every must be positive")

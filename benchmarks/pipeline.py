@@ -279,17 +279,24 @@ def _stack_for(a: argparse.Namespace) -> Stack:
 # ----------------------------------------------------------------------------- ingest
 
 
+def start_closed_loop(stack: Stack, a: argparse.Namespace, cmd: str) -> tuple[dict[str, Any], Any, Any]:
+    """The broker, topics, server and a load generator offering ``a.events`` as fast as the
+    pipeline lands them (at most ``a.max_ahead`` ahead; the caller feeds ``pub.landed``):
+    (the result's base fields, the server, the publisher process)."""
+    stack.up_broker()
+    cache = _stack.row_cache(a.events, a.seed)
+    stack.ensure_topics()
+    res = _base(cmd, stack)
+    server = stack.start_server()
+    return res, server, _start_publisher(stack, cache, a.events, 0.0, a.max_ahead)
+
+
 def cmd_ingest(a: argparse.Namespace) -> int:
     if a.paired:
         return cmd_paired(a)
     stack = _stack_for(a)
     try:
-        stack.up_broker()
-        cache = _stack.row_cache(a.events, a.seed)
-        stack.ensure_topics()
-        res = _base("ingest", stack)
-        server = stack.start_server()
-        pub = _start_publisher(stack, cache, a.events, 0.0, a.max_ahead)
+        res, server, pub = start_closed_loop(stack, a, "ingest")
         sink = server.sink
         batches: list[tuple[float, int, int]] = []  # (time, events landed, changes landed) per batch
         sink.on_batch = lambda st: batches.append((time.monotonic(), st.events_landed, st.changes_landed))
@@ -846,23 +853,23 @@ def cmd_backlog(a: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- CLI
 
 
+def stack_args(sp: argparse.ArgumentParser) -> None:
+    """The options every pipeline command (and ``benchmarks.memory``) takes for its stack."""
+    sp.add_argument("--partitions", type=int, default=6, help="partitions of the topics (default 6)")
+    sp.add_argument("--seed", type=int, default=1, help="simulator seed of the load cache")
+    sp.add_argument("--data-dir", default="", help="where broker / store / outbox live (default: a temp dir)")
+    sp.add_argument("--keep", action="store_true", help="keep the data dir (and the broker's data)")
+    sp.add_argument("--no-alerts", action="store_true", help="run the server without the alert engine")
+    sp.add_argument("--sink-batch-size", type=int, default=20_000)
+    sp.add_argument("--sink-batch-seconds", type=float, default=0.25)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--partitions", type=int, default=6, help="partitions of the topics (default 6)")
-        sp.add_argument("--seed", type=int, default=1, help="simulator seed of the load cache")
-        sp.add_argument(
-            "--data-dir", default="", help="where broker / store / outbox live (default: a temp dir)"
-        )
-        sp.add_argument("--keep", action="store_true", help="keep the data dir (and the broker's data)")
-        sp.add_argument("--no-alerts", action="store_true", help="run the server without the alert engine")
-        sp.add_argument("--sink-batch-size", type=int, default=20_000)
-        sp.add_argument("--sink-batch-seconds", type=float, default=0.25)
-
     si = sub.add_parser("ingest", help="sustained end-to-end ingest (events/s, CPU, RSS)")
-    common(si)
+    stack_args(si)
     si.add_argument("--duration", type=float, default=120, help="steady window in seconds (default 120)")
     si.add_argument("--warmup", type=float, default=20, help="seconds before the window (default 20)")
     si.add_argument(
@@ -897,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     si.set_defaults(fn=cmd_ingest)
 
     sl = sub.add_parser("latency", help="publish -> queryable latency p50/p99 at a steady load")
-    common(sl)
+    stack_args(sl)
     sl.add_argument("--rate", type=int, default=0, help="events/s (default: half the last ingest figure)")
     sl.add_argument("--duration", type=float, default=60)
     sl.add_argument("--warmup", type=float, default=10)
@@ -905,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     sl.set_defaults(fn=cmd_latency)
 
     sb = sub.add_parser("backlog", help="time to land N events already in Kafka")
-    common(sb)
+    stack_args(sb)
     sb.add_argument("--events", type=int, default=1_000_000)
     sb.add_argument("--timeout", type=float, default=900, help="overall limit in seconds (default 900)")
     sb.add_argument(
