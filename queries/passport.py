@@ -362,7 +362,9 @@ def _inside(store: QueryStore, programs: Collection[str], uii: str) -> _Inside:
                     nxt.append(i)
         frontier = sorted(nxt)
     spans: _Spans = {("SERIAL", u): [(None, None, u)] for u in units}
-    received = {str(m["lot_id"]): m for m in bt.materials}
+    received: dict[str, dict[str, Any]] = {}  # lot -> its first receipt (as _RECEIPTS_SQL: min time)
+    for rec in sorted(bt.materials, key=lambda r: utc(r["event_time"])):
+        received.setdefault(str(rec["lot_id"]), rec)
     for lot, via in lots.items():
         m = received.get(lot)
         _add_lot(spans, via, lot, m and m["supplier_id"], m and m["supplier_lot"], m and utc(m["event_time"]))
