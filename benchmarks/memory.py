@@ -20,7 +20,7 @@ stdout (also kept in ``var/bench/last-memory.json``), progress on stderr.
 from __future__ import annotations
 
 import argparse
-import ctypes
+import os
 import sys
 import time
 import tracemalloc
@@ -28,8 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from benchmarks._stack import log
+from benchmarks._stack import log, mem_kib
 from benchmarks.pipeline import _emit, _refused, _stack_for, _stop_publisher, stack_args, start_closed_loop
+from schemas.heap import malloc_stats
 
 ENGINE_METRICS = (
     "MemoryTracking",
@@ -50,47 +51,6 @@ GROWTH = (
     "malloc_in_use_mib",
     "malloc_free_held_mib",
 )
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (n, ctypes.c_size_t)
-        for n in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _malloc() -> dict[str, float]:
-    """glibc's heap over all its arenas: bytes handed out (in use) and bytes it holds free
-    (freed but not returned to the system: fragmentation); empty where glibc has no mallinfo2."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-        m = libc.mallinfo2()
-    except (OSError, AttributeError):
-        return {}
-    return {
-        "malloc_in_use_mib": round((m.uordblks + m.hblkhd) / MIB, 1),
-        "malloc_free_held_mib": round(m.fordblks / MIB, 1),
-    }
 
 
 def _python_heap_mib() -> float | None:
@@ -124,10 +84,10 @@ def sample(server: Any, landed: int, t0: float) -> dict[str, Any]:
     return {
         "landed": landed,
         "t_s": round(time.monotonic() - t0, 1),
-        "rss_mib": round(_rss_mib(), 1),
+        "rss_mib": round(mem_kib(os.getpid()).get("VmRSS", 0) / 1024, 1),
         "python_heap_mib": _python_heap_mib(),
         "tracemalloc_overhead_mib": round(tracemalloc.get_tracemalloc_memory() / MIB, 1),
-        **_malloc(),
+        **malloc_stats(),
         "arrow_pool_mib": round(pa.total_allocated_bytes() / MIB, 1),
         "engine_tracked_mib": round(engine.get("MemoryTracking", 0) / MIB, 1),
         "engine_caches_mib": {

@@ -328,10 +328,19 @@ def withhold_alert_units(store: QueryStore, programs: Collection[str], rows: lis
 class ScopedReport:
     """A report cut to a caller's programmes, and what was left out (counts only)."""
 
-    report: RecallReport
-    withheld_units: int = 0
-    withheld_past: int = 0
-    withheld_ncrs: int = 0
+    report: RecallReport  # its ``coverage`` holds the counts
+
+    @property
+    def withheld_units(self) -> int:
+        return self.report.coverage.withheld_units
+
+    @property
+    def withheld_past(self) -> int:
+        return self.report.coverage.withheld_past
+
+    @property
+    def withheld_ncrs(self) -> int:
+        return self.report.coverage.withheld_ncrs
 
 
 _IMPACT_STEP = "recall impact"  # the steps of queries.report.build_report this module cuts
@@ -430,7 +439,7 @@ def scoped_report(
         None if sees_all(programs) else sorted(programs), seen["units"], seen["past"], seen["ncrs"]
     )
     report.document_number = document_number(report)
-    return ScopedReport(report, seen["units"], seen["past"], seen["ncrs"])
+    return ScopedReport(report)
 
 
 def scoped_drill_documents(

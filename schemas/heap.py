@@ -17,8 +17,9 @@ import ctypes
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["TRIM_EVERY_S", "HeapTrims", "trim"]
+__all__ = ["TRIM_EVERY_S", "HeapTrims", "malloc_stats", "trim"]
 
 #: how often ``traceline serve`` gives the heap's free pages back
 TRIM_EVERY_S = 30.0
@@ -26,16 +27,37 @@ TRIM_EVERY_S = 30.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _libc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+_MALLINFO2_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in _MALLINFO2_FIELDS.split()]
+
+
+def _libc(name: str, argtypes: list[Any], restype: Any) -> Any:
+    """glibc's function ``name`` typed, or None off glibc (or before its version had it)."""
     try:
-        fn = ctypes.CDLL("libc.so.6").malloc_trim
+        fn = getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, restype
     return fn
 
 
-_TRIM = _libc_trim()
+_TRIM = _libc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MALLINFO2 = _libc("mallinfo2", [], _MallInfo2)
+
+
+def malloc_stats() -> dict[str, float]:
+    """glibc's heap over all its arenas, in MiB: handed out (``malloc_in_use_mib``) and held
+    free, freed but not returned to the system (``malloc_free_held_mib``); {} off glibc."""
+    if _MALLINFO2 is None:
+        return {}
+    m = _MALLINFO2()
+    return {
+        "malloc_in_use_mib": round((m.uordblks + m.hblkhd) / (1 << 20), 1),
+        "malloc_free_held_mib": round(m.fordblks / (1 << 20), 1),
+    }
 
 
 def _rss_bytes() -> int:

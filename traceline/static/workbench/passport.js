@@ -2,6 +2,8 @@
 import { api, h, href, when, section, table, errorBox, announce } from "./util.js";
 
 const unitLink = (u) => (u && u !== "(withheld)" ? h("a", { href: href("passport", { uii: u }) }, u) : (u || ""));
+// how an NC or alert reaches the unit: directly, or through a unit installed in it (via_uii)
+const reaches = (x) => (x.via_uii ? h("span", {}, "through ", unitLink(x.via_uii), " inside it") : "directly");
 const lotLink = (l) => h("a", { href: href("recall", { kind: "lot", id: l }) }, l);
 
 export async function renderPassport(params, el) {
@@ -123,7 +125,7 @@ function shipment(p) {
 function ncs(p) {
   return section("Nonconformances", p.nonconformances.length ? table([
     ["NCR", (n) => n.ncr_id], ["Severity", (n) => n.severity], ["Target", (n) => `${n.target_kind} ${n.target_id}`],
-    ["Reaches it", (n) => (n.via_uii ? h("span", {}, "through ", unitLink(n.via_uii), " inside it") : "directly")],
+    ["Reaches it", reaches],
     ["Window", (n) => (n.window_start || n.window_end ? `${when(n.window_start)} – ${when(n.window_end)}` : "")],
     ["Disposition", (n) => n.disposition], ["Description", (n) => n.description], ["Raised (UTC)", (n) => when(n.raised_at)],
     ["Impact", (n) => h("a", { href: href("recall", { kind: n.target_kind.toLowerCase(), id: n.target_id }) }, "recall")],
@@ -134,6 +136,6 @@ function alerts(p) {
   return section("Alerts", p.alerts.length ? table([
     ["Severity", (a) => h("span", { class: `sev sev-${a.severity}` }, a.severity)], ["Rule", (a) => a.rule],
     ["Title", (a) => a.title], ["Event (UTC)", (a) => when(a.event_time)],
-    ["Reaches it", (a) => (a.via_uii ? h("span", {}, "through ", unitLink(a.via_uii), " inside it") : "directly")],
+    ["Reaches it", reaches],
   ], p.alerts) : h("p", {}, "No alert names this unit, the units installed in it or their lots."));
 }
